@@ -1,0 +1,34 @@
+"""The reference backend: plain eager attention that materialises the weights. It defines correctness;
+every fast path is tested against it."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from attnlab.attention.normalizers import Normalizer
+from attnlab.attention.spans import Span
+
+
+def expand_kv(x: Tensor, heads: int) -> Tensor:
+    """(B, Hk, L, D) -> (B, heads, L, D) for grouped-query attention (query head h uses kv head h // g)."""
+    groups = heads // x.shape[1]
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def as_4d(mask: Tensor) -> Tensor:
+    while mask.dim() < 4:
+        mask = mask.unsqueeze(0)
+    return mask
+
+
+def reference_attention(q: Tensor, k: Tensor, v: Tensor, normalizer: Normalizer, span: Span,
+                        scale: float) -> tuple[Tensor, Tensor]:
+    """Returns (out (B, H, Lq, Dv), weights (B, H, Lq, Lk))."""
+    heads, q_len, kv_len = q.shape[1], q.shape[2], k.shape[2]
+    compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    qc, kc, vc = (x.to(compute) for x in (q, expand_kv(k, heads), expand_kv(v, heads)))
+    scores = scale * (qc @ kc.transpose(-1, -2))
+    allowed = as_4d(span.mask(q_len, kv_len, q.device))
+    weights = normalizer.weights(scores, allowed)
+    return (weights @ vc).to(q.dtype), weights.to(q.dtype)

@@ -1,0 +1,21 @@
+"""User-facing errors.
+
+Anything raised as `AttnlabError` (or one of its subclasses) is a mistake the user can fix; the CLI prints
+its message as one line and exits with status 2 instead of showing a traceback.
+"""
+
+
+class AttnlabError(Exception):
+    """An error whose message names the problem and the fix."""
+
+
+class ConfigError(AttnlabError, ValueError):
+    """A bad flag, config value, or combination of them."""
+
+
+class DataError(AttnlabError, ValueError):
+    """Text or data that cannot be used (empty, not UTF-8, too short)."""
+
+
+class ModelNotFoundError(AttnlabError, FileNotFoundError):
+    """A model name or path that cannot be loaded."""

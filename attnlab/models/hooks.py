@@ -1,0 +1,102 @@
+"""One door for every attention call inside a model, so analyses can watch and steer it.
+
+attnlab's GPT and Hugging Face models loaded with `attn_implementation="attnlab"` both send each layer's
+attention through `attend(layer, q, k, v, ...)`. Outside any context it is plain `attnlab.attention`.
+Inside `record_attention()` it also stores the weights under TransformerLens-style names
+(`blocks.{layer}.attn.pattern`, shape (batch, heads, q_len, kv_len)); inside `attention_override(...)`
+it swaps the normalizer, span or temperature at inference, for every layer or some.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+from attnlab.attention import MaskSpan, Normalizer, Span, attention, resolve_normalizer, resolve_span
+
+
+@dataclass
+class _Override:
+    normalizer: Normalizer | None = None
+    span: Span | None = None
+    temperature: float = 1.0
+    layers: frozenset[int] | None = None
+
+    def applies(self, layer: int) -> bool:
+        return self.layers is None or layer in self.layers
+
+
+@dataclass
+class _Recorder:
+    store: dict[str, Tensor] = field(default_factory=dict)
+    layers: frozenset[int] | None = None
+
+
+_override: ContextVar[_Override | None] = ContextVar("attnlab_override", default=None)
+_recorder: ContextVar[_Recorder | None] = ContextVar("attnlab_recorder", default=None)
+
+
+def pattern_name(layer: int) -> str:
+    return f"blocks.{layer}.attn.pattern"
+
+
+def _combine(model_span: Span | Tensor | str, override: Span, q_len: int, kv_len: int) -> Span | Tensor | str:
+    """The override span intersected with the model's own mask (padding must survive a swap)."""
+    if isinstance(model_span, Tensor):
+        return MaskSpan(model_span & override.mask(q_len, kv_len, model_span.device))
+    if isinstance(model_span, MaskSpan):
+        return MaskSpan(model_span.tensor & override.mask(q_len, kv_len, model_span.tensor.device))
+    return override
+
+
+def attend(layer: int, q: Tensor, k: Tensor, v: Tensor, *, normalizer: str | Normalizer = "softmax",
+           span: str | Span | Tensor = "causal", scale: float | None = None, backend: str = "auto") -> Tensor:
+    """Attention for layer `layer` of a model; shapes as in `attnlab.attention`."""
+    ov = _override.get()
+    if ov is not None and ov.applies(layer):
+        if ov.normalizer is not None:
+            normalizer = ov.normalizer
+        if ov.span is not None:
+            span = _combine(span, ov.span, q.shape[-2], k.shape[-2])
+        if ov.temperature != 1.0:
+            scale = (scale if scale is not None else q.shape[-1] ** -0.5) / ov.temperature
+    rec = _recorder.get()
+    if rec is not None and (rec.layers is None or layer in rec.layers):
+        out, weights = attention(q, k, v, normalizer=normalizer, span=span, scale=scale, return_weights=True)
+        rec.store[pattern_name(layer)] = weights.detach()
+        return out
+    return attention(q, k, v, normalizer=normalizer, span=span, scale=scale, backend=backend)
+
+
+@contextmanager
+def record_attention(layers: Iterable[int] | None = None) -> Iterator[dict[str, Tensor]]:
+    """Record attention weights of the given layers (all by default) into the yielded dict."""
+    rec = _Recorder(layers=None if layers is None else frozenset(layers))
+    token = _recorder.set(rec)
+    try:
+        yield rec.store
+    finally:
+        _recorder.reset(token)
+
+
+@contextmanager
+def attention_override(normalizer: str | Normalizer | None = None, span: str | Span | None = None,
+                       temperature: float = 1.0, layers: Iterable[int] | None = None) -> Iterator[None]:
+    """Swap the normalizer, span, or temperature (scores divided by it) of the given layers."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    ov = _Override(
+        normalizer=None if normalizer is None else resolve_normalizer(normalizer),
+        span=None if span is None else resolve_span(span),
+        temperature=float(temperature),
+        layers=None if layers is None else frozenset(layers),
+    )
+    token = _override.set(ov)
+    try:
+        yield
+    finally:
+        _override.reset(token)
