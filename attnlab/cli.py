@@ -19,7 +19,6 @@ _COMMAND_MODULES = (
     "attnlab.train.cli",  # train
     "attnlab.data.cli",  # data fetch
     "attnlab.explorer.cli",  # explore
-    "attnlab.bench_cli",  # bench
 )
 
 
