@@ -1,0 +1,327 @@
+"""`LoadedModel`: one small interface over a Hugging Face causal LM or attnlab's own GPT.
+
+Diagnostics, streaming and the explorer only talk to this class, so they never branch on architecture.
+Activations are captured under TransformerLens names (Nanda & Bloom, TransformerLens, 2022):
+
+    name                          shape          what
+    blocks.{i}.hook_resid_pre     (B, T, d)      residual stream entering block i (embeddings for i = 0)
+    blocks.{i}.hook_resid_post    (B, T, d)      residual stream leaving block i (before the final norm)
+    blocks.{i}.attn.pattern       (B, H, T, T)   attention weights of block i (query rows, key columns)
+    ln_final.hook_normalized      (B, T, d)      output of the final norm (when the model has one)
+
+Legend: B batch, T tokens, d d_model, H query heads, V vocabulary. Residual-stream tensors are taken
+with forward hooks on the blocks themselves, so they are the same for every architecture: the input of
+block 0 already includes learned position embeddings (GPT-2), and the last block's output is taken
+*before* the final norm (HF's own `hidden_states[-1]` is after it for most models).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from attnlab.errors import AttnlabError, DataError
+from attnlab.models.hooks import record_attention
+
+# Where the stack of blocks and the final norm live in common HF causal LMs (base model attribute names).
+_BLOCK_LISTS = ("layers", "h", "blocks", "decoder_layers")
+_FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_norm", "ln_final")
+_MLP_NAMES = ("mlp", "feed_forward", "ffn")
+
+
+class LoadedModel:
+    """A causal LM plus its tokenizer, with architecture-independent access to blocks and activations."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, *, name: str, source: str, kind: str,
+                 n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int, d_model: int, vocab_size: int,
+                 max_context: int, blocks: list[nn.Module], final_norm: nn.Module | None,
+                 rope: bool) -> None:
+        if kind not in ("hf", "attnlab"):
+            raise ValueError(f"kind must be 'hf' or 'attnlab', got {kind!r}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.source = source
+        self.kind = kind
+        self.n_layers = n_layers
+        self.n_heads = n_heads
+        self.n_kv_heads = n_kv_heads
+        self.head_dim = head_dim
+        self.d_model = d_model
+        self.vocab_size = vocab_size
+        self.max_context = max_context
+        self._blocks = blocks
+        self._final_norm = final_norm
+        self._rope = rope
+        self.load_seconds: float | None = None  # set by load_model
+
+    def __repr__(self) -> str:
+        return (f"LoadedModel(name={self.name!r}, kind={self.kind!r}, layers={self.n_layers}, "
+                f"heads={self.n_heads}/{self.n_kv_heads} kv, head_dim={self.head_dim}, d={self.d_model}, "
+                f"vocab={self.vocab_size}, context={self.max_context})")
+
+    # -- devices and dtypes ---------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    # -- text -----------------------------------------------------------------------------------------
+    def encode(self, text: str) -> torch.LongTensor:
+        """Token ids (1, T) on the model's device; no special tokens are added."""
+        if not isinstance(text, str):
+            raise TypeError(f"encode() takes a str, got {type(text).__name__}")
+        if self.tokenizer is None:
+            raise DataError(f"{self.name} was loaded without a tokenizer; pass token ids, or put the "
+                            f"tokenizer files (tokenizer.json) next to the model")
+        if not text:
+            raise DataError("cannot encode empty text: pass at least one character")
+        ids = self.tokenizer.encode(text)
+        if len(ids) == 0:
+            raise DataError(f"the text {text[:40]!r} encodes to no tokens; pass different text")
+        return torch.tensor([ids], dtype=torch.long, device=self.device)
+
+    def decode(self, ids: Tensor | Iterable[int]) -> str:
+        """Text of a (T,) or (1, T) id sequence."""
+        if isinstance(ids, Tensor):
+            if ids.dim() == 2:
+                if ids.shape[0] != 1:
+                    raise ValueError(f"decode() takes one sequence, got a batch of {ids.shape[0]}; "
+                                     f"decode each row separately")
+                ids = ids[0]
+            ids = ids.tolist()
+        return self.tokenizer.decode([int(i) for i in ids])
+
+    # -- forward passes -------------------------------------------------------------------------------
+    def _check_ids(self, ids: Tensor) -> Tensor:
+        if not isinstance(ids, Tensor) or ids.dtype != torch.long:
+            raise TypeError("ids must be a torch.LongTensor of shape (batch, tokens); use LoadedModel.encode")
+        if ids.dim() == 1:
+            ids = ids.unsqueeze(0)
+        if ids.dim() != 2 or ids.shape[1] == 0:
+            raise ValueError(f"ids must have shape (batch, tokens) with tokens >= 1, got {tuple(ids.shape)}")
+        return ids.to(self.device)
+
+    def logits(self, ids: Tensor) -> Tensor:
+        """Next-token logits (B, T, V). Gradients are not disabled: wrap in torch.no_grad() if unneeded."""
+        ids = self._check_ids(ids)
+        if self.kind == "hf":
+            return self.model(input_ids=ids, use_cache=False).logits
+        return _gpt_logits(self.model(ids))
+
+    def embed(self, ids: Tensor) -> Tensor:
+        """Input embeddings (B, T, d) of the token ids, differentiable; feed them to forward_embeds."""
+        ids = self._check_ids(ids)
+        if self.kind == "hf":
+            return self.model.get_input_embeddings()(ids)
+        return self.model.embed(ids)
+
+    def forward_embeds(self, embeds: Tensor,
+                       output_hidden: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Logits (B, T, V) from input embeddings; with output_hidden also the residual stream: a list of
+        n_layers + 1 tensors (B, T, d), hidden[0] the input of block 0, hidden[i + 1] the output of block i
+        (before the final norm). Differentiable throughout."""
+        if embeds.dim() != 3 or embeds.shape[-1] != self.d_model:
+            raise ValueError(f"embeds must have shape (batch, tokens, {self.d_model}), "
+                             f"got {tuple(embeds.shape)}")
+        if not output_hidden:
+            return self._forward_embeds(embeds)
+        with self._capture_resid(detach=False) as store:
+            logits = self._forward_embeds(embeds)
+        hidden = [store["blocks.0.hook_resid_pre"]] + [store[f"blocks.{i}.hook_resid_post"]
+                                                         for i in range(self.n_layers)]
+        return logits, hidden
+
+    def _forward_embeds(self, embeds: Tensor) -> Tensor:
+        if self.kind == "hf":
+            return self.model(inputs_embeds=embeds, use_cache=False).logits
+        return _gpt_logits(self.model.forward_embeds(embeds))
+
+    def run_with_cache(self, ids: Tensor, attention: bool = True,
+                       layers: Iterable[int] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Logits (B, T, V) and a cache of detached activations under TransformerLens names (see module
+        docstring), for the given layers (all by default)."""
+        ids = self._check_ids(ids)
+        wanted = None if layers is None else frozenset(self._check_layer(i) for i in layers)
+        with self._capture_resid(detach=True, layers=wanted) as store:
+            if attention:
+                with record_attention(layers=wanted) as patterns:
+                    logits = self.logits(ids)
+                store.update(patterns)
+            else:
+                logits = self.logits(ids)
+        return logits, dict(store)
+
+    @contextmanager
+    def _capture_resid(self, detach: bool,
+                       layers: frozenset[int] | None = None) -> Iterator[dict[str, Tensor]]:
+        store: dict[str, Tensor] = {}
+        handles = []
+
+        def keep(name: str, t: Tensor) -> None:
+            store[name] = t.detach() if detach else t
+
+        for i, block in enumerate(self._blocks):
+            if layers is not None and i not in layers:
+                continue
+
+            def pre(_m: nn.Module, args: tuple, kwargs: dict, i: int = i) -> None:
+                keep(f"blocks.{i}.hook_resid_pre", _first_tensor(args, kwargs))
+
+            def post(_m: nn.Module, _args: tuple, out: Any, i: int = i) -> None:
+                keep(f"blocks.{i}.hook_resid_post", out[0] if isinstance(out, (tuple, list)) else out)
+
+            handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
+            handles.append(block.register_forward_hook(post))
+        if self._final_norm is not None:
+            def norm_hook(_m: nn.Module, _args: tuple, out: Tensor) -> None:
+                keep("ln_final.hook_normalized", out)
+
+            handles.append(self._final_norm.register_forward_hook(norm_hook))
+        try:
+            yield store
+        finally:
+            for h in handles:
+                h.remove()
+
+    # -- structure ------------------------------------------------------------------------------------
+    def blocks(self) -> list[nn.Module]:
+        """The transformer blocks, in order (n_layers of them)."""
+        return list(self._blocks)
+
+    def _check_layer(self, i: int) -> int:
+        if not 0 <= int(i) < self.n_layers:
+            raise ValueError(f"layer {i} out of range: this model has layers 0..{self.n_layers - 1}")
+        return int(i)
+
+    def mlp(self, i: int) -> nn.Module | None:
+        """Block i's MLP submodule (None when the block has none), e.g. to zero it in an ablation."""
+        block = self._blocks[self._check_layer(i)]
+        for attr in _MLP_NAMES:
+            if hasattr(block, attr):
+                return getattr(block, attr)
+        return None
+
+    def attn(self, i: int) -> nn.Module | None:
+        """Block i's attention submodule."""
+        block = self._blocks[self._check_layer(i)]
+        for attr in ("self_attn", "attn", "attention"):
+            if hasattr(block, attr):
+                return getattr(block, attr)
+        return None
+
+    def rope_positions_supported(self) -> bool:
+        """True when positions enter through rotary embeddings, so a cache may re-assign them
+        (StreamingLLM's re-positioning); False for learned absolute positions (GPT-2)."""
+        return self._rope
+
+
+# -- helpers ----------------------------------------------------------------------------------------------
+def _first_tensor(args: tuple, kwargs: dict) -> Tensor:
+    if args and isinstance(args[0], Tensor):
+        return args[0]
+    for key in ("hidden_states", "x", "hidden"):
+        if isinstance(kwargs.get(key), Tensor):
+            return kwargs[key]
+    raise AttnlabError("could not find the residual-stream input of a block; "
+                       "this architecture is not supported")
+
+
+def _gpt_logits(out: Any) -> Tensor:
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _find_attr(obj: Any, names: Iterable[str]) -> Any:
+    for n in names:
+        val = getattr(obj, n, None)
+        if val is not None:
+            return val
+    return None
+
+
+def _hf_blocks(model: nn.Module, n_layers: int) -> tuple[list[nn.Module], nn.Module | None]:
+    base = getattr(model, "base_model", model)
+    for name in _BLOCK_LISTS:
+        mods = getattr(base, name, None)
+        if isinstance(mods, nn.ModuleList) and len(mods) == n_layers:
+            return list(mods), _find_attr(base, _FINAL_NORMS)
+    for mods in base.modules():  # fall back to the first module list with one entry per layer
+        if isinstance(mods, nn.ModuleList) and len(mods) == n_layers:
+            return list(mods), _find_attr(base, _FINAL_NORMS)
+    raise AttnlabError(f"cannot find the {n_layers} transformer blocks of {type(model).__name__}; "
+                       f"this architecture is not supported")
+
+
+def _hf_uses_rope(model: nn.Module) -> bool:
+    base = getattr(model, "base_model", model)
+    if _find_attr(base, ("rotary_emb", "rotary_embedding")) is not None:
+        return "position_ids" in inspect.signature(model.forward).parameters
+    return False
+
+
+def from_hf(model: nn.Module, tokenizer: Any, name: str, source: str) -> LoadedModel:
+    """Wrap a Hugging Face *ForCausalLM. It is switched to attn_implementation="attnlab" (in place) so
+    attention capture and overrides work. `tokenizer` may be a HF tokenizer or attnlab's interface."""
+    from attnlab.models.hf import use_attnlab_attention
+
+    use_attnlab_attention(model)
+    cfg = model.config
+    text_cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    n_layers = int(text_cfg.num_hidden_layers)
+    n_heads = int(text_cfg.num_attention_heads)
+    n_kv = int(getattr(text_cfg, "num_key_value_heads", None) or n_heads)
+    d_model = int(text_cfg.hidden_size)
+    head_dim = int(getattr(text_cfg, "head_dim", None) or d_model // n_heads)
+    vocab = int(model.get_output_embeddings().weight.shape[0]) if model.get_output_embeddings() is not None \
+        else int(text_cfg.vocab_size)
+    max_ctx = int(getattr(text_cfg, "max_position_embeddings", None) or 0)
+    blocks, final_norm = _hf_blocks(model, n_layers)
+    return LoadedModel(model, _wrap_tokenizer(tokenizer, name), name=name, source=str(source), kind="hf",
+                       n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv, head_dim=head_dim,
+                       d_model=d_model, vocab_size=vocab, max_context=max_ctx, blocks=blocks,
+                       final_norm=final_norm, rope=_hf_uses_rope(model))
+
+
+def from_gpt(gpt: nn.Module, tokenizer: Any, name: str, source: str) -> LoadedModel:
+    """Wrap attnlab's GPT (attnlab.models.gpt.GPT); `tokenizer` is attnlab's interface or a name for
+    attnlab.data.tokenizers.load_tokenizer ("byte", "smollm2", a folder)."""
+    cfg = gpt.config
+    n_layers = len(gpt.blocks)
+    n_heads = int(_find_attr(cfg, ("n_heads", "heads", "n_head", "num_heads")))
+    n_kv = int(_find_attr(cfg, ("n_kv_heads", "kv_heads", "n_kv_head", "num_kv_heads")) or n_heads)
+    d_model = int(_find_attr(cfg, ("d_model", "n_embd", "dim", "hidden_size")))
+    head_dim = int(_find_attr(cfg, ("head_dim",)) or d_model // n_heads)
+    vocab = int(_find_attr(cfg, ("vocab_size", "vocab")))
+    max_ctx = int(_find_attr(cfg, ("context", "block_size", "max_context", "context_length")) or 0)
+    final_norm = _find_attr(gpt, ("norm_f", "ln_f", "final_norm", "norm"))
+    if not isinstance(final_norm, nn.Module):
+        final_norm = None
+    if isinstance(tokenizer, str):
+        from attnlab.data.tokenizers import load_tokenizer
+
+        tokenizer = load_tokenizer(tokenizer)
+    positional = str(_find_attr(cfg, ("pos", "positional", "position", "pos_emb")) or "rope").lower()
+    return LoadedModel(gpt, tokenizer, name=name, source=str(source), kind="attnlab", n_layers=n_layers,
+                       n_heads=n_heads, n_kv_heads=n_kv, head_dim=head_dim, d_model=d_model, vocab_size=vocab,
+                       max_context=max_ctx, blocks=list(gpt.blocks), final_norm=final_norm,
+                       rope=positional == "rope")
+
+
+def _wrap_tokenizer(tokenizer: Any, name: str) -> Any:
+    """attnlab's tokenizer interface (encode -> list[int] without special tokens, decode, vocab_size, name,
+    eos_id) around a HF tokenizer; objects that already have it pass through."""
+    if tokenizer is None:
+        return None
+    if hasattr(tokenizer, "eos_id") and hasattr(tokenizer, "name"):
+        return tokenizer
+    from attnlab.data.tokenizers import HFTokenizer
+
+    return HFTokenizer(tokenizer, name=name)
