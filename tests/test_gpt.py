@@ -21,6 +21,10 @@ from attnlab.models.gpt_parts import (
 from attnlab.models.hooks import attention_override, record_attention
 
 
+def _ids(kw: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in kw.items()) or "default"
+
+
 def tiny(**kw) -> GPTConfig:
     base = dict(vocab_size=64, n_layers=2, d_model=32, n_heads=4, context=32)
     base.update(kw)
@@ -49,7 +53,7 @@ def _perturb(model: GPT) -> GPT:
     return model
 
 
-@pytest.mark.parametrize("kw", VARIANTS, ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "default")
+@pytest.mark.parametrize("kw", VARIANTS, ids=_ids)
 def test_cached_logits_match_uncached(kw):
     model = _perturb(GPT(tiny(**kw))).eval()
     idx = torch.randint(0, 64, (2, 13), generator=torch.Generator().manual_seed(1))
@@ -81,7 +85,7 @@ def test_cache_positions_are_explicit():
 
 
 def _eager_l2(q, k, v, normalizer, scale):
-    """-||q_i - k_j||^2 * scale scores, straight from the definition, then the normalizer's reference weights."""
+    """-||q_i - k_j||^2 * scale scores from the definition, then the normalizer's reference weights."""
     scores = -((q[..., :, None, :] - k[..., None, :, :]) ** 2).sum(-1) * scale  # (B, H, T, T)
     t = q.shape[-2]
     allowed = torch.ones(t, t, dtype=torch.bool).tril()
@@ -95,15 +99,17 @@ def test_l2_scores_exact_for_every_normalizer(normalizer, backend):
     q = torch.randn(2, 3, 9, 6, generator=g, dtype=torch.float64)
     k = torch.randn(2, 3, 9, 6, generator=g, dtype=torch.float64)
     v = torch.randn(2, 3, 9, 6, generator=g, dtype=torch.float64)
-    norm = {"sinks": Sinks(torch.tensor([-1.0, 0.5, 2.0], dtype=torch.float64)), "clipped": Clipped(-0.1, 1.0),
-            "ssmax": ScalableSoftmax(torch.tensor([0.3, 0.5, 0.9], dtype=torch.float64))}.get(normalizer, normalizer)
+    objects = {"sinks": Sinks(torch.tensor([-1.0, 0.5, 2.0], dtype=torch.float64)),
+               "clipped": Clipped(-0.1, 1.0),
+               "ssmax": ScalableSoftmax(torch.tensor([0.3, 0.5, 0.9], dtype=torch.float64))}
+    norm = objects.get(normalizer, normalizer)
     scale = 1 / math.sqrt(6)
     qa, ka, va = l2_augment(q, k, v)
     out = attention(qa, ka, va, normalizer=norm, scale=scale, backend=backend)[..., :6]
     torch.testing.assert_close(out, _eager_l2(q, k, v, norm, scale), atol=1e-10, rtol=1e-9)
 
 
-@pytest.mark.parametrize("kw", VARIANTS[:6], ids=lambda kw: ",".join(f"{k}={v}" for k, v in kw.items()) or "default")
+@pytest.mark.parametrize("kw", VARIANTS[:6], ids=_ids)
 def test_fused_model_matches_reference_twin_float64(kw):
     """record_attention forces the reference (eager) path: logits must equal the fused path's."""
     model = _perturb(GPT(tiny(**kw))).double().eval()
@@ -167,14 +173,16 @@ def test_sigma_reparam_bounds_spectral_norm():
     with torch.no_grad():
         layer.gamma.fill_(1.7)
     w_hat = layer.weight * layer.gamma / layer.sigma()
-    torch.testing.assert_close(torch.linalg.matrix_norm(w_hat, ord=2), torch.tensor(1.7), rtol=1e-4, atol=1e-6)
+    spectral = torch.linalg.matrix_norm(w_hat, ord=2)
+    torch.testing.assert_close(spectral, torch.tensor(1.7), rtol=1e-4, atol=1e-6)
 
 
 def test_aux_losses_formulas():
     same = torch.randn(2, 1, 5, 8).expand(2, 3, 5, 8)
     torch.testing.assert_close(head_diversity_penalty(same), torch.tensor(1.0))
     opposite = torch.randn(1, 1, 4, 6)
-    torch.testing.assert_close(head_diversity_penalty(torch.cat([opposite, -opposite], 1)), torch.tensor(-1.0))
+    pair = torch.cat([opposite, -opposite], 1)
+    torch.testing.assert_close(head_diversity_penalty(pair), torch.tensor(-1.0))
     x = torch.randn(3, 10, 6, dtype=torch.float64)
     unit = x / x.norm(dim=-1, keepdim=True)
     direct = -0.5 * torch.logdet(torch.eye(10, dtype=torch.float64)
