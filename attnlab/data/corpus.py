@@ -104,6 +104,7 @@ def extract_texts(archive: str | Path, dest: str | Path, expected_sha256: str) -
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp."))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; the cache is an ordinary readable folder
         n = 0
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:

@@ -152,6 +152,7 @@ def _load_smollm2() -> Any:
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=cached.parent, prefix=".smollm2."))
     try:
+        tmp.chmod(0o755)  # mkdtemp makes it 0700
         tok.save_pretrained(str(tmp))
         try:
             os.replace(tmp, cached)
