@@ -1,0 +1,53 @@
+"""`attnlab explore`: serve the explorer page for one model on a local port."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "explore", help="a local web page with sliders: attention, per-layer curves, steering",
+        description="Load a model once and serve a page where sliders swap the attention normalizer, "
+        "temperature and window, pick a layer and head, and steer the residual stream along its "
+        "principal directions. Bound to 127.0.0.1 unless --host says otherwise.")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="model name or Hugging Face folder (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8765, help="port (default: %(default)s; 0 = any free port)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default: %(default)s; any other address exposes the model "
+                   "to the network)")
+    p.add_argument("--no-browser", action="store_true", help="do not open a browser tab")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from attnlab.errors import ConfigError
+
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port must be in [0, 65535], got {args.port}")
+    import attnlab
+    from attnlab.explorer.engine import Explorer
+    from attnlab.explorer.server import ExplorerServer
+
+    print(f"attnlab explore: loading {args.model} ...", file=sys.stderr, flush=True)
+    loaded = attnlab.load_model(args.model)
+    explorer = Explorer(loaded, name=args.model)
+    try:
+        server = ExplorerServer(explorer, args.host, args.port)
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port} ({exc.strerror}); "
+                          f"pick another --port (0 = any free port)") from exc
+    print(f"attnlab explore: serving {args.model} at {server.url}  (Ctrl-C to stop)", flush=True)
+    if not args.no_browser:
+        import webbrowser
+
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,285 @@
+"""The explorer's model side: one forward per request, with the attention override and steering applied.
+
+`Explorer(loaded)` keeps one loaded model (see `attnlab.load_model`), computes the residual-stream
+directions once at start (cached on disk), and answers `analyze(params)` with plain JSON-ready data: the
+chosen head's attention pattern, the per-layer curves, the next-token distribution and a short greedy
+continuation, next to the same for the unmodified model (the baseline) when anything is overridden.
+
+Speed: tokenizations and whole forward results are kept in small LRU caches, so moving the head or layer
+slider (which does not change the forward when the override applies to all layers) costs no forward at
+all, and the baseline is computed once per text. All model work is serialised by one lock, because the
+steering hook is registered on the shared model.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from attnlab.attention import Sinks, SinkWindow, Window
+from attnlab.explorer.directions import Directions, load_cached, model_key, pca_directions, save_cached
+from attnlab.explorer.layer_metrics import METRIC_NAMES, layer_metrics
+from attnlab.explorer.params import NORMALIZERS, Limits, Params, RequestError
+from attnlab.explorer.passages import CORPUS, DEFAULT_TEXT
+from attnlab.models.hooks import attention_override, pattern_name
+
+
+@dataclass
+class _Forward:
+    """What one forward leaves behind: patterns (L, H, T, T) float16, curves, top-k, continuation."""
+
+    patterns: Tensor
+    metrics: dict[str, list[float | None]]
+    top: list[dict[str, Any]]
+    probs: Tensor
+    continuation: str
+    ms: float
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+class _LRU(OrderedDict):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def get_or(self, key: Any) -> Any:
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return None
+
+    def put(self, key: Any, value: Any) -> None:
+        self[key] = value
+        self.move_to_end(key)
+        while len(self) > self.size:
+            self.popitem(last=False)
+
+
+class Explorer:
+    """A loaded model plus everything the page asks of it. `loaded` is an `attnlab.load_model` result."""
+
+    def __init__(self, loaded: Any, *, name: str | None = None, limits: Limits | None = None,
+                 n_directions: int = 4, corpus: tuple[str, ...] = CORPUS, default_text: str = DEFAULT_TEXT,
+                 default_tokens: int = 128) -> None:
+        self.loaded = loaded
+        self.name = name or getattr(loaded, "name", None) or "model"
+        self.limits = limits or Limits()
+        self.n_layers = int(loaded.n_layers)
+        self.n_heads = int(loaded.n_heads)
+        self.n_directions = n_directions
+        self._lock = threading.Lock()
+        self._ids = _LRU(32)
+        self._forwards = _LRU(6)
+        loaded.model.eval()
+        self.default_text = self._fit(default_text, min(default_tokens, self.limits.max_tokens))
+        self.directions = self._directions(corpus)
+
+    # --- start-up -------------------------------------------------------------------------------------
+    def _fit(self, text: str, max_tokens: int) -> str:
+        """The longest prefix of whole lines of `text` that fits in max_tokens (at least one line)."""
+        lines = text.splitlines()
+        kept = lines[:1]
+        for line in lines[1:]:
+            if self._encode_raw("\n".join([*kept, line])).shape[-1] > max_tokens:
+                break
+            kept.append(line)
+        return "\n".join(kept)
+
+    def _directions(self, corpus: tuple[str, ...]) -> list[Directions]:
+        key = model_key(self.name, self.loaded.model, corpus, self.n_directions)
+        found = [load_cached(key, layer) for layer in range(self.n_layers)]
+        if all(d is not None and d.components.shape[0] == self.n_directions for d in found):
+            return found  # type: ignore[return-value]
+        rows: list[list[Tensor]] = [[] for _ in range(self.n_layers)]
+        with torch.inference_mode():
+            for text in corpus:
+                ids = self._encode_raw(text)[:, : self.limits.max_tokens]
+                _, cache = self.loaded.run_with_cache(ids, attention=False)
+                for layer in range(self.n_layers):
+                    rows[layer].append(cache[f"blocks.{layer}.hook_resid_post"][0, 1:].float())
+        out = []
+        for layer in range(self.n_layers):
+            d = pca_directions(torch.cat(rows[layer]), layer, self.n_directions)
+            save_cached(key, d)
+            out.append(d)
+        return out
+
+    def info(self) -> dict[str, Any]:
+        """What the page needs to build its controls."""
+        return {
+            "model": self.name,
+            "n_layers": self.n_layers,
+            "n_heads": self.n_heads,
+            "d_model": int(self.loaded.d_model),
+            "limits": self.limits.to_json(),
+            "normalizers": list(NORMALIZERS),
+            "metrics": list(METRIC_NAMES),
+            "default_text": self.default_text,
+            "default_layer": min(self.n_layers - 1, max(0, self.n_layers // 2)),
+            "n_directions": self.n_directions,
+            "explained": [[round(float(e), 4) for e in d.explained] for d in self.directions],
+        }
+
+    # --- requests -------------------------------------------------------------------------------------
+    def _encode_raw(self, text: str) -> Tensor:
+        ids = self.loaded.encode(text)
+        return ids if ids.dim() == 2 else ids.view(1, -1)
+
+    def encode(self, text: str) -> Tensor:
+        """Token ids (1, T) of text, cached; RequestError over the token limit."""
+        ids = self._ids.get_or(text)
+        if ids is None:
+            ids = self._encode_raw(text)
+            self._ids.put(text, ids)
+        limit = self.limits.max_tokens
+        if ids.shape[-1] > limit:
+            raise RequestError(f"the text is {ids.shape[-1]} tokens long; the limit is {limit} tokens: "
+                               f"shorten the text")
+        if ids.shape[-1] == 0:
+            raise RequestError("the text encodes to no tokens: type some text to analyse")
+        return ids
+
+    def analyze(self, params: Params) -> dict[str, Any]:
+        """One page update: see the module docstring. Raises RequestError for text over the limits."""
+        t0 = time.perf_counter()
+        ids = self.encode(params.text)
+        with self._lock:
+            fwd, cached = self._forward(params, ids)
+            base = None
+            if params.overriding or params.steering:
+                base, _ = self._forward(params.baseline(), ids)
+        pattern = fwd.patterns[params.layer, params.head].float()
+        tokens = [self._token_text(int(i)) for i in ids[0]]
+        top = fwd.top
+        if base is not None:
+            top = [dict(t, baseline_prob=round(float(base.probs[t["id"]]), 5)) for t in top]
+        return {
+            "model": self.name,
+            "tokens": tokens,
+            "n_tokens": len(tokens),
+            "layer": params.layer,
+            "head": params.head,
+            "pattern": [[round(float(v), 5) for v in row] for row in pattern],
+            "metrics": fwd.metrics,
+            "baseline_metrics": base.metrics if base is not None else None,
+            "top": top,
+            "baseline_top": base.top if base is not None else None,
+            "continuation": fwd.continuation,
+            "baseline_continuation": base.continuation if base is not None else None,
+            "steer_layer": params.steer_layer,
+            "explained": [round(float(e), 4) for e in self.directions[params.steer_layer].explained],
+            "cached": cached,
+            "forward_ms": round(fwd.ms, 1),
+            "total_ms": round(1000 * (time.perf_counter() - t0), 1),
+        }
+
+    def _token_text(self, token_id: int) -> str:
+        return self.loaded.decode([token_id])
+
+    def _forward_key(self, p: Params) -> tuple:
+        # Layer and head pick what to show, not what to compute, unless the override is for one layer.
+        layer = p.layer if (p.scope == "layer" and p.overriding) else None
+        steer = (p.steer_layer, p.alphas) if p.steering else None
+        sink = p.sink_logit if p.normalizer == "sinks" else None
+        sinks = p.sinks if p.window > 0 else None
+        return (p.text, p.normalizer, sink, p.temperature, p.window, sinks, layer, steer)
+
+    def _forward(self, p: Params, ids: Tensor) -> tuple[_Forward, bool]:
+        key = self._forward_key(p)
+        hit = self._forwards.get_or(key)
+        if hit is not None:
+            return hit, True
+        t0 = time.perf_counter()
+        with torch.inference_mode(), self._override(p), self._steer(p):
+            logits, cache = self.loaded.run_with_cache(ids, attention=True)
+            patterns = torch.stack([cache[pattern_name(i)][0] for i in range(self.n_layers)])
+            patterns = patterns.to(torch.float16)
+            metrics: dict[str, list[float | None]] = {m: [] for m in METRIC_NAMES}
+            for i in range(self.n_layers):
+                values = layer_metrics(cache[f"blocks.{i}.hook_resid_post"][0], cache[pattern_name(i)][0])
+                for m in METRIC_NAMES:
+                    metrics[m].append(_finite(round(values[m], 6)))
+            probs = torch.softmax(logits[0, -1].float(), dim=-1)
+            continuation = self._greedy(ids, int(probs.argmax()))
+        top_p, top_i = probs.topk(min(self.limits.top_k, probs.shape[0]))
+        top = [{"id": int(i), "token": self._token_text(int(i)), "prob": round(float(v), 5)}
+               for v, i in zip(top_p, top_i)]
+        fwd = _Forward(patterns=patterns, metrics=metrics, top=top, probs=probs, continuation=continuation,
+                       ms=1000 * (time.perf_counter() - t0))
+        self._forwards.put(key, fwd)
+        return fwd, False
+
+    def _greedy(self, ids: Tensor, first: int) -> str:
+        """A short greedy continuation under the current override and steering (HF KV cache)."""
+        n = self.limits.continuation_tokens
+        max_ctx = getattr(self.loaded, "max_context", None)
+        if max_ctx is not None:
+            n = max(0, min(n, int(max_ctx) - ids.shape[-1]))
+        if n == 0:
+            return ""
+        out_ids = [first]
+        if getattr(self.loaded, "kind", "hf") != "hf":  # no HF cache API: recompute (short prompts only)
+            seq = ids
+            for _ in range(n - 1):
+                seq = torch.cat([seq, torch.tensor([[out_ids[-1]]], device=ids.device)], dim=1)
+                out_ids.append(int(self.loaded.logits(seq)[0, -1].argmax()))
+            return self.loaded.decode(out_ids)
+        hf = self.loaded.model
+        # transformers >= 5.2x names the KV cache `cache`; earlier versions `past_key_values`.
+        arg = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+        out = hf(input_ids=ids, use_cache=True)
+        for _ in range(n - 1):
+            step = torch.tensor([[out_ids[-1]]], device=ids.device)
+            past = getattr(out, "cache", None) or out.past_key_values
+            out = hf(input_ids=step, use_cache=True, **{arg: past})
+            out_ids.append(int(out.logits[0, -1].argmax()))
+        return self.loaded.decode(out_ids)
+
+    def _override(self, p: Params) -> Any:
+        if not p.overriding:
+            return nullcontext()
+        normalizer = Sinks(p.sink_logit) if p.normalizer == "sinks" else p.normalizer
+        span = None
+        if p.window > 0:
+            span = SinkWindow(p.sinks, p.window) if p.sinks > 0 else Window(p.window)
+        layers = [p.layer] if p.scope == "layer" else None
+        return attention_override(normalizer=normalizer, span=span, temperature=p.temperature, layers=layers)
+
+    @contextmanager
+    def _steer(self, p: Params) -> Iterator[None]:
+        """Add sum_k alpha_k * typical_norm * direction_k to block `steer_layer`'s output (forward hook)."""
+        if not p.steering:
+            yield
+            return
+        delta = self.directions[p.steer_layer].delta(p.alphas)
+
+        def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> Any:
+            if isinstance(output, tuple):
+                return (output[0] + delta.to(output[0]), *output[1:])
+            return output + delta.to(output)
+
+        handle = self.loaded.blocks()[p.steer_layer].register_forward_hook(hook)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+
+def default_params(explorer: Explorer, **changes: Any) -> Params:
+    """The page's starting request, for scripts and tests."""
+    p = Params(text=explorer.default_text, layer=explorer.info()["default_layer"],
+               steer_layer=explorer.info()["default_layer"], alphas=(0.0,) * explorer.n_directions)
+    return replace(p, **changes)
