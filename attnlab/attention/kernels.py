@@ -13,6 +13,7 @@ d s = -sum_i p_sink,i <dY_i, Y_i> with p_sink,i = sigmoid(s - lse_i).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -20,10 +21,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def expand_kv(x: Tensor, heads: int) -> Tensor:
+    """(B, Hk, L, D) -> (B, heads, L, D) for grouped-query attention (query head h uses kv head h // g)."""
+    groups = heads // x.shape[1]
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
 @dataclass
 class Problem:
-    """One kernel call. Shapes: q (N, H, Lq, D); k, v (N, H, Lk, D|Dv); bias (N|1, 1|H, Lq, Lk) or None;
-    keys_seen broadcastable to (N, H, Lq, 1), float, >= 1."""
+    """One kernel call. Shapes: q (N, H, Lq, D); k, v (N, Hk, Lk, D|Dv) with Hk dividing H (the CPU kernel
+    takes grouped-query heads natively; other devices expand them); bias (N|1, 1, Lq, Lk) or None;
+    `seen` the number of keys each query sees, broadcastable to (N, H, Lq, 1), float, >= 1, or a
+    function that computes it (only scalable softmax needs it, so it is built on demand)."""
 
     q: Tensor
     k: Tensor
@@ -31,7 +40,18 @@ class Problem:
     scale: float
     bias: Tensor | None
     is_causal: bool
-    keys_seen: Tensor
+    seen: Tensor | Callable[[], Tensor]
+
+    @property
+    def keys_seen(self) -> Tensor:
+        if callable(self.seen):
+            self.seen = self.seen()
+        return self.seen
+
+    def kv(self) -> tuple[Tensor, Tensor]:
+        """k and v with as many heads as q (a copy under grouped-query attention)."""
+        heads = self.q.shape[1]
+        return expand_kv(self.k, heads), expand_kv(self.v, heads)
 
     def allowed(self) -> Tensor:
         """Bool mask broadcastable to (N, H, Lq, Lk); materialises Lq x Lk, so callers slice rows."""
@@ -42,15 +62,12 @@ class Problem:
             return torch.ones(lq, lk, dtype=torch.bool, device=self.q.device).tril()
         return torch.ones(lq, lk, dtype=torch.bool, device=self.q.device)
 
-    def with_q(self, q: Tensor) -> Problem:
-        return Problem(q, self.k, self.v, self.scale, self.bias, self.is_causal, self.keys_seen)
-
 
 def sdpa(p: Problem, q: Tensor | None = None, v: Tensor | None = None) -> Tensor:
     """The stock differentiable kernel on a Problem (optionally with other queries or values)."""
     return F.scaled_dot_product_attention(
         p.q if q is None else q, p.k, p.v if v is None else v,
-        attn_mask=p.bias, is_causal=p.is_causal, scale=p.scale,
+        attn_mask=p.bias, is_causal=p.is_causal, scale=p.scale, enable_gqa=p.k.shape[1] != p.q.shape[1],
     )
 
 
@@ -62,15 +79,13 @@ def flash_forward(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causa
             q, k, v, 0.0, is_causal, attn_mask=bias, scale=scale)
         return out, lse
     if q.device.type == "cuda":
-        bias_c = bias
-        if is_causal:
-            lq, lk = q.shape[-2], k.shape[-2]
-            causal = torch.ones(lq, lk, dtype=torch.bool, device=q.device).tril()
-            bias_c = torch.zeros(lq, lk, dtype=q.dtype, device=q.device).masked_fill(~causal, float("-inf"))
-        if bias_c is not None:
-            bias_c = bias_c.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        # Untested (no GPU where this was written): the memory-efficient kernel returns the lse padded
+        # to a multiple of 32 rows and wants equal head counts; its is_causal is top-left, as on CPU.
+        k, v = expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])
+        if bias is not None:
+            bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
         out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
-            q, k, v, bias_c, True, 0.0, False, scale=scale)
+            q, k, v, bias, True, 0.0, is_causal, scale=scale)
         return out, lse[..., : q.shape[-2]]
     raise NotImplementedError(f"the fused backend has no kernel for device {q.device.type!r}; "
                               f"use backend='reference'")
@@ -115,7 +130,15 @@ def sink_attention(p: Problem, sink_logits: Tensor) -> Tensor:
     sink = sink_logits.to(device=p.q.device)
     if sink.dim() == 0:
         sink = sink.expand(p.q.shape[1])
-    return _SinkAttention.apply(p.q, p.k, p.v, sink, p.bias, p.is_causal, p.scale)
+    q, k, v = p.q, p.k, p.v
+    d, dv = q.shape[-1], v.shape[-1]
+    # The flash kernels want one head size for q, k and v; zero columns change neither scores nor
+    # outputs (the scale is passed explicitly), so pad the smaller side and slice the output back.
+    if dv < d:
+        v = F.pad(v, (0, d - dv))
+    elif dv > d:
+        q, k = F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d))
+    return _SinkAttention.apply(q, k, v, sink, p.bias, p.is_causal, p.scale)[..., :dv]
 
 
 def row_entropy(p: Problem) -> Tensor:

@@ -118,11 +118,12 @@ class Clipped(Normalizer):
         # No kernel identity exists for an elementwise clip of p_ij, so go block by block over query
         # rows: memory O(rows_per_block x Lk) instead of O(Lq x Lk).
         allowed = p.allowed()
+        k, v = p.kv()
         outs = []
         for lo in range(0, p.q.shape[-2], rows_per_block):
             hi = lo + rows_per_block
-            scores = p.scale * (p.q[..., lo:hi, :] @ p.k.transpose(-1, -2))
-            outs.append(self.weights(scores, allowed[..., lo:hi, :]) @ p.v)
+            scores = p.scale * (p.q[..., lo:hi, :] @ k.transpose(-1, -2))
+            outs.append(self.weights(scores, allowed[..., lo:hi, :]) @ v)
         return torch.cat(outs, dim=-2)
 
 
@@ -155,12 +156,15 @@ class Adaptive(Normalizer):
         return sdpa(p, q=p.q * beta)
 
 
+_SSMAX_DEFAULT_S = 1.0 / math.log(512)
+
+
 class ScalableSoftmax(Normalizer):
     """Scalable softmax (Nakanishi 2025): logits times s * log(n_i), n_i the number of keys query i sees
     (i + 1 under a causal mask, not the sequence length). `s` is a float or one value per head; the
     default keeps a query that sees 512 keys at temperature 1."""
 
-    def __init__(self, s: Tensor | float = 1.0 / math.log(512)) -> None:
+    def __init__(self, s: Tensor | float = _SSMAX_DEFAULT_S) -> None:
         if isinstance(s, Tensor) and s.dim() > 1:
             raise ValueError(f"ScalableSoftmax: s must be a scalar or shape (heads,), got {tuple(s.shape)}")
         self.s = s
@@ -202,6 +206,7 @@ def resolve_normalizer(normalizer: object) -> Normalizer:
         if key == "sinks":
             raise ValueError("the 'sinks' normalizer needs its logits: pass attnlab.Sinks(logits) "
                              "with one logit per head")
-        raise ValueError(f"unknown normalizer {normalizer!r}; valid normalizers: {', '.join(NORMALIZER_NAMES)}")
+        raise ValueError(f"unknown normalizer {normalizer!r}; "
+                         f"valid normalizers: {', '.join(NORMALIZER_NAMES)}")
     raise TypeError(f"normalizer must be a name or a Normalizer object, got {type(normalizer).__name__}; "
                     f"valid normalizers: {', '.join(NORMALIZER_NAMES)}")

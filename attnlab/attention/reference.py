@@ -6,14 +6,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from attnlab.attention.kernels import expand_kv
 from attnlab.attention.normalizers import Normalizer
 from attnlab.attention.spans import Span
-
-
-def expand_kv(x: Tensor, heads: int) -> Tensor:
-    """(B, Hk, L, D) -> (B, heads, L, D) for grouped-query attention (query head h uses kv head h // g)."""
-    groups = heads // x.shape[1]
-    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
 
 
 def as_4d(mask: Tensor) -> Tensor:

@@ -38,6 +38,21 @@ class Span:
         """Queries per block in the fused backend (local spans only)."""
         return q_len
 
+    def block_start(self, q_start: int, bq: int) -> int:
+        """Position (<= q_start) where the fused backend's first block of queries begins; the queries
+        before q_start are padding, dropped from the output."""
+        return q_start
+
+    def periodic(self, bq: int) -> bool:
+        """True if, for blocks of `bq` queries whose keys all exist and lie past the sink prefix, the
+        allowed pattern relative to the block is the same for every block (the fused backend then builds
+        it once)."""
+        return False
+
+    def reduces_to_causal(self, kv_len: int) -> bool:
+        """True if, with `kv_len` keys, this span allows exactly what causal allows."""
+        return False
+
     def mask(self, q_len: int, kv_len: int, device: torch.device | str = "cpu") -> Tensor:
         """Bool (q_len, kv_len): True where query i may attend to key j."""
         q_pos = torch.arange(kv_len - q_len, kv_len, device=device)[:, None]
@@ -52,7 +67,8 @@ class Full(Span):
     name = "full"
 
     def allows(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
-        return torch.ones(torch.broadcast_shapes(q_pos.shape, k_pos.shape), dtype=torch.bool, device=q_pos.device)
+        shape = torch.broadcast_shapes(q_pos.shape, k_pos.shape)
+        return torch.ones(shape, dtype=torch.bool, device=q_pos.device)
 
 
 class Causal(Span):
@@ -91,7 +107,19 @@ class Window(Span):
         return q_pos - self.size + 1
 
     def block_size(self, q_len: int) -> int:
-        return max(1, min(q_len, 128 if self.size >= 256 else max(32, self.size)))
+        return _window_block(self.size, q_len)
+
+    def periodic(self, bq: int) -> bool:
+        return True  # the pattern depends on key minus query position only
+
+    def reduces_to_causal(self, kv_len: int) -> bool:
+        return self.size >= kv_len
+
+
+def _window_block(window: int, q_len: int) -> int:
+    """Queries per block for a window: the kernel's work per query is bq + window - 1 keys, so small blocks
+    waste less, but very small ones cost per-block overhead."""
+    return max(1, min(q_len, 128 if window >= 256 else max(32, window)))
 
 
 class SinkWindow(Span):
@@ -123,7 +151,13 @@ class SinkWindow(Span):
         return q_pos - self.window + 1
 
     def block_size(self, q_len: int) -> int:
-        return Window(self.window).block_size(q_len)
+        return _window_block(self.window, q_len)
+
+    def periodic(self, bq: int) -> bool:
+        return True  # past the prefix, sink keys are always visible and the window is relative
+
+    def reduces_to_causal(self, kv_len: int) -> bool:
+        return self.sinks + self.window >= kv_len  # no key falls between the prefix and the window
 
 
 @dataclass(frozen=True, repr=False)
@@ -148,8 +182,18 @@ class Chunked(Span):
         return torch.div(q_pos, self.size, rounding_mode="floor") * self.size
 
     def block_size(self, q_len: int) -> int:
-        # One chunk per block keeps blocks aligned with chunks when positions start at 0.
-        return max(1, min(q_len, self.size if self.size <= 512 else 256))
+        # One chunk per block: each block then sees exactly its own chunk (no wasted keys), and the key
+        # blocks are strided views. Larger chunks are cut into 256-query blocks to bound the mask.
+        return self.size if self.size <= 512 else 256
+
+    def block_start(self, q_start: int, bq: int) -> int:
+        return q_start - q_start % self.size if bq == self.size else q_start
+
+    def periodic(self, bq: int) -> bool:
+        return bq == self.size
+
+    def reduces_to_causal(self, kv_len: int) -> bool:
+        return self.size >= kv_len
 
 
 class MaskSpan(Span):
