@@ -42,19 +42,18 @@ def _losses(metrics):
 
 
 def test_resume_after_kill_matches_uninterrupted_run(text_file, tmp_path):
-    straight = train(cfg(text_file, tmp_path / "a", model={"normalizer": "sinks", "dropout": 0.1}), progress=False)
+    model = {"normalizer": "sinks", "dropout": 0.1}
+    straight = train(cfg(text_file, tmp_path / "a", model=model), progress=False)
 
     def crash_at_5(step, record):
         if step == 5:  # dies after step 5; the last checkpoint is step 3
             raise Crash
 
     with pytest.raises(Crash):
-        train(cfg(text_file, tmp_path / "b", model={"normalizer": "sinks", "dropout": 0.1}), progress=False,
-              callback=crash_at_5)
+        train(cfg(text_file, tmp_path / "b", model=model), progress=False, callback=crash_at_5)
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert max(json.loads(line)["step"] for line in lines) == 5  # steps 4, 5 were logged, then lost
-    resumed = train(cfg(text_file, tmp_path / "b", model={"normalizer": "sinks", "dropout": 0.1}, resume=True),
-                    progress=False)
+    resumed = train(cfg(text_file, tmp_path / "b", model=model, resume=True), progress=False)
     assert resumed["resumed_from"] == 3 and resumed["step"] == 6
     on_disk = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in on_disk if r["split"] == "train"]
@@ -85,14 +84,16 @@ def test_ctrl_c_saves_and_resumes(text_file, tmp_path):
 
 def test_cli_trains_with_config_file_and_flags_win(text_file, tmp_path, capsys):
     config = tmp_path / "run.yaml"
-    config.write_text("steps: 3\nbatch_size: 2\nmodel:\n  normalizer: softmax1\n  n_layers: 3\nlog-every: 1\n")
+    config.write_text("steps: 3\nbatch_size: 2\nmodel:\n  normalizer: softmax1\n  n_layers: 3\n"
+                      "log-every: 1\n")
     out = tmp_path / "cli"
     code = cli_main(["train", "--config", str(config), "--layers", "2", "--d-model", "32", "--context", "16",
                      "--eval-every", "0", "--text", str(text_file), "--out", str(out)])
     assert code == 0
     assert "trained 3 steps" in capsys.readouterr().out
     saved = json.loads((out / "checkpoint" / "config.json").read_text())
-    assert saved["normalizer"] == "softmax1" and saved["n_layers"] == 2  # file, then the flag that overrides it
+    # from the file, and the flag that overrides it
+    assert saved["normalizer"] == "softmax1" and saved["n_layers"] == 2
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3] and all("loss" in m for m in metrics)
     summary = json.loads((out / "summary.json").read_text())
@@ -104,7 +105,8 @@ def test_cli_trains_with_config_file_and_flags_win(text_file, tmp_path, capsys):
 
 def test_resume_into_another_config_fails_clearly(text_file, tmp_path):
     train(cfg(text_file, tmp_path / "x", steps=2), progress=False)
-    with pytest.raises(ConfigError, match=r"another config \(normalizer: checkpoint 'softmax', now 'ssmax'.*lr: "):
+    expected = r"another config \(normalizer: checkpoint 'softmax', now 'ssmax'.*lr: "
+    with pytest.raises(ConfigError, match=expected):
         train(cfg(text_file, tmp_path / "x", steps=4, lr=1e-3, resume=True, model={"normalizer": "ssmax"}),
               progress=False)
     with pytest.raises(ConfigError, match="already holds a training run; pass --resume"):
@@ -122,7 +124,8 @@ def test_bad_input_fails_clearly(text_file, tmp_path, capsys):
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="cannot write to the output folder .*choose a writable --out"):
         train(cfg(text_file, blocker / "run"), progress=False)
-    assert cli_main(["train", "--span", "windw(3)", "--text", str(text_file), "--out", str(tmp_path / "s")]) == 2
+    argv = ["train", "--span", "windw(3)", "--text", str(text_file), "--out", str(tmp_path / "s")]
+    assert cli_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("attnlab: error:") and "unknown span" in err and len(err.splitlines()) == 1
     with pytest.raises(SystemExit) as exc:
