@@ -159,9 +159,22 @@ def check_supported(model: torch.nn.Module) -> None:
             f"(and other causal LMs whose class sets _supports_attention_backend)")
 
 
+def check_causal(model: torch.nn.Module) -> None:
+    """Raise when the model's self-attention is bidirectional (BERT-style models have a *ForCausalLM head
+    too, but their attention sees the future unless configured as a decoder)."""
+    flags = [m.is_causal for m in model.modules()
+             if getattr(m, "layer_idx", None) is not None and isinstance(getattr(m, "is_causal", None), bool)]
+    if flags and not any(flags):
+        arch = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        raise AttnlabError(f"{arch!r} is not a causal language model (its attention is bidirectional); "
+                           f"supported architectures: {', '.join(SUPPORTED_ARCHITECTURES)} and other "
+                           f"decoder-only causal LMs")
+
+
 def use_attnlab_attention(model: torch.nn.Module) -> torch.nn.Module:
     """Switch an already loaded HF model to attnlab's attention (in place) and return it."""
     check_supported(model)
+    check_causal(model)
     name = register()
     model.set_attn_implementation(name)
     return model
