@@ -1,1 +1,25 @@
-"""attnlab.stream"""
+"""attnlab.stream: constant-memory inference over unbounded text (StreamingLLM and friends).
+
+Policies (`make_policy`): full, window(W), sinks(S, W), chunked(C), recompute(W), memory (attnlab GPT).
+`StreamRunner(model, policy).feed(ids)` gives token-by-token-exact logits with memory bounded by the
+policy; `stream_eval` measures streaming perplexity; `stream_generate` streams text. See docs/streaming.md.
+"""
+
+from attnlab.stream.cache import StreamCache
+from attnlab.stream.policies import (
+    POLICIES,
+    ChunkedPolicy,
+    FullPolicy,
+    MemoryPolicy,
+    Policy,
+    RecomputePolicy,
+    SinksPolicy,
+    WindowPolicy,
+    make_policy,
+)
+from attnlab.stream.runner import StreamRunner
+
+__all__ = [
+    "POLICIES", "ChunkedPolicy", "FullPolicy", "MemoryPolicy", "Policy", "RecomputePolicy", "SinksPolicy",
+    "StreamCache", "StreamRunner", "WindowPolicy", "make_policy",
+]
