@@ -11,7 +11,7 @@ import torch
 
 from attnlab.explorer import directions as dirs
 from attnlab.explorer.engine import Explorer, default_params
-from attnlab.explorer.layer_metrics import attention_entropy, layer_metrics, sink_mass, uniformity_ratio
+from attnlab.explorer.layer_metrics import layer_metrics
 from attnlab.explorer.params import Limits, RequestError, parse_params
 from attnlab.explorer.server import serve_in_thread
 from attnlab.models.hooks import attention_override, pattern_name, record_attention
@@ -131,7 +131,8 @@ def test_override_changes_attention_and_metrics(server):
     _, one = analyze(server, layer=1, head=0, normalizer="softmax1")
     rows = torch.tensor(one["pattern"]).sum(-1)
     assert torch.all(rows < 0.999)  # the extra 1 in the denominator takes mass from every row
-    assert one["metrics"]["entropy"] != base["metrics"]["entropy"]
+    assert all(a < b for a, b in zip(one["metrics"]["sink_mass"], base["metrics"]["sink_mass"]))
+    assert one["metrics"]["norm"] != base["metrics"]["norm"]
     assert one["baseline_metrics"] == base["metrics"]
     _, hot = analyze(server, layer=1, head=0, temperature=4.0)
     assert hot["metrics"]["entropy"][1] > base["metrics"]["entropy"][1]  # hotter = flatter rows
@@ -245,18 +246,21 @@ def test_pca_recovers_a_planted_direction():
     assert abs(float(d.components[0] @ u)) > 0.999 and d.explained[0] > 0.95
 
 
-def test_layer_metrics_formulas():
-    x = torch.randn(1, 8).repeat(5, 1)
-    assert uniformity_ratio(x) < 1e-6  # identical rows: the rank-one limit of uniform attention
+def test_layer_metrics_summaries():
     t = 6
-    uniform = torch.tril(torch.ones(t, t)) / torch.arange(1, t + 1)[:, None]
-    want = float(torch.log(torch.arange(1, t + 1).float()).mean())
-    assert math.isclose(attention_entropy(uniform[None]), want, rel_tol=1e-5)
+    x = torch.randn(1, 8, dtype=torch.float64).repeat(t, 1)
+    uniform = torch.tril(torch.ones(2, t, t, dtype=torch.float64)) / torch.arange(1, t + 1)[:, None]
+    m = layer_metrics(x, uniform)
+    assert m["uniformity"] < 1e-6  # identical rows: the rank-one limit of uniform attention
+    assert math.isclose(m["norm"], float(x[0].norm()), rel_tol=1e-9)
+    want = float(torch.log(torch.arange(1, t + 1).double()).mean())
+    assert math.isclose(m["entropy"], want, rel_tol=1e-9)
+    assert math.isclose(m["sink_mass"], float((1 / torch.arange(2, t + 1).double()).mean()), rel_tol=1e-9)
     first = torch.zeros(1, t, t)
-    first[..., 0] = 1
-    assert sink_mass(first) == 1.0 and attention_entropy(first) == 0.0
-    m = layer_metrics(torch.ones(3, 4), None)
-    assert m["norm"] == 2.0 and math.isnan(m["entropy"])
+    first[..., 0] = 0.5  # softmax1-like rows summing to 0.5: sink mass is not renormalised, entropy is
+    m = layer_metrics(x, first)
+    assert m["sink_mass"] == 0.5 and m["entropy"] == 0.0
+    assert math.isnan(layer_metrics(x, None)["entropy"])
 
 
 def test_parse_params_defaults_fill_alphas():

@@ -138,6 +138,10 @@ class Explorer:
         ids = self.loaded.encode(text)
         return ids if ids.dim() == 2 else ids.view(1, -1)
 
+    def encode_any(self, text: str) -> Tensor:
+        """Token ids (1, T) of text with no length limit (for scripts; requests go through `encode`)."""
+        return self._encode_raw(text)
+
     def encode(self, text: str) -> Tensor:
         """Token ids (1, T) of text, cached; RequestError over the token limit."""
         ids = self._ids.get_or(text)

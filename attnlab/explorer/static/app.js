@@ -7,7 +7,7 @@ const VIRIDIS = ["#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c
   "#7ad151", "#bddf26", "#fde725"].map((h) => [1, 3, 5].map((i) => parseInt(h.slice(i, i + 2), 16)));
 const METRIC_LABELS = {
   norm: "residual norm ‖x‖", uniformity: "uniformity ratio", entropy: "attention entropy (nats)",
-  sink_mass: "sink mass (weight on token 0)",
+  sink_mass: "sink mass (token 0)",
 };
 const state = { info: null, last: null, seq: 0, controller: null, timer: null, renders: 0 };
 
@@ -207,7 +207,7 @@ function drawCurves(d) {
     const path = (arr) => arr.map((v, l) => (v === null ? "" : `${l && arr[l - 1] !== null ? "L" : "M"}${X(l).toFixed(1)},${Y(v).toFixed(1)}`)).join("");
     let s = `<svg viewBox="0 0 ${W} ${H}" id="metric-${name}" data-values='${JSON.stringify(now)}'>`;
     const sel = now[d.layer];
-    s += `<text class="title" x="${m.l}" y="13">${METRIC_LABELS[name]} <tspan class="value" fill="#2563eb">${fmt(sel)}</tspan><tspan fill="#6b7280" font-weight="400"> at layer ${d.layer}</tspan></text>`;
+    s += `<text class="title" x="2" y="13">${METRIC_LABELS[name]} <tspan class="value" fill="#2563eb">${fmt(sel)}</tspan><tspan fill="#6b7280" font-weight="400"> at layer ${d.layer}</tspan></text>`;
     for (const v of yt) s += `<line class="grid" x1="${m.l}" x2="${W - m.r}" y1="${Y(v)}" y2="${Y(v)}"/><text class="tick" x="${m.l - 5}" y="${Y(v) + 3}" text-anchor="end">${fmt(v)}</text>`;
     const xstep = L <= 12 ? 1 : L <= 32 ? 5 : 10;
     for (let l = 0; l < L; l += xstep) s += `<text class="tick" x="${X(l)}" y="${H - m.b + 13}" text-anchor="middle">${l}</text>`;
@@ -227,11 +227,14 @@ function esc(t) { const e = document.createElement("span"); e.textContent = t; r
 function drawTopk(d) {
   const max = Math.max(...d.top.map((t) => Math.max(t.prob, t.baseline_prob || 0)), 1e-9);
   $("topk").innerHTML = d.top.map((t) => {
-    const tick = t.baseline_prob === undefined ? "" : `<div class="tick" style="left:${(100 * t.baseline_prob / max).toFixed(1)}%"></div>`;
+    const tick = t.baseline_prob === undefined ? "" : `<div class="tick" data-left="${(100 * t.baseline_prob / max).toFixed(1)}"></div>`;
     return `<div class="row"><span class="tok" title="id ${t.id}">${esc(showTok(t.token))}</span>` +
-      `<div class="track"><div class="bar" style="width:${(100 * t.prob / max).toFixed(1)}%"></div>${tick}</div>` +
+      `<div class="track"><div class="bar" data-width="${(100 * t.prob / max).toFixed(1)}"></div>${tick}</div>` +
       `<span class="pct">${(100 * t.prob).toFixed(1)}%</span></div>`;
   }).join("");
+  // The page's CSP forbids inline style attributes; geometry set through the CSSOM is allowed.
+  $("topk").querySelectorAll("[data-width]").forEach((e) => { e.style.width = `${e.dataset.width}%`; });
+  $("topk").querySelectorAll("[data-left]").forEach((e) => { e.style.left = `${e.dataset.left}%`; });
 }
 
 function drawContinuation(d) {
