@@ -75,7 +75,8 @@ def test_max_retrieval_labels(n_items):
 
 def test_max_retrieval_spreads_answers_and_positions():
     data = max_retrieval(2000, 16, seed=0)
-    assert set(data.labels.tolist()) == set(range(8))
+    assert set(data.labels.tolist()) == set(range(data.meta["n_values"]))
+    assert data.vocab_size == 2 + data.meta["n_values"] * (1 + data.meta["n_priorities"])
     assert set(data.meta["winner_pos"].tolist()) == set(range(16))
 
 

@@ -77,7 +77,7 @@ MAXR_PAD, MAXR_QUERY, MAXR_ANSWER_BASE = 0, 1, 2
 
 
 def max_retrieval(
-    n_samples: int, n_items: int, seed: int = 0, n_priorities: int = 32, n_values: int = 8
+    n_samples: int, n_items: int, seed: int = 0, n_priorities: int = 16, n_values: int = 4
 ) -> TaskData:
     """Max retrieval: find the item with the highest priority in a set and answer its value.
 
@@ -88,7 +88,9 @@ def max_retrieval(
     Each item is ONE token that carries a priority p in [0, n_priorities) and a value v in [0, n_values):
     id = item_base + p * n_values + v. A single attention layer can therefore solve the task (the query's
     score for an item grows with its priority; its value vector carries v) and the same model runs at any
-    set size, e.g. trained at 16 items and tested at 16 ... 4096.
+    set size, e.g. trained at 16 items and tested at 16 ... 4096. The defaults (16 priorities, 4 values,
+    vocab_size 70) are sized so that a 1-layer d=64 GPT learns the task at 16 items in about 1500 Adam
+    steps of 64 samples; with 32 x 8 the same model stayed at chance for 1200 steps.
 
     Sequence (T = n_items + 1):  item_1 ... item_n QUERY  ->  target at QUERY = ANSWER_BASE + v*.
     The winner is unique: its priority p* is uniform in [1, n_priorities), every other item's is uniform
