@@ -1,0 +1,71 @@
+"""offbyone at the smoke preset: valid JSON with provenance and claims, compare.html, resume skips parts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from attnlab.errors import ConfigError
+from attnlab.experiments import offbyone
+from attnlab.experiments.base import PRESETS, choose_preset
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("offbyone")
+    doc = offbyone.run(offbyone.PRESETS["smoke"], out, progress=False)
+    return out, doc
+
+
+def test_smoke_writes_results_with_provenance_and_claims(smoke_run):
+    out, doc = smoke_run
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["study"] == "offbyone"
+    assert saved["provenance"]["versions"]["torch"]
+    assert saved["config"]["variants"] == list(offbyone.PRESETS["smoke"].variants)
+    assert saved["claims"], "offbyone must test the published claims"
+    for c in saved["claims"]:
+        assert c["verdict"] in ("held", "did not hold", "inconclusive at this scale")
+        assert c["paper"] and c["ours"] and c["rule"]
+    variants = saved["results"]["variants"]
+    assert set(variants) == set(offbyone.PRESETS["smoke"].variants)
+    for v in variants.values():
+        assert v["val_loss"]["mean"] > 0
+        assert 0.0 <= v["sink_rate"]["mean"] <= 1.0
+        assert len(v["kurtosis"]) == offbyone.PRESETS["smoke"].n_layers
+    assert saved["timings"]["total"] > 0
+
+
+def test_smoke_writes_pages_and_plots(smoke_run):
+    out, _ = smoke_run
+    page = (out / "compare.html").read_text()
+    assert "Does adding one to the denominator help" in page and "data:image/png;base64," in page
+    for v in offbyone.PRESETS["smoke"].variants:
+        assert f"<th>{v}</th>" in page
+    assert (out / "index.html").exists() and (out / "kurtosis.png").stat().st_size > 1000
+
+
+def test_rerun_same_config_reuses_every_part(smoke_run):
+    out, first = smoke_run
+    again = offbyone.run(offbyone.PRESETS["smoke"], out, progress=False)
+    assert again["parts"]["computed"] == [] and len(again["parts"]["reused"]) == len(first["parts"]["computed"])
+    assert again["results"]["per_seed"] == first["results"]["per_seed"]
+
+
+def test_unknown_variant_and_bad_lengths_fail_clearly(tmp_path):
+    from dataclasses import replace
+
+    with pytest.raises(ConfigError, match="unknown variant"):
+        offbyone.run(replace(offbyone.PRESETS["smoke"], variants=("softmax", "softmax2")), tmp_path)
+    with pytest.raises(ConfigError, match="lipschitz_lengths"):
+        offbyone.run(replace(offbyone.PRESETS["smoke"], lipschitz_lengths=(8, 999)), tmp_path)
+
+
+def test_every_study_has_all_presets():
+    from attnlab.experiments import STUDIES, study_module
+
+    for name in STUDIES:
+        module = study_module(name)
+        assert set(module.PRESETS) == set(PRESETS), name
+        assert choose_preset(module.PRESETS, "smoke", seeds=2).seeds == (0, 1)
