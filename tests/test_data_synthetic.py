@@ -171,6 +171,9 @@ def test_bad_arguments(call, match):
 def test_seed_must_be_int():
     with pytest.raises(TypeError, match="seed must be an int"):
         copy_first(4, 8, seed=1.5)
+    numpy = pytest.importorskip("numpy")
+    from_numpy = copy_first(4, numpy.int64(8), seed=numpy.int64(3))
+    assert torch.equal(from_numpy.inputs, copy_first(4, 8, seed=3).inputs)
 
 
 def test_accuracy_and_subset():

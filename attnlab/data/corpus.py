@@ -143,13 +143,17 @@ def _text_member_name(member: tarfile.TarInfo) -> str | None:
 def _replace_dir(new: Path, dest: Path) -> None:
     """Rename `new` to `dest`; an existing `dest` is moved aside first and removed afterwards."""
     old = None
-    if dest.exists():
+    if dest.exists():  # --force, or a folder emptied by hand
         old = dest.with_name(f".{dest.name}.old.{os.getpid()}")
         shutil.rmtree(old, ignore_errors=True)
         os.replace(dest, old)
     try:
         os.replace(new, dest)
     except OSError:
+        if old is None and _has_texts(dest):
+            # Another process (e.g. a second torchrun rank) renamed its complete copy in first: use it.
+            shutil.rmtree(new, ignore_errors=True)
+            return
         if old is not None and not dest.exists():
             os.replace(old, dest)  # put the previous copy back rather than leave nothing
         raise

@@ -18,6 +18,7 @@ torch.Generator and never touches the global RNG.
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -291,17 +292,29 @@ def _answer_at_end(inputs: torch.Tensor, answer: torch.Tensor) -> tuple[torch.Te
 
 
 def _generator(seed: int) -> torch.Generator:
-    if not isinstance(seed, int) or isinstance(seed, bool):
+    if _as_int(seed) is None:
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(int(seed))
+
+
+def _as_int(value: object) -> int | None:
+    """value as an int if it is an integer (numpy integers included, bools not), else None."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
 
 
 def _check_positive(**values: int) -> None:
     for name, value in values.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        v = _as_int(value)
+        if v is None or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_length(length: int, need: int, why: str) -> None:
-    if not isinstance(length, int) or isinstance(length, bool) or length < need:
+    v = _as_int(length)
+    if v is None or v < need:
         raise ValueError(f"length must be >= {need} ({why}), got {length!r}; pass a larger length")
