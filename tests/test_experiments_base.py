@@ -1,4 +1,4 @@
-"""The study frame: verdict rule on synthetic numbers, seed statistics, resumable parts, presets, CLI errors."""
+"""The study frame: verdict rule on synthetic numbers, seed statistics, resumable parts, presets, CLI."""
 
 from __future__ import annotations
 
@@ -52,9 +52,11 @@ def test_verdict_no_finite_values_is_inconclusive_and_bad_direction_raises():
 
 
 def test_claim_computes_its_verdict_from_values():
-    c = claim("x shrinks", "Someone 2024", "10 -> 1", "ratio", [4.0, 4.5, 5.0], threshold=2.0, direction="above")
+    c = claim("x shrinks", "Someone 2024", "10 -> 1", "ratio", [4.0, 4.5, 5.0], threshold=2.0,
+              direction="above")
     assert c["verdict"] == HELD and "ratio > 2" in c["rule"]
-    c2 = claim("x shrinks", "Someone 2024", "10 -> 1", "ratio", [0.5, 0.6, 0.55], threshold=2.0, direction="above")
+    c2 = claim("x shrinks", "Someone 2024", "10 -> 1", "ratio", [0.5, 0.6, 0.55], threshold=2.0,
+               direction="above")
     assert c2["verdict"] == NOT_HELD
 
 

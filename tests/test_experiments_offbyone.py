@@ -49,7 +49,8 @@ def test_smoke_writes_pages_and_plots(smoke_run):
 def test_rerun_same_config_reuses_every_part(smoke_run):
     out, first = smoke_run
     again = offbyone.run(offbyone.PRESETS["smoke"], out, progress=False)
-    assert again["parts"]["computed"] == [] and len(again["parts"]["reused"]) == len(first["parts"]["computed"])
+    assert again["parts"]["computed"] == []
+    assert len(again["parts"]["reused"]) == len(first["parts"]["computed"])
     assert again["results"]["per_seed"] == first["results"]["per_seed"]
 
 

@@ -42,7 +42,7 @@ VERDICT_RULE = (
 )
 
 
-# ----------------------------------------------------------------------------------------------------- presets
+# ----------------------------------------------------------------------------------------- presets
 def choose_preset(presets: dict[str, Any], name: str, seeds: int | None = None) -> Any:
     """The config of preset `name`, with `seeds` overriding its seed count (seeds 0 .. N-1)."""
     if name not in presets:
@@ -80,7 +80,7 @@ def check_fields(config: Any, **rules: Callable[[Any], bool]) -> None:
                               f"see the study's presets for working values")
 
 
-# ------------------------------------------------------------------------------------------------ resumability
+# ------------------------------------------------------------------------------------ resumability
 class Parts:
     """Sub-results of a study, one JSON file each under `out_dir/parts/`, reused when the config matches.
 
@@ -106,7 +106,8 @@ class Parts:
                 stored = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError):
                 stored = None  # a torn file cannot happen with atomic writes, but a hand-edited one can
-            if isinstance(stored, dict) and stored.get("config_hash") == self.hash and stored.get("key") == key:
+            same = isinstance(stored, dict) and stored.get("config_hash") == self.hash
+            if same and stored.get("key") == key:
                 self.reused.append(key)
                 self.seconds[key] = float(stored.get("seconds", 0.0))
                 return stored["result"]
@@ -119,7 +120,7 @@ class Parts:
         return result
 
 
-# ------------------------------------------------------------------------------------------------ statistics
+# -------------------------------------------------------------------------------------- statistics
 def seed_stats(values: Sequence[float]) -> dict[str, Any]:
     """Mean, sample std and standard error of per-seed values (non-finite values are kept out and counted)."""
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
@@ -225,9 +226,10 @@ def fmt_stat(st: dict[str, Any]) -> str:
     return fmt(st["mean"])
 
 
-# ------------------------------------------------------------------------------------------------ output
-def finish(study: str, config: Any, out_dir: str | Path, *, results: dict[str, Any], claims: list[dict[str, Any]],
-           tables: list[dict[str, Any]], figures: list[tuple[str, str]], timings: dict[str, float],
+# ------------------------------------------------------------------------------------------ output
+def finish(study: str, config: Any, out_dir: str | Path, *, results: dict[str, Any],
+           claims: list[dict[str, Any]], tables: list[dict[str, Any]], figures: list[tuple[str, str]],
+           timings: dict[str, float],
            parts: Parts | None, summary: str, command: str) -> dict[str, Any]:
     """Write results.json and index.html for a study and return the results dict.
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from attnlab.experiments.base import PRESETS
 
+_SEEDS_HELP = "number of seeds (0..N-1); default: the preset's"
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     from attnlab.experiments import STUDIES
@@ -18,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("name", metavar="NAME", help=f"study name: {', '.join(STUDIES)}")
     run.add_argument("--preset", default="quick", choices=PRESETS,
                      help="smoke (seconds, for CI), quick (minutes), full (the numbers in EXPERIMENTS.md)")
-    run.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1); default: the preset's")
+    run.add_argument("--seeds", type=int, default=None, help=_SEEDS_HELP)
     run.add_argument("--out", default=None, help="output folder (default runs/NAME)")
     run.set_defaults(func=_run)
 
@@ -26,8 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "compare", help="the main job: softmax vs softmax1 vs sinks vs clipped vs gated, on every diagnostic",
         description="Train identical small GPTs on Shakespeare with each attention variant and write "
         "compare.html: does adding one to the denominator help, and with what?")
-    cmp.add_argument("--preset", default="quick", choices=PRESETS, help="default quick (< 15 min on 2 cores)")
-    cmp.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1); default: the preset's")
+    cmp.add_argument("--preset", default="quick", choices=PRESETS,
+                     help="default quick (< 15 min on 2 idle cores)")
+    cmp.add_argument("--seeds", type=int, default=None, help=_SEEDS_HELP)
     cmp.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
     cmp.set_defaults(func=_compare)
 

@@ -67,7 +67,8 @@ def train_loop(model: nn.Module, batch_fn: Callable[[int], tuple[Tensor, Tensor]
         loss = loss_fn(model, x, y)
         if not torch.isfinite(loss):
             bar.close()
-            return {"curve": curve, "diverged_at": step, "seconds": time.perf_counter() - start, "steps": step}
+            seconds = time.perf_counter() - start
+            return {"curve": curve, "diverged_at": step, "seconds": seconds, "steps": step}
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

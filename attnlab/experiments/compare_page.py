@@ -58,10 +58,11 @@ def compare_page(doc: dict[str, Any], out_dir: str | Path) -> Path:
 <style>{_CSS}</style></head><body>
 <h1>Does adding one to the denominator help, and with what?</h1>
 <p>{html.escape(doc.get('answer', ''))}</p>
-<p class='muted'>{cfg['n_layers']}-layer GPTs, d={cfg['d_model']}, {cfg['n_heads']} heads, context {cfg['context']},
-{cfg['steps']} steps of {cfg['batch_size']}x{cfg['context']} Shakespeare bytes, seeds {doc['seeds']}; every variant
-sees the same data in the same order from the same initial seed. attnlab {html.escape(prov.get('attnlab', ''))},
-torch {html.escape(prov.get('torch', ''))}; total {doc['timings'].get('total', 0):.0f} s. Reproduce:
+<p class='muted'>{cfg['n_layers']}-layer GPTs, d={cfg['d_model']}, {cfg['n_heads']} heads,
+context {cfg['context']}, {cfg['steps']} steps of {cfg['batch_size']}x{cfg['context']} Shakespeare bytes,
+seeds {doc['seeds']}; every variant sees the same data in the same order from the same initial seed.
+attnlab {html.escape(prov.get('attnlab', ''))}, torch {html.escape(prov.get('torch', ''))};
+total {doc['timings'].get('total', 0):.0f} s. Reproduce:
 <code>{html.escape(doc['command'])}</code>. Bold: the best value of rows where lower is better.</p>
 <h2>Claims</h2>{claims_html(doc['claims'], doc['verdict_rule'])}
 <h2>Variants side by side</h2><table><tr><th>diagnostic</th>{head}</tr>{''.join(body_rows)}</table>

@@ -50,13 +50,16 @@ def save_figure(fig: Any, path: str | Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def line_plot(path: str | Path, series: dict[str, tuple[Sequence[float], Sequence[float], Sequence[float] | None]],
-              *, xlabel: str, ylabel: str, title: str, logx: bool = False, logy: bool = False) -> Path:
+Series = dict[str, tuple[Sequence[float], Sequence[float], Sequence[float] | None]]
+
+
+def line_plot(path: str | Path, series: Series, *, xlabel: str, ylabel: str, title: str, logx: bool = False,
+              logy: bool = False) -> Path:
     """series: label -> (x, mean, spread or None); spread is drawn as a band of ±1 std."""
     fig, ax = new_figure()
     for label, (x, y, s) in series.items():
-        pts = [(a, b, (c if s is not None else None)) for a, b, c in zip(x, y, s if s is not None else [None] * len(x))
-               if b is not None]
+        spread = s if s is not None else [None] * len(x)
+        pts = [(a, b, c) for a, b, c in zip(x, y, spread) if b is not None]
         if not pts:
             continue
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
@@ -145,7 +148,8 @@ def study_page(doc: dict[str, Any], out_dir: Path) -> Path:
         "<h2>Figures</h2>", figures_html(doc["figures"], out_dir),
         "<h2>Config</h2>", f"<pre>{html.escape(_json(doc['config']))}</pre>",
     ]
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>attnlab {html.escape(doc['study'])}</title>"
+    title = f"attnlab {html.escape(doc['study'])}"
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
     return atomic_write_text(out_dir / "index.html", page)
 

@@ -4,8 +4,8 @@ Identical small GPTs (same architecture, seed, data order and steps) are trained
 (byte tokens), differing only in attention:
 
     softmax          w_ij = exp(s_ij) / sum_k exp(s_ik)
-    softmax1         w_ij = exp(s_ij) / (1 + sum_k exp(s_ik))           (Miller 2023, "attention is off by one")
-    sinks            w_ij = exp(s_ij) / (exp(b_h) + sum_k exp(s_ik))    (learned per-head sink logit b_h, gpt-oss)
+    softmax1         w_ij = exp(s_ij) / (1 + sum_k exp(s_ik))         (Miller 2023, "attention is off by one")
+    sinks            w_ij = exp(s_ij) / (exp(b_h) + sum_k exp(s_ik))  (learned sink logit b_h, gpt-oss)
     clipped          w = clip((zeta - gamma) softmax(s) + gamma, 0, 1)  (Bondarenko et al. 2023)
     gated            softmax, output times sigmoid(G(x)) per head       (Bondarenko et al. 2023)
     softmax1+gated   both (the "with what?")
@@ -74,9 +74,9 @@ PRESETS: dict[str, Config] = {
                    lipschitz_iters=12),
 }
 
-SUMMARY = ("Identical small GPTs on Shakespeare, differing only in attention (softmax, softmax1, learned sinks, "
-           "clipped softmax, gated attention, softmax1 + gating), compared on validation loss and every diagnostic "
-           "of the report.")
+SUMMARY = ("Identical small GPTs on Shakespeare, differing only in attention (softmax, softmax1, learned "
+           "sinks, clipped softmax, gated attention, softmax1 + gating), compared on validation loss and "
+           "every diagnostic of the report.")
 
 
 def validate(config: Config) -> None:
@@ -96,7 +96,8 @@ def gpt_config(config: Config, variant: str, seed: int) -> Any:
                      context=config.context, seed=seed, **VARIANTS[variant])
 
 
-def _train_and_probe(config: Config, variant: str, seed: int, model_dir: Path, progress: bool) -> dict[str, Any]:
+def _train_and_probe(config: Config, variant: str, seed: int, model_dir: Path, progress: bool
+                     ) -> dict[str, Any]:
     from attnlab.data import LMBatches, eval_batches
     from attnlab.experiments.probes import probe_lm
     from attnlab.models.gpt import GPT
@@ -145,7 +146,7 @@ def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str,
     return doc
 
 
-# -------------------------------------------------------------------------------------- aggregation over seeds
+# ---------------------------------------------------------------------- aggregation over seeds
 SCALARS: dict[str, str] = {
     # key -> label; every scalar a probe returns that the comparison shows
     "val_loss": "validation loss (nats/byte)",
@@ -183,7 +184,8 @@ def aggregate(config: Config, runs: dict[str, list[dict[str, Any]]]) -> dict[str
             rows = [r.get(key) for r in rs if r.get(key)]
             if rows:
                 xs = rows[0]["x"]
-                entry[key] = {"x": xs, "y": [seed_stats([row["y"][i] for row in rows]) for i in range(len(xs))]}
+                ys = [seed_stats([row["y"][i] for row in rows]) for i in range(len(xs))]
+                entry[key] = {"x": xs, "y": ys}
         entry["curve"] = rs[0]["train"]["curve"]
         entry["diverged"] = [r["train"]["diverged_at"] for r in rs]
         out["variants"][variant] = entry
@@ -192,7 +194,7 @@ def aggregate(config: Config, runs: dict[str, list[dict[str, Any]]]) -> dict[str
 
 
 def _paired(results: dict[str, Any], a: str, b: str, key: str, op: str) -> list[float]:
-    """Per-seed a-vs-b effect: op "ratio" is a/b, "diff" is a - b (seeds are paired: same data, same init seed)."""
+    """Per-seed a-vs-b effect: op "ratio" is a/b, "diff" is a - b (paired seeds: same data and init seed)."""
     ps = results["per_seed"]
     if a not in ps or b not in ps:
         return []
@@ -264,8 +266,8 @@ def make_claims(config: Config, results: dict[str, Any]) -> list[dict[str, Any]]
         claims.append(claim(
             "... but not the activation kurtosis", "Kaul et al. 2025",
             "kurtosis stays high with softmax1 alone", "kurtosis softmax / softmax1",
-            _paired(results, "softmax", "softmax1", "kurtosis_max", "ratio"), threshold=2.0, direction="below",
-            premise=outliers))
+            _paired(results, "softmax", "softmax1", "kurtosis_max", "ratio"), threshold=2.0,
+            direction="below", premise=outliers))
         claims.append(claim(
             "softmax1 costs no language-modelling quality", "Miller 2023 (proposal); Kaul et al. 2025",
             "no perplexity loss", "val loss softmax1 - softmax (nats/byte)",
@@ -279,7 +281,8 @@ def make_tables(config: Config, results: dict[str, Any]) -> list[dict[str, Any]]
     for key, label in SCALARS.items():
         rows.append([label] + [fmt_stat(results["variants"][v][key]) for v in variants])
     n = len(config.seeds)
-    return [{"title": "Variants side by side (mean ± std over seeds)" if n > 1 else "Variants side by side (one seed)",
+    title = "Variants side by side (mean ± std over seeds)" if n > 1 else "Variants side by side (one seed)"
+    return [{"title": title,
              "columns": ["diagnostic"] + variants, "rows": rows,
              "note": f"{config.n_layers} layers, d={config.d_model}, {config.n_heads} heads, context "
                      f"{config.context}, {config.steps} steps of {config.batch_size}x{config.context} bytes, "
@@ -338,7 +341,8 @@ def make_figures(config: Config, runs: dict[str, list[dict[str, Any]]], results:
                       logy=key == "sensitivity")
             figs.append((f"{key}.png", caption))
     s = {v: ([p[0] for p in e["curve"]], [p[1] for p in e["curve"]], None) for v, e in variants.items()}
-    line_plot(out_dir / "train_loss.png", s, xlabel="step", ylabel="training loss", title="Training loss (seed 0)")
+    line_plot(out_dir / "train_loss.png", s, xlabel="step", ylabel="training loss",
+              title="Training loss (seed 0)")
     figs.append(("train_loss.png", "Training loss of the first seed (same data order for every variant)."))
     return figs
 

@@ -1,4 +1,4 @@
-"""The diagnostics of `attnlab report`, run on an in-memory language model and reduced to what a study compares.
+"""The diagnostics of `attnlab report`, run on an in-memory model and reduced to what a study compares.
 
 `probe_lm(gpt, val_tokens, config)` wraps attnlab's GPT as a `LoadedModel` and, on `probe_windows` held-out
 windows of `config.context` bytes spread evenly over the validation text, computes with `attnlab.diagnose`:
