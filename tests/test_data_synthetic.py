@@ -189,3 +189,6 @@ def test_accuracy_and_subset():
     assert torch.equal(part.meta["key_pos"], data.meta["key_pos"][5:9])
     with pytest.raises(ValueError, match="do not match"):
         accuracy(perfect[:, :-1], data)
+    moved = data.to(torch.device("meta"))
+    assert moved.inputs.device.type == moved.meta["key_pos"].device.type == "meta"
+    assert moved.vocab == data.vocab

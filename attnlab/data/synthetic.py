@@ -55,6 +55,12 @@ class TaskData:
         return TaskData(self.name, self.inputs[index], self.targets[index], self.mask[index],
                         self.labels[index], self.vocab_size, dict(self.vocab), meta)
 
+    def to(self, device: torch.device | str) -> TaskData:
+        """The same samples with every tensor (metadata included) on `device`."""
+        meta = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.meta.items()}
+        return TaskData(self.name, self.inputs.to(device), self.targets.to(device), self.mask.to(device),
+                        self.labels.to(device), self.vocab_size, dict(self.vocab), meta)
+
 
 def sample_correct(logits: torch.Tensor, data: TaskData) -> torch.Tensor:
     """(N,) bool: every scored position's argmax equals its target. logits: (N, T, vocab)."""
