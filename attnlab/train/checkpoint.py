@@ -52,6 +52,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(out: Path, model: GPT, optimizer: torch.optim.Optimizer, step: int,
                     config: TrainConfig) -> Path:
     """Write OUT/checkpoint atomically (see module docstring); returns its path."""
+    for stale in out.glob(".checkpoint.tmp-*"):  # left by a kill in the middle of an earlier save
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".checkpoint.tmp-"))
     try:
         model.save(tmp)
