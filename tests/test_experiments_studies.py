@@ -1,0 +1,63 @@
+"""Every registered study but offbyone (tested on its own) at the smoke preset: valid JSON with provenance
+and a claims section, its page and plots, resume, and the study-specific pieces (fits, rules)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from attnlab.experiments import STUDIES, study_module
+
+SMOKE_STUDIES = [name for name in STUDIES if name != "offbyone"]
+
+
+@pytest.fixture(scope="module", params=SMOKE_STUDIES)
+def smoke(request, tmp_path_factory):
+    name = request.param
+    out = tmp_path_factory.mktemp(name)
+    module = study_module(name)
+    doc = module.run(module.PRESETS["smoke"], out, progress=False)
+    return name, out, doc
+
+
+def test_smoke_results_are_valid_json_with_provenance_and_claims(smoke):
+    name, out, _ = smoke
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["study"] == name
+    assert saved["provenance"]["versions"]["attnlab"] and saved["provenance"]["created"]
+    assert saved["seeds"] == list(study_module(name).PRESETS["smoke"].seeds)
+    assert saved["claims"], f"{name} has no claims section"
+    for c in saved["claims"]:
+        assert c["verdict"] in ("held", "did not hold", "inconclusive at this scale"), c
+        assert c["source"] and c["paper"] and c["rule"]
+    assert saved["timings"]["total"] > 0
+    page = (out / "index.html").read_text()
+    assert "Claims" in page and "data:image/png;base64," in page
+    for fig in saved["figures"]:
+        assert (out / fig["file"]).stat().st_size > 1000
+
+
+def test_smoke_rerun_skips_finished_parts(smoke):
+    name, out, first = smoke
+    module = study_module(name)
+    again = module.run(module.PRESETS["smoke"], out, progress=False)
+    assert again["parts"]["computed"] == []
+    assert sorted(again["parts"]["reused"]) == sorted(first["parts"]["computed"] + first["parts"]["reused"])
+    assert again["claims"] == first["claims"]
+
+
+def test_doubly_exponential_fit_recovers_rate():
+    from attnlab.experiments.rankcollapse import doubly_exponential_fit
+
+    # r_l = exp(-c k^l): log(-log r) = log c + l log k, so the fit must return k.
+    ratios = [math.exp(-0.05 * 3.0 ** l) for l in range(6)]
+    fit = doubly_exponential_fit(ratios, floor=1e-300)
+    assert fit["rate"] == pytest.approx(3.0, rel=1e-9) and fit["r2_double"] == pytest.approx(1.0)
+    assert fit["r2_single"] < fit["r2_double"]
+    # A geometric (single exponential) decay is fitted better by the single exponential.
+    geo = [0.5 ** l for l in range(1, 12)]
+    fit = doubly_exponential_fit(geo, floor=1e-300)
+    assert fit["r2_single"] == pytest.approx(1.0) and fit["r2_double"] < 1.0
+    assert doubly_exponential_fit([0.5, 1e-20], floor=1e-12)["rate"] is None
