@@ -18,6 +18,7 @@ from attnlab.errors import ConfigError
 STUDIES: dict[str, str] = {
     "offbyone": "attnlab.experiments.offbyone",
     "rankcollapse": "attnlab.experiments.rankcollapse",
+    "dispersion": "attnlab.experiments.dispersion",
     "lipschitz": "attnlab.experiments.lipschitz",
 }
 
