@@ -106,7 +106,6 @@ def test_analyze_default_is_a_causal_softmax_pattern(server):
     probs = [x["prob"] for x in r["top"]]
     assert probs == sorted(probs, reverse=True) and len(probs) == 10
     assert r["baseline_metrics"] is None  # nothing is overridden
-    assert isinstance(r["continuation"], str)
 
 
 def test_pattern_matches_a_direct_override_run(server, explorer):
@@ -166,6 +165,29 @@ def test_steering_moves_the_next_token_distribution(server, explorer):
     assert torch.equal(before, after)  # the steering hook is gone after the request
 
 
+@pytest.mark.parametrize("fields", [{}, {"window": 5, "sinks": 1, "normalizer": "softmax1"},
+                                    {"alphas": [2.0, -1.0], "steer_layer": 0}])
+def test_continuation_matches_recomputing_without_a_cache(server, explorer, fields):
+    """The KV-cache decode (the fast path) against argmax over the whole sequence, recomputed each step."""
+    status, r = call(server, "POST", "/api/continue", {"text": TEXT, **fields})
+    assert status == 200, r
+    p = parse_params({"text": TEXT, **fields}, explorer.limits, n_layers=3, n_heads=4, n_directions=4)
+    seq = explorer.encode(TEXT)
+    with torch.inference_mode(), explorer._override(p), explorer._steer(p):
+        for _ in range(explorer.limits.continuation_tokens):
+            nxt = explorer.loaded.logits(seq)[0, -1].argmax().view(1, 1)
+            seq = torch.cat([seq, nxt], dim=1)
+    want = explorer.loaded.decode(seq[0, -explorer.limits.continuation_tokens:])
+    assert r["continuation"] == want
+    if fields:
+        _, plain = call(server, "POST", "/api/continue", {"text": TEXT})
+        assert r["baseline_continuation"] == plain["continuation"]
+    else:
+        assert r["baseline_continuation"] is None
+    _, again = call(server, "POST", "/api/continue", {"text": TEXT, **fields})
+    assert again["continuation"] == r["continuation"]  # decoding did not disturb the cached KV
+
+
 @pytest.mark.parametrize("fields, status, message", [
     ({"text": ""}, 400, "non-empty string"),
     ({"text": "x" * 300}, 400, "300 tokens long; the limit is 256"),
@@ -199,6 +221,8 @@ def test_malformed_bodies_are_refused(server):
     assert status == 413 and "limit is 65536" in body["error"]
     status, body = call(server, "GET", "/api/analyze")
     assert status == 405 and "use POST" in body["error"]
+    status, body = call(server, "POST", "/api/continue", {"text": "x" * 300})
+    assert status == 400 and "the limit is 256" in body["error"]
 
 
 @pytest.mark.parametrize("path", [

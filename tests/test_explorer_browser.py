@@ -84,6 +84,10 @@ def drive(url: str, shot: Path, *, viewport=(1440, 1010), tweak: bool = True) ->
                 out["pixels1"] = canvas_hash(page)
                 out["entropy1"] = json.loads(page.get_attribute("#metric-entropy", "data-values"))
                 out["temperature_label"] = page.inner_text("#temperature-out")
+                page.wait_for_function(
+                    "document.querySelectorAll('#continuation .line').length === 2"
+                    " && !document.getElementById('continuation').classList.contains('pending')",
+                    timeout=60_000)
                 out["continuations"] = page.locator("#continuation .line").count()
             page.screenshot(path=str(shot), full_page=True)
             out["errors"] = errors

@@ -2,8 +2,9 @@
 
 Each request moves one slider to a value not seen before (so nothing comes from the result cache) on a
 passage cut to exactly `--tokens` tokens, as the page does; prints the median and spread of the update time
-(the server's own measure: forward, continuation and metrics, without HTTP) and of the same with a
-steering slider moved. The explorer's target is a median under one second at 128 tokens on a laptop CPU.
+(the server's own measure without HTTP: forward and metrics, as /api/analyze) and of the greedy
+continuation that follows it (/api/continue), for a temperature, a normalizer+window and a steering
+slider. The explorer's target is a median under one second at 128 tokens on a laptop CPU.
 """
 
 from __future__ import annotations
@@ -45,18 +46,22 @@ def main(argv: list[str] | None = None) -> int:
         "steering": lambda i: replace(base, alphas=(0.1 * (i + 1), 0.0, 0.0, 0.0)),
     }
     for name, make in cases.items():
-        times = []
+        times, conts = [], []
         for i in range(args.repeats):
             t = time.perf_counter()
             r = ex.analyze(make(i))
             times.append(time.perf_counter() - t)
             assert not r["cached"]
+            t = time.perf_counter()
+            ex.continue_text(make(i))
+            conts.append(time.perf_counter() - t)
         rows[name] = times
+        rows[f"  + continuation ({ex.limits.continuation_tokens} tokens)"] = conts
     print(f"model {args.model}: {n} tokens, start-up {start:.1f} s (load + directions), "
           f"torch threads {torch.get_num_threads()}")
     for name, times in rows.items():
         q = statistics.quantiles(times, n=4)
-        print(f"  {name:<18} median {1000 * statistics.median(times):6.0f} ms  "
+        print(f"  {name:<30} median {1000 * statistics.median(times):6.0f} ms  "
               f"(quartiles {1000 * q[0]:.0f}-{1000 * q[2]:.0f} ms, {len(times)} updates)")
     return 0
 

@@ -4,6 +4,7 @@ Routes (nothing else exists; in particular no route reads a file named by the cl
     GET  /, /index.html, /app.js, /style.css   the packaged page, from a fixed allow-list read at start
     GET  /api/info                             model shape, limits, default text, explained variances
     POST /api/analyze                          JSON body -> attention pattern, curves, next tokens, ...
+    POST /api/continue                         the same body -> greedy continuation (and the baseline's)
 
 Bad requests get HTTP 400 (413 for a body over 64 KiB) and `{"error": "<what is wrong and how to fix
 it>"}`. The server binds to 127.0.0.1 unless told otherwise; while it is bound to a loopback address it
@@ -124,20 +125,23 @@ class ExplorerHandler(BaseHTTPRequestHandler):
             body, ctype = self.server.static[path]
             self._send(HTTPStatus.OK, body, ctype)
         elif path.startswith("/api/"):
-            self._error(HTTPStatus.METHOD_NOT_ALLOWED if path == "/api/analyze" else HTTPStatus.NOT_FOUND,
-                        "use POST /api/analyze with a JSON body" if path == "/api/analyze"
-                        else f"no API route {path!r}; routes: GET /api/info, POST /api/analyze")
+            post = path in ("/api/analyze", "/api/continue")
+            self._error(HTTPStatus.METHOD_NOT_ALLOWED if post else HTTPStatus.NOT_FOUND,
+                        f"use POST {path} with a JSON body" if post
+                        else f"no API route {path!r}; routes: GET /api/info, "
+                             f"POST /api/analyze, POST /api/continue")
         else:
             self._error(HTTPStatus.NOT_FOUND, "not found: this server serves only its own page "
-                        "(/, /app.js, /style.css) and /api/info, /api/analyze")
+                        "(/, /app.js, /style.css) and its /api/ routes")
 
     do_HEAD = do_GET
 
     def do_POST(self) -> None:  # noqa: N802
         if not self._host_ok():
             return
-        if self.path.split("?", 1)[0] != "/api/analyze":
-            self._error(HTTPStatus.NOT_FOUND, "POST only to /api/analyze")
+        route = self.path.split("?", 1)[0]
+        if route not in ("/api/analyze", "/api/continue"):
+            self._error(HTTPStatus.NOT_FOUND, "POST only to /api/analyze or /api/continue")
             return
         try:
             length = int(self.headers.get("Content-Length") or "")
@@ -159,7 +163,7 @@ class ExplorerHandler(BaseHTTPRequestHandler):
         try:
             params = parse_params(obj, ex.limits, n_layers=ex.n_layers, n_heads=ex.n_heads,
                                   n_directions=ex.n_directions)
-            result = ex.analyze(params)
+            result = ex.analyze(params) if route == "/api/analyze" else ex.continue_text(params)
         except RequestError as exc:
             self._error(HTTPStatus.BAD_REQUEST, str(exc))
             return

@@ -76,16 +76,17 @@ async function analyze() {
   const seq = ++state.seq;
   $("status").textContent = "computing…";
   $("status").classList.remove("error");
+  const body = JSON.stringify(request());
   try {
     const res = await fetch("api/analyze", {
-      method: "POST", headers: { "Content-Type": "application/json" },
-      body: JSON.stringify(request()), signal: controller.signal,
+      method: "POST", headers: { "Content-Type": "application/json" }, body, signal: controller.signal,
     });
     const data = await res.json();
     if (seq !== state.seq) return;
     if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
     state.last = data;
     render(data);
+    continuation(seq, controller, body);
     $("status").textContent = `${data.n_tokens} tokens · forward ${data.cached ? "cached" : data.forward_ms.toFixed(0) + " ms"}` +
       ` · update ${data.total_ms.toFixed(0)} ms`;
   } catch (err) {
@@ -95,11 +96,28 @@ async function analyze() {
   }
 }
 
+// The continuation is its own request: decoding is the slow part, so the plots never wait for it.
+async function continuation(seq, controller, body) {
+  $("continuation").classList.add("pending");
+  try {
+    const res = await fetch("api/continue", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body, signal: controller.signal,
+    });
+    const data = await res.json();
+    if (seq !== state.seq) return;
+    if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
+    drawContinuation(data);
+    $("continuation").classList.remove("pending");
+    document.body.dataset.continuations = String(seq);
+  } catch (err) {
+    if (err.name !== "AbortError" && seq === state.seq) $("continuation").textContent = err.message;
+  }
+}
+
 function render(d) {
   drawHeatmap(d);
   drawCurves(d);
   drawTopk(d);
-  drawContinuation(d);
   state.renders += 1;
   document.body.dataset.renders = String(state.renders);
 }
