@@ -17,6 +17,7 @@ from attnlab.errors import ConfigError
 # Only studies that are finished and tested are listed here.
 STUDIES: dict[str, str] = {
     "offbyone": "attnlab.experiments.offbyone",
+    "oversquashing": "attnlab.experiments.oversquashing",
     "rankcollapse": "attnlab.experiments.rankcollapse",
     "dispersion": "attnlab.experiments.dispersion",
     "lipschitz": "attnlab.experiments.lipschitz",
