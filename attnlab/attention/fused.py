@@ -5,14 +5,18 @@ queries into blocks of `bq` consecutive positions; block b gets only the keys it
 prefix, then `extent` consecutive keys from `span.first_key(first query of b)`. All blocks go to one
 batched kernel call with a small (bq x keys) mask per block. Cost and memory are O(Lq x (bq + window)).
 
-Two things keep the blocking cheap. When the first keys step by exactly `bq` from block to block (window,
-sink-window, and chunked with one chunk per block), the key blocks are overlapping strided views of K and
-V (`unfold`), not gathered copies. And when the span declares its pattern periodic in blocks
-(`span.periodic(bq)`), the mask is computed once for an interior block and only the edge blocks (keys off
-either end of the sequence or inside the sink prefix) get their own.
+Interior blocks are cheap: when the span declares its pattern periodic in blocks (`span.periodic(bq)`:
+window, sink-window, and chunked with one chunk per block) and the first keys step by exactly `bq`, the
+interior blocks (every key real and past the sink prefix) share one (bq x keys) mask, and their key
+blocks are overlapping strided views of K and V (`unfold`), not copies. The few edge blocks at either end
+are run as a separate group with gathered keys and a mask each. Normalizers act row by row, so running
+groups of blocks separately is exact.
 """
 
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -69,70 +73,115 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, normalizer: Normalizer, spa
 
 def _blocked(q: Tensor, k: Tensor, v: Tensor, normalizer: Normalizer, span: Span, scale: float) -> Tensor:
     batch, heads, q_len, _ = q.shape
-    kv_len, dev = k.shape[2], q.device
-    bq = span.block_size(q_len)
-    start = span.block_start(kv_len - q_len, bq)  # position of the first block's first query
-    lead = kv_len - q_len - start
-    nb = -(-(lead + q_len) // bq)
-    q_pos = torch.arange(start, start + nb * bq, device=dev).view(nb, bq)
-    first = span.first_key(q_pos[:, 0])  # may be negative: those keys are padding, masked below
-    extent = int((q_pos[:, -1] - first).max()) + 1
-    strided = nb == 1 or bool((first[1:] - first[:-1] == bq).all())
-    n_sink = min(span.sinks, kv_len)
-
-    win = first[:, None] + torch.arange(extent, device=dev)  # (nb, extent) key positions
-    win_ok = (win >= max(n_sink, 0)) & (win < kv_len)  # sink keys come from the prefix, never twice
-    k_pos = torch.cat([torch.arange(n_sink, device=dev).expand(nb, n_sink), win], 1)
-    k_ok = torch.cat([torch.ones(nb, n_sink, dtype=torch.bool, device=dev), win_ok], 1)
-    bias, row_valid = _block_bias(span, bq, q_pos, k_pos, k_ok, q.dtype)  # (nb, bq, lkb), (nb, bq, 1)
-
-    def key_blocks(x: Tensor) -> Tensor:  # (B, Hk, Lk, D) -> (B*nb, Hk, n_sink + extent, D)
-        b, h, _, d = x.shape
-        if strided:
-            lo, hi = int(first[0]), int(first[0]) + (nb - 1) * bq + extent
-            seg = x[:, :, max(lo, 0):min(hi, kv_len)]
-            if lo < 0 or hi > kv_len:
-                seg = F.pad(seg, (0, 0, max(0, -lo), max(0, hi - kv_len)))
-            blocks = seg.unfold(2, extent, bq).permute(0, 2, 1, 4, 3)  # (B, nb, Hk, extent, D), a view
-        else:
-            idx = win.clamp(0, kv_len - 1).reshape(-1)
-            blocks = x.index_select(2, idx).view(b, h, nb, extent, d).transpose(1, 2)
-        if n_sink:
-            blocks = torch.cat([x[:, None, :, :n_sink].expand(b, nb, h, n_sink, d), blocks], dim=3)
-        return blocks.reshape(b * nb, h, blocks.shape[3], d)
-
-    def per_batch(x: Tensor) -> Tensor:  # (nb, ...) -> (B*nb, 1, ...)
-        return x.unsqueeze(0).expand(batch, *x.shape).reshape(batch * nb, 1, *x.shape[1:])
-
+    plan = _plan(span, q_len, k.shape[2], q.device, q.dtype)
+    nb, bq, lead = plan.nb, plan.bq, plan.lead
     qp = F.pad(q, (0, 0, lead, nb * bq - lead - q_len)) if nb * bq != q_len else q
-    qb = qp.view(batch, heads, nb, bq, -1).transpose(1, 2).reshape(batch * nb, heads, bq, -1)
-    bias_b = per_batch(bias)
-    p = Problem(qb, key_blocks(k), key_blocks(v), scale, bias_b, False,
-                lambda: (bias_b == 0).sum(-1, keepdim=True).to(q.dtype))
-    out = normalizer.attend(p)
-    if not bool(row_valid.all()):
-        out = out * per_batch(row_valid)
-    dv = out.shape[-1]
-    out = out.view(batch, nb, heads, bq, dv).transpose(1, 2).reshape(batch, heads, nb * bq, dv)
-    return out[:, :, lead:lead + q_len]
+    qp = qp.view(batch, heads, nb, bq, -1)
+    groups = []
+    for group in plan.groups:
+        qb = qp[:, :, group.lo:group.hi].transpose(1, 2).reshape(batch * group.n, heads, bq, -1)
+        groups.append(plan.run(group, normalizer, qb, k, v, scale))
+    out = torch.cat(groups, dim=2) if len(groups) > 1 else groups[0]  # (B, H, nb, bq, Dv)
+    return out.reshape(batch, heads, nb * bq, -1)[:, :, lead:lead + q_len]
 
 
-def _block_bias(span: Span, bq: int, q_pos: Tensor, k_pos: Tensor, k_ok: Tensor,
-                dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Per-block additive bias (nb, bq, keys) and row validity (nb, bq, 1). With a periodic span the
-    interior blocks (every key real) share one pattern, computed once."""
-    nb, lkb = k_pos.shape
-    interior = k_ok.all(-1)
-    if not (span.periodic(bq) and bool(interior.any())):
-        allowed = span.allows(q_pos[:, :, None], k_pos[:, None, :]) & k_ok[:, None, :]
-        return _bias(allowed, dtype)
-    rep = int(interior.nonzero()[0])
-    inner = span.allows(q_pos[rep, :, None], k_pos[rep, None, :])  # (bq, lkb)
-    bias = _additive(inner, dtype).expand(nb, bq, lkb).clone()
-    row_valid = inner.any(-1, keepdim=True).expand(nb, bq, 1).clone()
-    edge = (~interior).nonzero().flatten()
-    if edge.numel():
-        allowed = span.allows(q_pos[edge, :, None], k_pos[edge, None, :]) & k_ok[edge, None, :]
-        bias[edge] = _additive(allowed, dtype)
-        row_valid[edge] = allowed.any(-1, keepdim=True)
-    return _unblock_empty_rows(bias, row_valid)
+@dataclass
+class _Group:
+    """Blocks [lo, hi), their additive bias ((n|1), bq, keys) and row validity ((n|1), bq, 1). `shared`:
+    one pattern for every block, keys taken as strided views."""
+
+    lo: int
+    hi: int
+    shared: bool
+    bias: Tensor
+    row_valid: Tensor
+    all_valid: bool
+
+    @property
+    def n(self) -> int:
+        return self.hi - self.lo
+
+
+@functools.lru_cache(maxsize=32)
+def _plan(span: Span, q_len: int, kv_len: int, device: torch.device, dtype: torch.dtype) -> BlockPlan:
+    """Plans depend only on the span and the lengths; training repeats them, so they are cached."""
+    return BlockPlan(span, q_len, kv_len, device, dtype)
+
+
+class BlockPlan:
+    """Which keys each block of queries sees, grouped into ranges of blocks that run together.
+
+    Shapes: q_pos (nb, bq) query positions (the first `lead` and any past the end are padding); first
+    (nb,) first window key; win (nb, extent) window key positions; k_pos, k_ok (nb, n_sink + extent) all
+    key positions and whether each is a real key.
+    """
+
+    def __init__(self, span: Span, q_len: int, kv_len: int, device: torch.device, dtype: torch.dtype) -> None:
+        self.span = span
+        self.bq = bq = span.block_size(q_len)
+        start = span.block_start(kv_len - q_len, bq)  # position of the first block's first query
+        self.lead = kv_len - q_len - start
+        self.nb = nb = -(-(self.lead + q_len) // bq)
+        self.q_pos = torch.arange(start, start + nb * bq, device=device).view(nb, bq)
+        self.first = span.first_key(self.q_pos[:, 0])  # may be negative: padding, masked below
+        self.extent = int((self.q_pos[:, -1] - self.first).max()) + 1
+        self.n_sink = n_sink = min(span.sinks, kv_len)
+        self.win = self.first[:, None] + torch.arange(self.extent, device=device)
+        win_ok = (self.win >= n_sink) & (self.win < kv_len)  # sink keys come from the prefix, never twice
+        self.k_pos = torch.cat([torch.arange(n_sink, device=device).expand(nb, n_sink), self.win], 1)
+        self.k_ok = torch.cat([torch.ones(nb, n_sink, dtype=torch.bool, device=device), win_ok], 1)
+        self.groups = [self._group(lo, hi, shared, dtype) for lo, hi, shared in self._ranges()]
+
+    def _ranges(self) -> list[tuple[int, int, bool]]:
+        """Interior blocks of a periodic span whose first keys step by exactly bq share one mask and take
+        their keys as strided views; the edge blocks before and after run as their own groups."""
+        interior = self.k_ok.all(-1)
+        if not (self.span.periodic(self.bq) and bool(interior.any())):
+            return [(0, self.nb, False)]
+        idx = interior.nonzero().flatten()
+        lo, hi = int(idx[0]), int(idx[-1]) + 1
+        steps = self.first[lo + 1:hi] - self.first[lo:hi - 1]
+        if not (bool(interior[lo:hi].all()) and bool((steps == self.bq).all())):
+            return [(0, self.nb, False)]
+        return [g for g in ((0, lo, False), (lo, hi, True), (hi, self.nb, False)) if g[1] > g[0]]
+
+    def _group(self, lo: int, hi: int, shared: bool, dtype: torch.dtype) -> _Group:
+        q_pos, k_pos = self.q_pos[lo:hi], self.k_pos[lo:hi]
+        if shared:
+            allowed = self.span.allows(q_pos[:1, :, None], k_pos[:1, None, :])
+        else:
+            allowed = self.span.allows(q_pos[:, :, None], k_pos[:, None, :]) & self.k_ok[lo:hi, None, :]
+        bias, row_valid = _bias(allowed, dtype)
+        return _Group(lo, hi, shared, bias, row_valid, bool(row_valid.all()))
+
+    def _keys(self, x: Tensor, g: _Group) -> Tensor:
+        """(B, Hk, Lk, D) -> (B*n, Hk, n_sink + extent, D): each block's keys."""
+        b, h, _, d = x.shape
+        if g.shared:  # overlapping strided views of one slice: no copy
+            start = int(self.first[g.lo])
+            seg = x[:, :, start:start + (g.n - 1) * self.bq + self.extent]
+            blocks = seg.unfold(2, self.extent, self.bq).permute(0, 2, 1, 4, 3)  # (B, n, Hk, extent, D)
+        else:
+            idx = self.win[g.lo:g.hi].clamp(0, x.shape[2] - 1).reshape(-1)
+            blocks = x.index_select(2, idx).view(b, h, g.n, self.extent, d).transpose(1, 2)
+        if self.n_sink:
+            blocks = torch.cat([x[:, None, :, :self.n_sink].expand(b, g.n, h, self.n_sink, d), blocks], dim=3)
+        return blocks.reshape(b * g.n, h, blocks.shape[3], d)
+
+    def run(self, g: _Group, normalizer: Normalizer, qb: Tensor, k: Tensor, v: Tensor,
+            scale: float) -> Tensor:
+        """Attention for one group; qb (B*n, H, bq, D) -> (B, H, n, bq, Dv)."""
+        batch = qb.shape[0] // g.n
+
+        def per_batch(x: Tensor) -> Tensor:  # (n|1, ...) -> (B*n|1, 1, ...)
+            if g.shared:
+                return x.unsqueeze(0)
+            return x.unsqueeze(0).expand(batch, *x.shape).reshape(batch * g.n, 1, *x.shape[1:])
+
+        bias = per_batch(g.bias)
+        p = Problem(qb, self._keys(k, g), self._keys(v, g), scale, bias, False,
+                    lambda: (bias == 0).sum(-1, keepdim=True).to(qb.dtype))
+        out = normalizer.attend(p)
+        if not g.all_valid:
+            out = out * per_batch(g.row_valid)
+        return out.view(batch, g.n, *out.shape[1:]).transpose(1, 2)
