@@ -14,6 +14,15 @@ from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.train import TrainConfig, train
 from attnlab.train.loop import lr_at
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models are fastest on one thread; on a shared 2-core machine more threads only wait."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
         "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 6
 
@@ -148,8 +157,8 @@ def test_train_is_clean_to_call_in_process(text_file):
 
 def test_training_on_tokens_lowers_the_loss():
     pattern = torch.arange(8).repeat(64)  # a periodic stream is easy to learn
-    config = TrainConfig(model=GPTConfig(vocab_size=8, n_layers=1, d_model=32, n_heads=2, context=16),
-                         steps=40, batch_size=8, lr=1e-2, warmup=5, eval_every=40, log_every=40)
+    config = TrainConfig(model=GPTConfig(vocab_size=8, n_layers=1, d_model=16, n_heads=2, context=8),
+                         steps=30, batch_size=8, lr=2e-2, warmup=3, eval_every=30, log_every=30)
     summary = train(config, progress=False, data=(pattern, pattern))
     losses = _losses(summary["metrics"])
     assert losses[-1][1] < 0.5 * losses[0][1] and summary["val_loss"] < 0.5
