@@ -19,6 +19,7 @@ STUDIES: dict[str, str] = {
     "offbyone": "attnlab.experiments.offbyone",
     "oversquashing": "attnlab.experiments.oversquashing",
     "rankcollapse": "attnlab.experiments.rankcollapse",
+    "streaming": "attnlab.experiments.streaming",
     "dispersion": "attnlab.experiments.dispersion",
     "lipschitz": "attnlab.experiments.lipschitz",
 }
