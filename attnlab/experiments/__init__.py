@@ -20,6 +20,7 @@ STUDIES: dict[str, str] = {
     "oversquashing": "attnlab.experiments.oversquashing",
     "rankcollapse": "attnlab.experiments.rankcollapse",
     "streaming": "attnlab.experiments.streaming",
+    "depth-vs-context": "attnlab.experiments.depth_vs_context",
     "dispersion": "attnlab.experiments.dispersion",
     "lipschitz": "attnlab.experiments.lipschitz",
 }
