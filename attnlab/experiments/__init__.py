@@ -17,11 +17,11 @@ from attnlab.errors import ConfigError
 # Only studies that are finished and tested are listed here.
 STUDIES: dict[str, str] = {
     "offbyone": "attnlab.experiments.offbyone",
+    "dispersion": "attnlab.experiments.dispersion",
     "oversquashing": "attnlab.experiments.oversquashing",
     "rankcollapse": "attnlab.experiments.rankcollapse",
-    "streaming": "attnlab.experiments.streaming",
     "depth-vs-context": "attnlab.experiments.depth_vs_context",
-    "dispersion": "attnlab.experiments.dispersion",
+    "streaming": "attnlab.experiments.streaming",
     "lipschitz": "attnlab.experiments.lipschitz",
 }
 
