@@ -61,3 +61,13 @@ def test_doubly_exponential_fit_recovers_rate():
     fit = doubly_exponential_fit(geo, floor=1e-300)
     assert fit["r2_single"] == pytest.approx(1.0) and fit["r2_double"] < 1.0
     assert doubly_exponential_fit([0.5, 1e-20], floor=1e-12)["rate"] is None
+
+
+def test_markdown_names_the_preset_command_and_verdicts(smoke):
+    from attnlab.experiments.markdown import study_markdown
+
+    name, out, doc = smoke
+    md = study_markdown(out)
+    assert f"attnlab run {name} --preset smoke" in md
+    assert md.count("**held**") + md.count("**did not hold**") + md.count("**inconclusive at this scale**") \
+        == len(doc["claims"])
