@@ -239,6 +239,31 @@ def test_no_file_outside_the_allow_list_is_served(server, path):
     assert "serves only its own page" in body["error"]
 
 
+def test_a_waiting_request_is_superseded_by_a_newer_one(server, explorer):
+    import threading
+    import time
+
+    results: dict[str, tuple] = {}
+
+    def post(name: str, temperature: float) -> None:
+        results[name] = analyze(server, temperature=temperature)
+
+    first = threading.Thread(target=post, args=("first", 1.11))
+    second = threading.Thread(target=post, args=("second", 1.12))
+    with explorer._lock:  # the model is busy: both requests queue behind it
+        start = server._tickets
+        first.start()
+        while server._tickets < start + 1:
+            time.sleep(0.01)
+        second.start()
+        while server._tickets < start + 2:
+            time.sleep(0.01)
+    first.join(30)
+    second.join(30)
+    assert results["first"][0] == 409 and "superseded" in results["first"][1]["error"]
+    assert results["second"][0] == 200 and results["second"][1]["cached"] is False
+
+
 def test_foreign_host_header_is_refused(server):
     status, body = call(server, "GET", "/api/info", headers={"Host": "attacker.example:80"})
     assert status == 403 and "unexpected Host header" in body["error"]

@@ -21,6 +21,7 @@ import torch
 from attnlab.explorer.engine import Explorer
 from attnlab.explorer.server import serve_in_thread
 
+TIMEOUT_MS = 300_000  # generous: on 2 shared cores a SmolLM2 update can take tens of seconds under load
 CHROMIUM = os.environ.get("ATTNLAB_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--no-first-run", "--disable-sync", "--disable-quic"]
@@ -72,14 +73,14 @@ def drive(url: str, shot: Path, *, viewport=(1440, 1010), tweak: bool = True) ->
             page.on("pageerror", lambda e: errors.append(str(e)))
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)  # e.g. CSP
             page.goto(url)
-            page.wait_for_selector("body[data-renders='1']", timeout=60_000)
+            page.wait_for_selector("body[data-renders='1']", timeout=TIMEOUT_MS)
             out["checksum0"] = page.get_attribute("#heatmap", "data-checksum")
             out["pixels0"] = canvas_hash(page)
             out["entropy0"] = json.loads(page.get_attribute("#metric-entropy", "data-values"))
             out["status0"] = page.inner_text("#status")
             if tweak:
                 page.locator("#temperature").fill("1.5")  # 2 ** 1.5 = 2.83: hotter attention everywhere
-                page.wait_for_selector("body[data-renders='2']", timeout=60_000)
+                page.wait_for_selector("body[data-renders='2']", timeout=TIMEOUT_MS)
                 out["checksum1"] = page.get_attribute("#heatmap", "data-checksum")
                 out["pixels1"] = canvas_hash(page)
                 out["entropy1"] = json.loads(page.get_attribute("#metric-entropy", "data-values"))
@@ -87,7 +88,7 @@ def drive(url: str, shot: Path, *, viewport=(1440, 1010), tweak: bool = True) ->
                 page.wait_for_function(
                     "document.querySelectorAll('#continuation .line').length === 2"
                     " && !document.getElementById('continuation').classList.contains('pending')",
-                    timeout=60_000)
+                    timeout=TIMEOUT_MS)
                 out["continuations"] = page.locator("#continuation .line").count()
             page.screenshot(path=str(shot), full_page=True)
             out["errors"] = errors

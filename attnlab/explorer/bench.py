@@ -56,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
             ex.continue_text(make(i))
             conts.append(time.perf_counter() - t)
         rows[name] = times
-        rows[f"  + continuation ({ex.limits.continuation_tokens} tokens)"] = conts
+        rows[f"{name}: continuation"] = conts
     print(f"model {args.model}: {n} tokens, start-up {start:.1f} s (load + directions), "
-          f"torch threads {torch.get_num_threads()}")
+          f"torch threads {torch.get_num_threads()}, continuation {ex.limits.continuation_tokens} tokens")
     for name, times in rows.items():
         q = statistics.quantiles(times, n=4)
         print(f"  {name:<30} median {1000 * statistics.median(times):6.0f} ms  "

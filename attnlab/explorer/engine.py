@@ -22,7 +22,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from typing import Any
@@ -50,6 +50,17 @@ class _Forward:
     kv: Any
     ms: float
     continuation: str | None = None
+
+
+class Superseded(Exception):
+    """A request dropped unanswered because a newer one from the page arrived while it waited."""
+
+
+def _check(stale: Callable[[], bool] | None) -> None:
+    # While a slider is dragged, requests queue behind the model lock; answering only the newest keeps
+    # the page within one forward of the slider instead of replaying every intermediate position.
+    if stale is not None and stale():
+        raise Superseded("superseded by a newer request")
 
 
 def _finite(x: float) -> float | None:
@@ -162,11 +173,13 @@ class Explorer:
             raise RequestError("the text encodes to no tokens: type some text to analyse")
         return ids
 
-    def analyze(self, params: Params) -> dict[str, Any]:
-        """One page update: see the module docstring. Raises RequestError for text over the limits."""
+    def analyze(self, params: Params, stale: Callable[[], bool] | None = None) -> dict[str, Any]:
+        """One page update: see the module docstring. Raises RequestError for text over the limits, and
+        Superseded if `stale()` is true once the model is free (a newer request is waiting)."""
         t0 = time.perf_counter()
         ids = self.encode(params.text)
         with self._lock:
+            _check(stale)
             fwd, cached = self._forward(params, ids)
             base = None
             if params.overriding or params.steering:
@@ -194,11 +207,12 @@ class Explorer:
             "total_ms": round(1000 * (time.perf_counter() - t0), 1),
         }
 
-    def continue_text(self, params: Params) -> dict[str, Any]:
+    def continue_text(self, params: Params, stale: Callable[[], bool] | None = None) -> dict[str, Any]:
         """The greedy continuation under the request's override and steering, and the baseline's."""
         t0 = time.perf_counter()
         ids = self.encode(params.text)
         with self._lock:
+            _check(stale)
             fwd, _ = self._forward(params, ids)
             text = self._continuation(fwd, params, ids)
             base = None

@@ -7,9 +7,10 @@ Routes (nothing else exists; in particular no route reads a file named by the cl
     POST /api/continue                         the same body -> greedy continuation (and the baseline's)
 
 Bad requests get HTTP 400 (413 for a body over 64 KiB) and `{"error": "<what is wrong and how to fix
-it>"}`. The server binds to 127.0.0.1 unless told otherwise; while it is bound to a loopback address it
-also refuses requests whose Host header names another host (a DNS-rebinding page could otherwise drive
-it from a browser).
+it>"}`. A request still waiting for the model when a newer one arrives is answered 409 without a
+forward (the page has aborted it anyway). The server binds to 127.0.0.1 unless told otherwise; while it
+is bound to a loopback address it also refuses requests whose Host header names another host (a
+DNS-rebinding page could otherwise drive it from a browser).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
-from attnlab.explorer.engine import Explorer
+from attnlab.explorer.engine import Explorer, Superseded
 from attnlab.explorer.params import RequestError, parse_params
 
 MAX_BODY = 64 * 1024
@@ -66,6 +67,8 @@ class ExplorerServer(ThreadingHTTPServer):
         self.explorer = explorer
         self.static = load_static()
         self.info_body = json.dumps(_clean(explorer.info())).encode()
+        self._tickets = 0
+        self._ticket_lock = threading.Lock()
         super().__init__((host, port), ExplorerHandler)
         try:
             self.loopback = ipaddress.ip_address(host).is_loopback
@@ -76,6 +79,15 @@ class ExplorerServer(ThreadingHTTPServer):
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://{'[' + host + ']' if ':' in str(host) else host}:{port}/"
+
+    def ticket(self) -> int:
+        """Number model requests in arrival order, so a waiting one can tell it is no longer the newest."""
+        with self._ticket_lock:
+            self._tickets += 1
+            return self._tickets
+
+    def is_latest(self, ticket: int) -> bool:
+        return ticket == self._tickets
 
     def allowed_hosts(self) -> set[str]:
         port = self.server_address[1]
@@ -163,9 +175,18 @@ class ExplorerHandler(BaseHTTPRequestHandler):
         try:
             params = parse_params(obj, ex.limits, n_layers=ex.n_layers, n_heads=ex.n_heads,
                                   n_directions=ex.n_directions)
-            result = ex.analyze(params) if route == "/api/analyze" else ex.continue_text(params)
+            ticket = self.server.ticket()
+
+            def stale() -> bool:
+                return not self.server.is_latest(ticket)
+
+            run = ex.analyze if route == "/api/analyze" else ex.continue_text
+            result = run(params, stale=stale)
         except RequestError as exc:
             self._error(HTTPStatus.BAD_REQUEST, str(exc))
+            return
+        except Superseded as exc:  # the page has already moved on and aborted this request
+            self._error(HTTPStatus.CONFLICT, f"{exc}; nothing to do")
             return
         except Exception as exc:  # a model failure must answer the page, not hang it
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}")
