@@ -102,7 +102,7 @@ def log_bins(n: int, max_bins: int = 48) -> list[tuple[int, int]]:
     """Split positions 0..n-1 into at most max_bins contiguous, roughly log-spaced [start, stop) bins."""
     if n < 1 or max_bins < 1:
         raise ValueError(f"need n >= 1 and max_bins >= 1, got n={n}, max_bins={max_bins}")
-    edges = sorted({0, n} | {int(round(math.exp(x * math.log(n) / max_bins))) for x in range(max_bins + 1)})
+    edges = sorted({0, n} | {int(round(math.exp(x * math.log(n) / max_bins))) for x in range(1, max_bins)})
     edges = [e for e in edges if 0 <= e <= n]
     return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
 

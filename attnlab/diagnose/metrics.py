@@ -94,7 +94,7 @@ def cache_metrics(cache: Mapping[str, Tensor], n_layers: int, top_k: int = 5,
     """
     def get(name: str) -> Tensor:
         if name not in cache:
-            raise KeyError(f"the cache has no {name!r}; capture it with LoadedModel.run_with_cache(ids)")
+            raise ValueError(f"the cache has no {name!r}; capture it with LoadedModel.run_with_cache(ids)")
         return cache[name]
 
     embeddings = residual_metrics(get("blocks.0.hook_resid_pre"), top_k, timings)
