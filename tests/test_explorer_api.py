@@ -337,3 +337,23 @@ def test_cli_registers_explore_and_checks_the_port():
     assert (args.model, args.port, args.host, args.no_browser) == ("smollm2-135m", 8765, "127.0.0.1", True)
     with pytest.raises(ConfigError, match="--port must be in"):
         cli.run(parser.parse_args(["explore", "--port", "70000"]))
+
+
+def test_cli_run_serves_on_the_given_port_and_prints_the_url(monkeypatch, capsys, tmp_path, one_thread):
+    import argparse
+
+    import attnlab
+    from attnlab.explorer import cli
+    from attnlab.explorer.server import ExplorerServer
+
+    seen = {}
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(attnlab, "load_model", lambda name: seen.setdefault("model", name) and tiny_loaded())
+    monkeypatch.setattr(ExplorerServer, "serve_forever",
+                        lambda self: seen.setdefault("address", self.server_address))
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    assert cli.run(parser.parse_args(["explore", "--model", "tiny", "--port", "0", "--no-browser"])) == 0
+    host, port = seen["address"][:2]
+    assert seen["model"] == "tiny" and host == "127.0.0.1" and port > 0
+    assert f"serving tiny at http://127.0.0.1:{port}/" in capsys.readouterr().out

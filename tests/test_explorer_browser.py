@@ -85,10 +85,8 @@ def drive(url: str, shot: Path, *, viewport=(1440, 1010), tweak: bool = True) ->
                 out["pixels1"] = canvas_hash(page)
                 out["entropy1"] = json.loads(page.get_attribute("#metric-entropy", "data-values"))
                 out["temperature_label"] = page.inner_text("#temperature-out")
-                page.wait_for_function(
-                    "document.querySelectorAll('#continuation .line').length === 2"
-                    " && !document.getElementById('continuation').classList.contains('pending')",
-                    timeout=TIMEOUT_MS)
+                # A selector, not wait_for_function: the CSP (no 'unsafe-eval') forbids evaluating strings.
+                page.wait_for_selector("body[data-continued='2']", timeout=TIMEOUT_MS)
                 out["continuations"] = page.locator("#continuation .line").count()
             page.screenshot(path=str(shot), full_page=True)
             out["errors"] = errors
@@ -101,7 +99,12 @@ def _copy_screenshot(shot: Path) -> None:
     target = os.environ.get("ATTNLAB_EXPLORER_SCREENSHOT")
     if target:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, target)
+        try:  # a 256-colour palette keeps the docs' PNG small; the page has few distinct colours
+            from PIL import Image
+
+            Image.open(shot).convert("RGB").quantize(colors=256).save(target, optimize=True)
+        except ImportError:
+            shutil.copyfile(shot, target)
 
 
 @pytest.fixture(scope="module")

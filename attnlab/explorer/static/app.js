@@ -108,7 +108,7 @@ async function continuation(seq, controller, body) {
     if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
     drawContinuation(data);
     $("continuation").classList.remove("pending");
-    document.body.dataset.continuations = String(seq);
+    document.body.dataset.continued = String(state.renders);  // lets a test wait for this render's text
   } catch (err) {
     if (err.name !== "AbortError" && seq === state.seq) $("continuation").textContent = err.message;
   }
@@ -255,9 +255,12 @@ function drawTopk(d) {
   $("topk").querySelectorAll("[data-left]").forEach((e) => { e.style.left = `${e.dataset.left}%`; });
 }
 
+// Newlines as ⏎, so a continuation of blank lines is visible and the box stays one or two lines high.
+function showText(t) { return esc(t.replace(/\n/g, "⏎")); }
+
 function drawContinuation(d) {
-  let h = `<div class="line"><span class="who">${d.baseline_continuation === null ? "model" : "with override / steering"}</span>${esc(d.continuation)}</div>`;
-  if (d.baseline_continuation !== null) h += `<div class="line"><span class="who">unmodified model</span>${esc(d.baseline_continuation)}</div>`;
+  let h = `<div class="line"><span class="who">${d.baseline_continuation === null ? "model" : "with override / steering"}</span>${showText(d.continuation)}</div>`;
+  if (d.baseline_continuation !== null) h += `<div class="line"><span class="who">unmodified model</span>${showText(d.baseline_continuation)}</div>`;
   $("continuation").innerHTML = h;
 }
 
