@@ -16,10 +16,11 @@ from attnlab.stream.policies import (
     SinksPolicy,
     WindowPolicy,
     make_policy,
+    parse_policy,
 )
 from attnlab.stream.runner import StreamRunner
 
 __all__ = [
     "POLICIES", "ChunkedPolicy", "FullPolicy", "MemoryPolicy", "Policy", "RecomputePolicy", "SinksPolicy",
-    "StreamCache", "StreamRunner", "WindowPolicy", "make_policy",
+    "StreamCache", "StreamRunner", "WindowPolicy", "make_policy", "parse_policy",
 ]

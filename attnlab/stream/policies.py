@@ -260,3 +260,33 @@ def make_policy(name: str, *, sinks: int = 4, window: int = 1020, chunk: int = 5
         raise ConfigError(f"{what} = {cap} is larger than the model's context ({max_context} tokens); "
                           f"choose a smaller --window/--sinks/--chunk so the cache fits the context")
     return policy
+
+
+def parse_policy(spec: str, *, sinks: int = 4, window: int = 1020, chunk: int = 512,
+                 max_context: int | None = None) -> Policy:
+    """A policy from a name (sizes from the keyword defaults) or a spec with its sizes: "full",
+    "window(1020)", "sinks(4,1020)", "chunked(512)", "recompute(1024)", "memory(512,256)"."""
+    spec = spec.strip().lower().replace(" ", "")
+    if "(" not in spec:
+        return make_policy(spec, sinks=sinks, window=window, chunk=chunk, max_context=max_context)
+    name, _, rest = spec.partition("(")
+    if not rest.endswith(")"):
+        raise ConfigError(f"bad policy spec {spec!r}; write e.g. sinks(4,1020) or window(1024)")
+    try:
+        args = [int(a) for a in rest[:-1].split(",") if a]
+    except ValueError:
+        raise ConfigError(f"bad policy spec {spec!r}: sizes must be integers, e.g. sinks(4,1020)") from None
+    want = {"full": 0, "window": 1, "sinks": 2, "chunked": 1, "recompute": 1, "memory": 2}.get(name)
+    if want is None:
+        raise ConfigError(f"unknown streaming policy {name!r}; valid policies: {', '.join(POLICIES)}")
+    if len(args) != want:
+        raise ConfigError(f"{name} takes {want} size(s), got {spec!r}; e.g. sinks(4,1020), window(1024)")
+    if name == "sinks":
+        return make_policy(name, sinks=args[0], window=args[1], max_context=max_context)
+    if name == "memory":
+        return make_policy(name, memory=args[0], segment=args[1], max_context=max_context)
+    if name == "chunked":
+        return make_policy(name, chunk=args[0], max_context=max_context)
+    if name == "full":
+        return make_policy(name)
+    return make_policy(name, window=args[0], max_context=max_context)

@@ -1,0 +1,252 @@
+"""Streaming perplexity (StreamingLLM, Xiao et al. 2024, sec. 4.1 and Fig. 3/5, Table 1).
+
+The text is fed to the model as one stream; token u+1 is scored from the cache the policy left after token
+u, and
+
+    NLL_u = -log p(x_{u+1} | cache(x_0 .. x_u)),     perplexity = exp(mean_u NLL_u)
+
+reported overall (key "perplexity") and per bin of `bin_size` (1000) tokens, so a blow-up once the first
+tokens leave the cache (window attention) shows as the bins climbing, and a flat line is what StreamingLLM
+claims for attention sinks.
+
+mode="token" feeds one token per forward, as the paper does. mode="chunked" feeds `chunk` tokens per
+forward with each query's visibility and RoPE distances exactly as token by token (see
+`attnlab.stream.cache`), so it gives the same NLLs (to float rounding) several times faster.
+recompute(W) runs the model afresh over each scored token's last W tokens (exact for that token); with
+`stride` k only every k-th position is scored (an unbiased subsample of positions, each scored exactly),
+because the baseline costs W times more work per token.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm import tqdm
+
+from attnlab.errors import ConfigError, DataError
+from attnlab.stream.policies import Policy, RecomputePolicy
+from attnlab.stream.runner import StreamRunner, _unwrap
+
+MODES = ("token", "chunked")
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process now (0 where /proc is unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def peak_rss_bytes() -> int:
+    """High-water mark of the resident set size (VmHWM) of this process."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def stream_ids(model: Any, text: str | Tensor, tokens: int | None) -> Tensor:
+    """Token ids (1, n) of the stream: `tokens` NLLs need tokens + 1 ids."""
+    if isinstance(text, Tensor):
+        ids = text if text.dim() == 2 else text[None]
+    else:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str or token ids, got {type(text).__name__}")
+        if not text.strip():
+            raise DataError("the text to stream is empty; pass a non-empty UTF-8 text (or --text FILE)")
+        if not hasattr(model, "encode"):
+            raise TypeError("pass token ids, or a LoadedModel (attnlab.load_model) that can encode text")
+        ids = model.encode(text)
+    ids = ids.long().cpu()
+    if tokens is not None:
+        if tokens < 1:
+            raise ConfigError(f"tokens must be >= 1, got {tokens}")
+        ids = ids[:, : tokens + 1]
+    if ids.shape[1] < 2:
+        raise DataError(f"the text has {ids.shape[1]} token(s); streaming perplexity needs at least 2")
+    return ids
+
+
+def _nll(logits: Tensor, targets: Tensor) -> Tensor:
+    """Per-token NLL in float64: logits (B, q, V), targets (B, q) -> (B, q)."""
+    logp = F.log_softmax(logits.double(), dim=-1)
+    return -logp.gather(-1, targets[..., None])[..., 0]
+
+
+def stream_eval(model: Any, text: str | Tensor, policy: Policy, tokens: int | None = 20000, *,
+                mode: str = "token", chunk: int = 256, stride: int = 1, bin_size: int = 1000,
+                progress: bool = True, batch: int = 8) -> dict[str, Any]:
+    """Stream `text` through `model` under `policy`; returns NLLs, perplexity overall and per bin, speed,
+    and memory. `model` is a LoadedModel (or a bare HF model / attnlab GPT with `text` given as ids)."""
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if chunk < 1 or stride < 1 or bin_size < 1 or batch < 1:
+        raise ConfigError(f"chunk, stride, bin_size and batch must be >= 1, got {chunk}, {stride}, {bin_size}, "
+                          f"{batch}")
+    if stride > 1 and not isinstance(policy, RecomputePolicy):
+        raise ConfigError("stride applies to the recompute policy only (cache policies score every token)")
+    module, _, _ = _unwrap(model)
+    ids = stream_ids(model, text, tokens).to(next(module.parameters()).device)
+    n = ids.shape[1] - 1  # scored positions 0 .. n-1
+    nll = torch.full((n,), float("nan"), dtype=torch.float64)
+    rss_bins: list[int] = []
+    cache_peak = 0
+    start = time.perf_counter()
+    bar = tqdm(total=n, desc=f"stream {policy.name}", unit="tok", disable=None if progress else True,
+               leave=False)
+    if isinstance(policy, RecomputePolicy):
+        scored = _eval_recompute(module, ids, policy.window, nll, mode, stride, batch, bar, bin_size, rss_bins)
+        cache_peak = policy.window * ids.element_size()
+        cache_final, cache_len = cache_peak, min(policy.window, n)
+    else:
+        runner = StreamRunner(model, policy, max_step=1 if mode == "token" else chunk)
+        step = 1 if mode == "token" else chunk
+        pos = 0
+        next_bin = bin_size
+        while pos < n:
+            q = min(step, n - pos)
+            logits = runner.feed(ids[:, pos:pos + q])
+            nll[pos:pos + q] = _nll(logits, ids[:, pos + 1:pos + q + 1])[0].cpu()
+            cache_peak = max(cache_peak, runner.cache_bytes())
+            pos += q
+            bar.update(q)
+            while pos >= next_bin:
+                rss_bins.append(rss_bytes())
+                next_bin += bin_size
+        scored = n
+        cache_final, cache_len = runner.cache_bytes(), runner.cache_length()
+    bar.close()
+    seconds = time.perf_counter() - start
+    return summarize(nll, policy=policy, mode=mode, chunk=chunk if mode == "chunked" else 1, stride=stride,
+                     bin_size=bin_size, seconds=seconds, scored=scored, stream_tokens=int(ids.shape[1]),
+                     cache_peak=cache_peak, cache_final=cache_final, cache_length=cache_len, rss_bins=rss_bins,
+                     model_name=getattr(model, "name", type(module).__name__))
+
+
+@torch.no_grad()
+def _eval_recompute(module: torch.nn.Module, ids: Tensor, W: int, nll: Tensor, mode: str, stride: int,
+                    batch: int, bar: tqdm, bin_size: int, rss_bins: list[int]) -> int:
+    n = nll.numel()
+    kind_hf = hasattr(module, "config") and hasattr(module.config, "_attn_implementation")
+
+    def logits_of(x: Tensor) -> Tensor:  # (b, L) -> last-position logits (b, V)
+        if kind_hf:
+            pos = torch.arange(x.shape[1], device=x.device)[None].expand(x.shape[0], -1)
+            return module(input_ids=x, position_ids=pos, use_cache=False, logits_to_keep=1).logits[:, -1]
+        return module(x)[0][:, -1]
+
+    module.eval()
+    scored_pos = list(range(0, n, stride))
+    # Positions whose window starts at token 0 all come from one causal forward over the first W tokens.
+    warm = [u for u in scored_pos if u < W - 1]
+    if warm:
+        x = ids[:, : W]
+        logits = module(input_ids=x, use_cache=False).logits if kind_hf else module(x)[0]
+        u = torch.tensor(warm)
+        nll[u] = _nll(logits[:, u], ids[:, u + 1])[0].cpu()
+        bar.update(len(warm))
+    rest = [u for u in scored_pos if u >= W - 1]
+    per = 1 if mode == "token" else batch
+    next_bin = bin_size
+    for i in range(0, len(rest), per):
+        us = rest[i:i + per]
+        x = torch.stack([ids[0, u - W + 1:u + 1] for u in us])  # (b, W)
+        logits = logits_of(x)  # (b, V)
+        tgt = torch.stack([ids[0, u + 1] for u in us])
+        nll[torch.tensor(us)] = _nll(logits[:, None], tgt[:, None])[:, 0].cpu()
+        bar.update(len(us))
+        while us[-1] + 1 >= next_bin:
+            rss_bins.append(rss_bytes())
+            next_bin += bin_size
+    return len(scored_pos)
+
+
+def summarize(nll: Tensor, *, policy: Policy, mode: str, chunk: int, stride: int, bin_size: int, seconds: float,
+              scored: int, stream_tokens: int, cache_peak: int, cache_final: int, cache_length: int,
+              rss_bins: Sequence[int], model_name: str) -> dict[str, Any]:
+    """The results dict: overall and per-bin perplexity over the scored (non-NaN) positions."""
+    ok = ~torch.isnan(nll)
+    mean = float(nll[ok].mean()) if ok.any() else float("nan")
+    bins = []
+    for lo in range(0, nll.numel(), bin_size):
+        part = nll[lo:lo + bin_size]
+        part = part[~torch.isnan(part)]
+        if part.numel():
+            bins.append({"start": lo, "end": min(lo + bin_size, nll.numel()), "tokens": int(part.numel()),
+                         "nll": float(part.mean()), "perplexity": math.exp(float(part.mean()))})
+    return {
+        "model": model_name, "policy": policy.name, "mode": mode, "chunk": chunk, "stride": stride,
+        "cache_capacity": policy.capacity, "stream_tokens": stream_tokens, "tokens": scored,
+        "nll_mean": mean, "perplexity": math.exp(mean) if math.isfinite(mean) else float("nan"),
+        "bin_size": bin_size, "bins": bins,
+        "seconds": seconds, "tokens_per_s": scored / seconds if seconds > 0 else float("nan"),
+        "cache_bytes_peak": cache_peak, "cache_bytes_final": cache_final, "cache_length_final": cache_length,
+        "rss_bytes_per_bin": list(rss_bins), "peak_rss_bytes": peak_rss_bytes(),
+        "nll": [None if math.isnan(x) else round(x, 5) for x in nll.tolist()],
+    }
+
+
+def plot_nll(results: Sequence[dict[str, Any]], path: str | Path, *, smooth: int = 100,
+             title: str | None = None) -> Path:
+    """NLL vs stream position, one panel per policy side by side (rolling mean over `smooth` tokens)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from attnlab.io import atomic_write_bytes
+
+    if not results:
+        raise ValueError("plot_nll needs at least one result")
+    fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results), 3.2), sharey=True, squeeze=False)
+    for ax, res in zip(axes[0], results):
+        vals = torch.tensor([float("nan") if x is None else x for x in res["nll"]], dtype=torch.float64)
+        pos = torch.arange(vals.numel())
+        ok = ~torch.isnan(vals)
+        v, p = vals[ok], pos[ok]
+        k = max(1, min(smooth // max(1, res.get("stride", 1)), v.numel()))
+        kernel = torch.ones(1, 1, k, dtype=torch.float64) / k
+        sm = F.conv1d(v[None, None], kernel)[0, 0] if v.numel() >= k else v
+        ax.plot(p[k - 1:k - 1 + sm.numel()].numpy(), sm.numpy(), lw=1)
+        ax.set_title(f"{res['policy']}\nppl {res['perplexity']:.2f}", fontsize=9)
+        ax.set_xlabel("stream position (tokens)")
+        cap = res.get("cache_capacity")
+        if cap:
+            ax.axvline(cap, color="grey", lw=0.6, ls="--")
+    axes[0][0].set_ylabel(f"NLL (mean of {smooth} tokens)")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def save_results(path: str | Path, results: dict[str, Any] | list[dict[str, Any]], config: dict[str, Any],
+                 *, keep_nll: bool = True) -> Path:
+    """Write results JSON atomically with provenance (config, seed, versions, created)."""
+    from attnlab.io import atomic_write_json, provenance
+
+    items = results if isinstance(results, list) else [results]
+    if not keep_nll:
+        items = [{k: v for k, v in r.items() if k != "nll"} for r in items]
+    payload = {"provenance": provenance(config, seed=0), "results": items if isinstance(results, list)
+               else items[0]}
+    return atomic_write_json(path, payload)

@@ -1,0 +1,115 @@
+"""Streaming generation: turn after turn, one stream, memory bounded by the cache policy.
+
+Each turn's prompt is appended to the same stream (a prompt longer than the cache is fine: it is fed in
+steps whose visibility matches token-by-token feeding), then tokens are decoded one at a time, greedy by
+default or sampled with a seeded generator, until `max_new_tokens` or the end-of-sequence token. What
+StreamingLLM gives is endless fluent text with constant memory; it does not extend the context: text that
+has left the window (except the sinks) is forgotten.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from attnlab.errors import ConfigError, DataError
+from attnlab.stream.policies import Policy
+from attnlab.stream.runner import StreamRunner
+
+
+@dataclass
+class TurnStats:
+    prompt_tokens: int
+    new_tokens: int
+    seconds: float
+    cache_bytes: int
+    stream_tokens: int
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+class StreamGenerator:
+    """Holds one stream across turns: `turn(prompt)` yields text pieces as tokens are produced."""
+
+    def __init__(self, lm: Any, policy: Policy, *, max_new_tokens: int = 128, temperature: float = 0.0,
+                 top_k: int | None = None, seed: int = 0, prefill_step: int = 256) -> None:
+        if not hasattr(lm, "encode") or not hasattr(lm, "tokenizer"):
+            raise TypeError("StreamGenerator needs a LoadedModel (attnlab.load_model) with a tokenizer")
+        if max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if temperature < 0:
+            raise ConfigError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+        self.lm = lm
+        self.runner = StreamRunner(lm, policy, max_step=prefill_step)
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.top_k = top_k
+        self.gen = torch.Generator().manual_seed(seed)
+        self.eos = getattr(lm.tokenizer, "eos_id", None)
+        self.stats: list[TurnStats] = []
+        self._pending: Tensor | None = None  # last sampled token, not yet fed
+        self.reply_ids: list[int] = []  # token ids of the last reply
+
+    def _pick(self, logits: Tensor) -> int:
+        if self.temperature == 0:
+            return int(logits.argmax())
+        scores = logits.double() / self.temperature
+        if self.top_k:
+            kth = torch.topk(scores, min(self.top_k, scores.numel())).values[-1]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        return int(torch.multinomial(torch.softmax(scores, -1).cpu(), 1, generator=self.gen))
+
+    def turn(self, prompt: str) -> Iterator[str]:
+        """Feed `prompt` and yield decoded text pieces of the reply."""
+        if not prompt:
+            raise DataError("empty prompt: type some text (or end the input to stop)")
+        ids = self.lm.encode(prompt)
+        if self._pending is not None:
+            ids = torch.cat([self._pending.to(ids.device), ids], dim=1)
+            self._pending = None
+        start = time.perf_counter()
+        logits = self.runner.feed(ids, last_only=True)[0, -1]
+        out: list[int] = []
+        emitted = ""
+        for _ in range(self.max_new_tokens):
+            tok = self._pick(logits)
+            out.append(tok)
+            # Decode the whole reply each time and hold back a trailing replacement character, so a
+            # character split over several tokens comes out whole.
+            text = self.lm.decode(out)
+            if text.startswith(emitted) and not text.endswith("\ufffd"):
+                yield text[len(emitted):]
+                emitted = text
+            if self.eos is not None and tok == self.eos:
+                break
+            if len(out) == self.max_new_tokens:
+                self._pending = torch.tensor([[tok]])  # fed with the next turn, so the stream stays whole
+                break
+            logits = self.runner.feed(torch.tensor([[tok]], device=ids.device), last_only=True)[0, -1]
+        text = self.lm.decode(out)
+        if text != emitted and text.startswith(emitted):
+            yield text[len(emitted):]
+        self.reply_ids = out
+        self.stats.append(TurnStats(prompt_tokens=int(ids.shape[1]), new_tokens=len(out),
+                                    seconds=time.perf_counter() - start, cache_bytes=self.runner.cache_bytes(),
+                                    stream_tokens=self.runner.tokens_seen))
+
+
+def stream_generate(lm: Any, policy: Policy, prompts: Iterable[str], *, write: Callable[[str], Any],
+                    max_new_tokens: int = 128, temperature: float = 0.0, top_k: int | None = None,
+                    seed: int = 0) -> list[TurnStats]:
+    """Run `prompts` turn after turn through one stream, writing text pieces with `write` as they come."""
+    gen = StreamGenerator(lm, policy, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                          seed=seed)
+    for prompt in prompts:
+        for piece in gen.turn(prompt):
+            write(piece)
+        write("\n")
+    return gen.stats
