@@ -38,18 +38,20 @@ def progress_bar(total: int, desc: str, enabled: bool) -> Any:
     return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
-def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
-    """Linear warm-up for `warmup` steps, then cosine decay to 10% of `lr` at `steps`."""
+def lr_at(step: int, steps: int, lr: float, warmup: int, schedule: str = "cosine") -> float:
+    """Linear warm-up for `warmup` steps, then cosine decay to 10% of `lr` at `steps` (or constant)."""
     if step < warmup:
         return lr * (step + 1) / warmup
+    if schedule == "constant":
+        return lr
     t = (step - warmup) / max(1, steps - warmup)
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
 def train_loop(model: nn.Module, batch_fn: Callable[[int], tuple[Tensor, Tensor]],
                loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor], *, steps: int, lr: float,
-               warmup: int = 50, weight_decay: float = 0.1, log_every: int = 25, desc: str = "train",
-               progress: bool = True) -> dict[str, Any]:
+               warmup: int = 50, weight_decay: float = 0.1, schedule: str = "cosine", log_every: int = 25,
+               desc: str = "train", progress: bool = True) -> dict[str, Any]:
     """Train `model` for `steps` steps; batch_fn(step) -> (x, y); returns the logged loss curve and timing."""
     decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
@@ -62,7 +64,7 @@ def train_loop(model: nn.Module, batch_fn: Callable[[int], tuple[Tensor, Tensor]
     bar = progress_bar(steps, desc, progress)
     for step in range(steps):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup)
+            group["lr"] = lr_at(step, steps, lr, warmup, schedule)
         x, y = batch_fn(step)
         loss = loss_fn(model, x, y)
         if not torch.isfinite(loss):
