@@ -60,8 +60,10 @@ def test_hf_folder_loads_with_attnlab_attention(hf_folder: tuple[Path, LlamaForC
 
 
 def test_dtype_and_folder_without_tokenizer(tmp_path: Path) -> None:
+    import attnlab
+
     _tiny_llama().save_pretrained(tmp_path / "m")
-    lm = load_model(str(tmp_path / "m"), dtype=torch.float64)
+    lm = attnlab.load_model(str(tmp_path / "m"), dtype=torch.float64)  # the top-level entry point
     assert lm.dtype == torch.float64 and lm.logits(torch.tensor([[1, 2, 3]])).dtype == torch.float64
     with pytest.raises(DataError, match="without a tokenizer"):
         lm.encode("to be")
