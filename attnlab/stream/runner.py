@@ -108,7 +108,8 @@ class StreamRunner:
             return 0 if self._history is None else self._history.numel() * self._history.element_size()
         if isinstance(self.cache, StreamCache):
             return self.cache.nbytes()
-        return sum(t.numel() * t.element_size() for t in (*self.cache.keys, *self.cache.values) if t is not None)
+        tensors = (*self.cache.keys, *self.cache.values)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def cache_length(self) -> int:
         """Tokens held in the cache now (counted, not inferred from the tensors)."""
@@ -170,9 +171,11 @@ class StreamRunner:
             hist = tok if self._history is None else torch.cat([self._history, tok], dim=1)
             self._history = hist[:, -W:].clone()
             self.t += 1
-            yield self._plain_logits(self._history)[:, -1:]
+            yield self.window_logits(self._history)[:, -1:]
 
-    def _plain_logits(self, ids: Tensor) -> Tensor:
+    def window_logits(self, ids: Tensor) -> Tensor:
+        """Last-position logits (B, 1, V) of a fresh forward over ids (B, L) at positions 0..L-1: the work
+        recompute(W) does for every token."""
         if self.kind == "hf":
             pos = torch.arange(ids.shape[1], device=ids.device)[None].expand(ids.shape[0], -1)
             return self.module(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=1).logits
@@ -195,7 +198,8 @@ class StreamRunner:
                 idx = keep.nonzero().flatten()
                 for layer in range(len(cache.keys)):
                     cache.keys[layer] = cache.keys[layer].index_select(2, idx.to(cache.keys[layer].device))
-                    cache.values[layer] = cache.values[layer].index_select(2, idx.to(cache.values[layer].device))
+                    cache.values[layer] = cache.values[layer].index_select(
+                        2, idx.to(cache.values[layer].device))
                 self._stream_idx = self._stream_idx[idx]
                 cache.positions = torch.arange(idx.numel(), device=ids.device)
             n_kept = 0 if self._stream_idx is None else self._stream_idx.numel()
