@@ -238,6 +238,9 @@ def finish(study: str, config: Any, out_dir: str | Path, *, results: dict[str, A
     from attnlab.experiments.html import study_page
 
     out_dir = Path(out_dir)
+    if parts is not None:
+        # Wall time of all parts when they were computed (a resumed run's own total is only what it redid).
+        timings = {**timings, "compute": sum(parts.seconds.values())}
     doc = {
         "study": study,
         "schema_version": 1,

@@ -62,7 +62,7 @@ def compare_page(doc: dict[str, Any], out_dir: str | Path) -> Path:
 context {cfg['context']}, {cfg['steps']} steps of {cfg['batch_size']}x{cfg['context']} Shakespeare bytes,
 seeds {doc['seeds']}; every variant sees the same data in the same order from the same initial seed.
 attnlab {html.escape(prov.get('attnlab', ''))}, torch {html.escape(prov.get('torch', ''))};
-total {doc['timings'].get('total', 0):.0f} s. Reproduce:
+compute {max(doc['timings'].get('total', 0), doc['timings'].get('compute', 0)):.0f} s. Reproduce:
 <code>{html.escape(doc['command'])}</code>. Bold: the best value of rows where lower is better.</p>
 <h2>Claims</h2>{claims_html(doc['claims'], doc['verdict_rule'])}
 <h2>Variants side by side</h2><table><tr><th>diagnostic</th>{head}</tr>{''.join(body_rows)}</table>

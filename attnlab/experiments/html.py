@@ -142,7 +142,7 @@ def study_page(doc: dict[str, Any], out_dir: Path) -> Path:
         f"<p>{html.escape(doc['summary'])}</p>",
         f"<p>Command: <code>{html.escape(doc['command'])}</code> · seeds {doc['seeds']} · "
         f"{html.escape(prov.get('attnlab', ''))} / torch {html.escape(prov.get('torch', ''))} · "
-        f"total {doc['timings'].get('total', 0):.1f} s</p>",
+        f"compute {max(doc['timings'].get('total', 0), doc['timings'].get('compute', 0)):.1f} s</p>",
         "<h2>Claims</h2>", claims_html(doc["claims"], doc["verdict_rule"]),
         "<h2>Results</h2>", "".join(table_html(t) for t in doc["tables"]),
         "<h2>Figures</h2>", figures_html(doc["figures"], out_dir),

@@ -49,7 +49,7 @@ def study_markdown(results_dir: str | Path, heading_level: int = 3) -> str:
     cmd += f" --out {results_dir.as_posix()}"
     h = "#" * heading_level
     out = [f"Command: `{cmd}` (preset {preset or 'custom'}, seeds {doc['seeds']}, "
-           f"{doc['timings'].get('total', 0) / 60:.1f} min on this machine, attnlab "
+           f"{_minutes(doc['timings'])} on this machine, attnlab "
            f"{doc['provenance']['versions'].get('git_commit', '?')}).", ""]
     if doc["claims"]:
         rows = [[c["claim"], c["source"], c["paper"], c["ours"], f"**{c['verdict']}**"]
@@ -62,6 +62,10 @@ def study_markdown(results_dir: str | Path, heading_level: int = 3) -> str:
     for fig in doc["figures"]:
         out += [f"![{fig['caption']}]({(results_dir / fig['file']).as_posix()})", ""]
     return "\n".join(out)
+
+
+def _minutes(timings: dict[str, float]) -> str:
+    return f"{max(timings.get('total', 0), timings.get('compute', 0)) / 60:.1f} min"
 
 
 def _preset_seeds(study: str, preset: str) -> tuple[int, ...]:
