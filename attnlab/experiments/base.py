@@ -257,6 +257,11 @@ def finish(study: str, config: Any, out_dir: str | Path, *, results: dict[str, A
         "figures": [{"file": f, "caption": c} for f, c in figures],
         "results": results,
     }
+    from attnlab.experiments.markdown import preset_of
+
+    doc["preset"] = preset_of(doc)
+    if doc["preset"] and " --out " in command:
+        doc["command"] = command.replace(" --out ", f" --preset {doc['preset']} --out ", 1)
     atomic_write_json(out_dir / "results.json", doc)
     study_page(doc, out_dir)
     return doc

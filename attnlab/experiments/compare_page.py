@@ -42,6 +42,11 @@ def _row(key: str, label: str, variants: dict[str, Any]) -> str:
     return f"<tr><td>{html.escape(label)}</td>{''.join(cells)}</tr>"
 
 
+def _compare_command(doc: dict[str, Any], out_dir: Path) -> str:
+    preset = doc.get("preset")
+    return "attnlab compare" + (f" --preset {preset}" if preset else "") + f" --out {out_dir}"
+
+
 def compare_page(doc: dict[str, Any], out_dir: str | Path) -> Path:
     from attnlab.experiments.offbyone import SCALARS
 
@@ -63,7 +68,7 @@ context {cfg['context']}, {cfg['steps']} steps of {cfg['batch_size']}x{cfg['cont
 seeds {doc['seeds']}; every variant sees the same data in the same order from the same initial seed.
 attnlab {html.escape(prov.get('attnlab', ''))}, torch {html.escape(prov.get('torch', ''))};
 compute {max(doc['timings'].get('total', 0), doc['timings'].get('compute', 0)):.0f} s. Reproduce:
-<code>{html.escape(doc['command'])}</code>. Bold: the best value of rows where lower is better.</p>
+<code>{html.escape(_compare_command(doc, out_dir))}</code>. Bold: the best of rows where lower is better.</p>
 <h2>Claims</h2>{claims_html(doc['claims'], doc['verdict_rule'])}
 <h2>Variants side by side</h2><table><tr><th>diagnostic</th>{head}</tr>{''.join(body_rows)}</table>
 <h2>Plots</h2>{figures_html(doc['figures'], out_dir)}

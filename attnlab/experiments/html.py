@@ -23,7 +23,7 @@ color:#1f2328;line-height:1.45}
 h1{font-size:1.6em;margin-bottom:.2em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #d0d7de}
 table{border-collapse:collapse;margin:.6em 0;font-size:.9em}td,th{border:1px solid #d0d7de;padding:3px 8px;
 text-align:right}th{background:#f6f8fa}td:first-child,th:first-child{text-align:left}
-.v{font-weight:600;color:#fff;padding:1px 6px;border-radius:4px;white-space:nowrap}
+.claims td{text-align:left}.v{font-weight:600;color:#fff;padding:1px 6px;border-radius:4px;white-space:nowrap}
 figure{display:inline-block;margin:.5em;vertical-align:top;max-width:520px}figure img{max-width:100%}
 figcaption{font-size:.85em;color:#57606a}code,pre{background:#f6f8fa;padding:1px 4px;border-radius:3px}
 pre{padding:.6em;overflow-x:auto;font-size:.8em}.muted{color:#57606a;font-size:.85em}
@@ -121,7 +121,8 @@ def claims_html(claims: list[dict[str, Any]], rule: str) -> str:
         f"<td>{html.escape(c['effect'])} {'&gt;' if c['direction'] == 'above' else '&lt;'} "
         f"{html.escape(str(c['threshold']))}</td><td>{verdict_badge(c['verdict'])}</td></tr>"
         for c in claims)
-    return ("<table><tr><th>claim</th><th>paper</th><th>ours</th><th>test</th><th>verdict</th></tr>"
+    head = "<tr><th>claim</th><th>paper</th><th>ours</th><th>test</th><th>verdict</th></tr>"
+    return (f"<table class='claims'>{head}"
             f"{rows}</table><p class='muted'>Verdict rule: {html.escape(rule)}</p>")
 
 
