@@ -21,7 +21,7 @@ def smoke_run(tmp_path_factory):
 def test_smoke_writes_results_with_provenance_and_claims(smoke_run):
     out, doc = smoke_run
     saved = json.loads((out / "results.json").read_text())
-    assert saved["study"] == "offbyone"
+    assert saved["study"] == "offbyone" and saved["preset"] == "smoke"
     assert saved["provenance"]["versions"]["torch"]
     assert saved["config"]["variants"] == list(offbyone.PRESETS["smoke"].variants)
     assert saved["claims"], "offbyone must test the published claims"

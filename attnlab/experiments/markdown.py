@@ -21,7 +21,7 @@ def preset_of(doc: dict[str, Any]) -> str | None:
     if doc["study"] not in STUDIES:
         return None
     presets = study_module(doc["study"]).PRESETS
-    have = {k: v for k, v in doc["config"].items() if k != "seeds"}
+    have = json.loads(json.dumps({k: v for k, v in doc["config"].items() if k != "seeds"}))
     for name, cfg in presets.items():
         want = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k != "seeds"}))
         if want == have:
