@@ -319,3 +319,15 @@ def test_cli_report_on_smollm2(tmp_path, capsys):
     assert data["text"]["source"] == "shakespeare"
     assert Path(out / "report.html").stat().st_size > 50_000
     assert "report.html" in capsys.readouterr().out
+
+
+def test_full_curves_from_the_capture_match_an_unablated_pass(lm, ids):
+    from attnlab.diagnose.metrics import cache_metrics
+    from attnlab.diagnose.report import _full_curves
+
+    with torch.no_grad():
+        _, cache = lm.run_with_cache(ids)
+    from_cache = _full_curves(cache_metrics(cache, lm.n_layers))
+    direct = ablation_curves(lm, ids, ["full"])["full"]
+    for key in ("ratio", "ratio_excl_first", "norm"):
+        assert from_cache[key] == pytest.approx(direct[key], rel=1e-9)

@@ -52,24 +52,31 @@ def keys_seen(q_len: int, kv_len: int, device: torch.device | None = None) -> Te
 def attention_entropy(p: Tensor) -> Tensor:
     """Entropy (nats) of every row after renormalising it to sum 1: (..., H, Q, K) -> (..., H, Q).
 
-    An all-zero row (fully masked) has entropy 0.
+    Computed as H(p / s) = log s - (1/s) sum_j p_j log p_j with s = sum_j p_j (no renormalised copy),
+    in float32 for float32 weights (entropies are at most log K, far inside its precision) and float64
+    otherwise; returned as float64. An all-zero row (fully masked) has entropy 0.
     """
-    p = _check_pattern(p).double()
-    total = p.sum(dim=-1, keepdim=True)
-    q = torch.where(total > 0, p / total.clamp_min(1e-300), torch.zeros_like(p))
-    return -torch.special.xlogy(q, q).sum(dim=-1)
+    p = _check_pattern(p)
+    if p.dtype != torch.float32:
+        p = p.double()
+    total = p.sum(dim=-1)
+    plogp = torch.special.xlogy(p, p).sum(dim=-1)
+    safe = total.clamp_min(torch.finfo(p.dtype).tiny)
+    ent = torch.where(total > 0, safe.log() - plogp / safe, torch.zeros_like(total))
+    return ent.double().clamp_min(0.0)
 
 
-def normalized_entropy(p: Tensor, n_keys: Tensor | None = None) -> Tensor:
+def normalized_entropy(p: Tensor, n_keys: Tensor | None = None, entropy: Tensor | None = None) -> Tensor:
     """H_i / log n_i in [0, 1]: (..., H, Q, K) -> (..., H, Q); nan where n_i <= 1.
 
-    `n_keys` (Q,) or broadcastable to (..., H, Q): keys each query sees; default causal.
+    `n_keys` (Q,) or broadcastable to (..., H, Q): keys each query sees; default causal. `entropy`: the
+    rows' entropies when already computed (attention_entropy(p)).
     """
     p = _check_pattern(p)
     if n_keys is None:
         n_keys = keys_seen(p.shape[-2], p.shape[-1], p.device)
     log_n = n_keys.double().log()
-    h = attention_entropy(p)
+    h = attention_entropy(p) if entropy is None else entropy
     return torch.where(log_n > 0, h / log_n.clamp_min(1e-300), torch.full_like(h, math.nan))
 
 
@@ -125,8 +132,9 @@ def attention_summary(p: Tensor, threshold: float = SINK_THRESHOLD, max_bins: in
         p = p.unsqueeze(0)
     q_len, kv_len = p.shape[-2], p.shape[-1]
     n_keys = keys_seen(q_len, kv_len, p.device)
-    ent = attention_entropy(p).mean(dim=0)  # (H, Q)
-    ent_n = normalized_entropy(p, n_keys).mean(dim=0)
+    ent_rows = attention_entropy(p)  # (B, H, Q)
+    ent = ent_rows.mean(dim=0)
+    ent_n = normalized_entropy(p, n_keys, ent_rows).mean(dim=0)
     first = first_token_attention(p).mean(dim=0)  # (H,)
     mw = max_weight(p).mean(dim=0)  # (H, Q)
     bins = log_bins(q_len, max_bins)

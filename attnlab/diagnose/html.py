@@ -26,7 +26,7 @@ SUMMARY_ROWS = (
      "dominates"),
     ("uniformity_excl_first_last", "same, without token 0", "the ratio of the ordinary tokens"),
     ("uniformity_last_no_skip", "same, skips removed",
-     "the ablation: without skip connections it falls to 0"),
+     "outer skip paths removed (each MLP still reads x inside its block); Dong et al. predict a fall"),
     ("uniformity_last_pure_attention", "same, pure attention",
      "no skips and no MLPs: Dong et al.'s collapse"),
     ("kurtosis_max", "max kurtosis", "Gaussian = 3; hundreds = outlier features (Bondarenko et al. 2023)"),
@@ -38,6 +38,9 @@ SUMMARY_ROWS = (
     ("lipschitz_exponent", "Lipschitz growth exponent b",
      "local Lipschitz constant ~ n^b over the lengths measured (Castin et al. 2024)"),
 )
+
+# Two-panel (and wide) figures take a full row of the grid.
+WIDE = (plots.ranks, plots.sink_compare, plots.outliers, plots.lipschitz, plots.massive_map)
 
 CSS = """
 body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;
@@ -52,11 +55,13 @@ h3{margin:18px 0 6px 0;font-size:15px;color:#384152}
 .card{background:#fff;border:1px solid #dde2ea;border-radius:8px;padding:12px 14px}
 .card h4{margin:0 0 6px 0;font-size:14px}
 .card img{max-width:100%;height:auto;display:block;margin:auto}
+.card.wide{grid-column:1 / -1}
 .cap{font-size:12.5px;color:#4a5466;margin:6px 0 0 0}
 table{border-collapse:collapse;background:#fff;font-size:13px;margin:6px 0 12px 0}
 th,td{border:1px solid #dde2ea;padding:5px 9px;text-align:left;vertical-align:top}
 th{background:#eef1f6} td.num{text-align:right;font-variant-numeric:tabular-nums}
 td.read{color:#4a5466;font-size:12px;max-width:520px}
+details{margin:14px 0;font-size:13px} summary{cursor:pointer;font-weight:600;color:#384152}
 """
 
 
@@ -77,8 +82,8 @@ def _fmt(v: Any) -> str:
     return html.escape(str(v))
 
 
-def _card(title: str, png: str, caption: str) -> str:
-    return (f'<div class="card"><h4>{html.escape(title)}</h4>'
+def _card(title: str, png: str, caption: str, wide: bool = False) -> str:
+    return (f'<div class="card{" wide" if wide else ""}"><h4>{html.escape(title)}</h4>'
             f'<img alt="{html.escape(title)}" src="data:image/png;base64,{png}">'
             f'<p class="cap">{html.escape(caption)}</p></div>')
 
@@ -96,7 +101,7 @@ def _cards(items: Sequence[tuple[str, Callable[..., str], tuple, str]]) -> str:
     for title, fn, args, caption in items:
         png = _safe(fn, *args)
         if png is not None:
-            out.append(_card(title, png, caption))
+            out.append(_card(title, png, caption, wide=fn in WIDE))
     return '<div class="grid">' + "".join(out) + "</div>"
 
 
@@ -149,7 +154,8 @@ def _massive_table(section: dict[str, Any]) -> str:
 def _timings_table(section: dict[str, Any]) -> str:
     t = section.get("timings_s") or {}
     cells = "".join(f"<tr><td>{html.escape(k)}</td><td class='num'>{_fmt(v)}</td></tr>" for k, v in t.items())
-    return "<h3>Timings (seconds; capture_overhead is a ratio)</h3><table>" + cells + "</table>"
+    return ("<details><summary>Timings (seconds; capture_overhead is capture / forward)</summary><table>"
+            + cells + "</table></details>")
 
 
 def _model_section(s: dict[str, Any], single: bool) -> str:
@@ -158,7 +164,8 @@ def _model_section(s: dict[str, Any], single: bool) -> str:
     info = (f"{m['kind']} model from {html.escape(str(m['source']))}: {m['n_layers']} blocks, "
             f"{m['n_heads']} heads ({m['n_kv_heads']} key/value), d = {m['d_model']}, "
             f"{m['n_params']:,} parameters; {s['tokens']['n']} tokens, loss {_fmt(s['loss']['nats'])} nats "
-            f"(perplexity {_fmt(s['loss']['ppl'])}).")
+            f"(perplexity {_fmt(s['loss']['ppl'])}). The passage begins: "
+            f"<i>{html.escape(repr(s['tokens'].get('first', ''))[1:-1])}</i> ...")
     one = [s]
     figures = [
         ("Residual-stream norm by depth", plots.norms, (one,),
@@ -169,6 +176,9 @@ def _model_section(s: dict[str, Any], single: bool) -> str:
         ("Token uniformity with ablations", plots.uniformity, (s,),
          "Dong et al.'s ratio (log axis): near 1 tokens differ, near 0 they collapse to one vector; the "
          "ablated curves show what skips and MLPs prevent."),
+        ("Representational collapse probe", plots.collapse, (one,),
+         "Distance between the final states of '1...1 0' and '1...1 1 0' relative to their size; falling "
+         "toward 0 means the two inputs become indistinguishable."),
         ("Effective rank and cosine similarity", plots.ranks, (one,),
          "Left: how many directions the tokens 1..T span (Roy & Vetterli); right: their mean cosine, 1 = "
          "all alike."),
@@ -181,18 +191,15 @@ def _model_section(s: dict[str, Any], single: bool) -> str:
         ("Dispersion: largest attention weight", plots.dispersion, (s,),
          "Mean max weight of a query against the keys it sees; following the dotted 1/n line means the "
          "head cannot stay sharp as context grows (Velickovic et al.)."),
+        ("Over-squashing: sensitivity by position", plots.sensitivity, (one,),
+         "How strongly the last token's final state depends on each input token (share of the total, log "
+         "axis); dips are positions the model barely hears."),
         ("Outliers by depth", plots.outliers, (one,),
          "Left: max |h| (solid) vs median |h| (dotted); right: kurtosis, mean (solid) and max (dashed) over "
          "tokens; Gaussian = 3."),
         ("Where the largest activations are", plots.massive_map, (s,),
          "Top activations of each layer by feature dimension; ringed dots sit on token 0. A row of big "
          "dots = a massive-activation dimension."),
-        ("Over-squashing: sensitivity by position", plots.sensitivity, (one,),
-         "How strongly the last token's final state depends on each input token (share of the total, log "
-         "axis); dips are positions the model barely hears."),
-        ("Representational collapse probe", plots.collapse, (one,),
-         "Distance between the final states of '1...1 0' and '1...1 1 0' relative to their size; falling "
-         "toward 0 means the two inputs become indistinguishable."),
         ("Local Lipschitz constants", plots.lipschitz, (one,),
          "Left: spectral norm of each block's Jacobian at this input; right: the whole model's against "
          "length, with its power-law fit."),

@@ -41,6 +41,10 @@ def _fig(w: float = 6.0, h: float = 3.4, ncols: int = 1) -> tuple[Figure, Any]:
 
 
 def _g(v: float, _pos: object = None) -> str:
+    """Plain tick labels: 0.001, 0.5, 20, 25,500 (no scientific notation in the readable range)."""
+    v = float(f"{v:.3g}")
+    if abs(v) >= 1000:
+        return f"{v:,.0f}" if abs(v) < 1e7 else f"{v:.0e}"
     return f"{v:g}"
 
 
@@ -50,10 +54,19 @@ def _log(ax: Any, axis: str = "y", base: float = 10) -> None:
     target = ax.yaxis if axis == "y" else ax.xaxis
     target.set_major_formatter(FuncFormatter(_g))
     lo, hi = (ax.get_ylim() if axis == "y" else ax.get_xlim())
-    if lo > 0 and hi / lo < 30:  # under ~1.5 decades the major ticks are too few: label the minor ones
-        target.set_minor_formatter(FuncFormatter(lambda v, _p: f"{v:.2g}"))
+    if lo > 0 and hi / lo < 12:  # within about a decade the major ticks are too few: label the minor ones
+        target.set_minor_formatter(FuncFormatter(_g))
     else:
         target.set_minor_formatter(NullFormatter())
+
+
+def _smooth(y: list[float], half: int) -> list[float]:
+    """Centred running mean over 2 * half + 1 points (the probe estimator is noisy position by position)."""
+    out = []
+    for i in range(len(y)):
+        window = [v for v in y[max(0, i - half): i + half + 1] if not math.isnan(v)]
+        out.append(sum(window) / len(window) if window else math.nan)
+    return out
 
 
 def _int_x(ax: Any) -> None:
@@ -94,6 +107,7 @@ def growth(sections: Sequence[dict[str, Any]]) -> str:
         if fit:
             ax.axhline(fit, color=c, ls=":", lw=1, label=f"fit {fit:.3f} per layer")
     ax.axhline(1.0, color="grey", lw=0.8)
+    _log(ax)
     ax.set_xlabel("block")
     _int_x(ax)
     ax.set_ylabel("norm out / norm in")
@@ -142,7 +156,7 @@ def uniformity_compare(sections: Sequence[dict[str, Any]]) -> str:
 
 def ranks(sections: Sequence[dict[str, Any]]) -> str:
     """Effective rank (left) and mean pairwise cosine (right) against depth, tokens 1..T."""
-    fig, (a1, a2) = _fig(8.0, 3.2, 2)
+    fig, (a1, a2) = _fig(11.0, 3.4, 2)
     for k, s in enumerate(sections):
         c = COLORS[k % len(COLORS)]
         rows = [s["embeddings"]] + s["layers"]
@@ -184,7 +198,7 @@ def heatmap(section: dict[str, Any], key: str, title: str, vmin: float, vmax: fl
 
 def sink_compare(sections: Sequence[dict[str, Any]]) -> str:
     """Mean first-token attention per layer (over heads) and the share of sink heads."""
-    fig, (a1, a2) = _fig(8.0, 3.2, 2)
+    fig, (a1, a2) = _fig(11.0, 3.4, 2)
     for k, s in enumerate(sections):
         c = COLORS[k % len(COLORS)]
         att = [e["attention"] for e in s["layers"] if e.get("attention")]
@@ -226,7 +240,7 @@ def dispersion(section: dict[str, Any]) -> str:
 
 def outliers(sections: Sequence[dict[str, Any]]) -> str:
     """Max |h| (left) and kurtosis (right, mean over tokens 1..T solid, max dashed) against depth."""
-    fig, (a1, a2) = _fig(8.0, 3.2, 2)
+    fig, (a1, a2) = _fig(11.0, 3.4, 2)
     for k, s in enumerate(sections):
         c = COLORS[k % len(COLORS)]
         rows = [s["embeddings"]] + s["layers"]
@@ -249,7 +263,7 @@ def outliers(sections: Sequence[dict[str, Any]]) -> str:
 
 def massive_map(section: dict[str, Any]) -> str:
     """Where the top activations sit: feature dimension against depth, dot size and colour by |h|."""
-    fig, ax = _fig()
+    fig, ax = _fig(11.0, 3.4)
     xs, ys, vs, tok0 = [], [], [], []
     rows = [section["embeddings"]] + section["layers"]
     for depth, r in enumerate(rows):
@@ -278,7 +292,10 @@ def sensitivity(sections: Sequence[dict[str, Any]]) -> str:
         y = _nums(s["sensitivity"]["normalized"])
         n = len(y)
         x = list(range(n)) if len(sections) == 1 else [i / max(n - 1, 1) for i in range(n)]
-        ax.plot(x, y, "-", lw=1, color=COLORS[k % len(COLORS)], label=s["model"]["name"])
+        c = COLORS[k % len(COLORS)]
+        ax.plot(x, y, "-", lw=0.6, color=c, alpha=0.35)
+        ax.plot(x, _smooth(y, max(1, n // 32)), "-", lw=1.8, color=c,
+                label=f"{s['model']['name']} (bold: running mean)")
     if _positive([v for s in sections for v in _nums(s["sensitivity"]["normalized"])]):
         _log(ax)
     ax.set_xlabel("input position" if len(sections) == 1 else "input position / T")
@@ -305,7 +322,7 @@ def collapse(sections: Sequence[dict[str, Any]]) -> str:
 
 def lipschitz(sections: Sequence[dict[str, Any]]) -> str:
     """Per-block local Lipschitz constants (left) and the model's against length with its fit (right)."""
-    fig, (a1, a2) = _fig(8.0, 3.2, 2)
+    fig, (a1, a2) = _fig(11.0, 3.4, 2)
     for k, s in enumerate(sections):
         c = COLORS[k % len(COLORS)]
         lip = s["lipschitz"]

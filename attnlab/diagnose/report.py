@@ -181,8 +181,9 @@ def report_model(lm: Any, passage: Passage, cfg: ReportConfig, progress: bool = 
     lengths = sorted({min(n, n_tok) for n in cfg.lipschitz_lengths})
     collapse_lengths = default_probe_lengths(min(cfg.collapse_max, max(4, (lm.max_context or n_tok) - 2)),
                                              start=4)
-    steps = _Steps(7 + len(cfg.ablations) + len(cfg.quant_modes) + lm.n_layers + len(lengths),
-                   f"report {lm.name}", progress)
+    n_ablations = len([a for a in cfg.ablations if a != "full"])
+    steps = _Steps(7 + n_ablations + len(cfg.quant_modes) + lm.n_layers + len(lengths), f"report {lm.name}",
+                   progress)
     try:
         with torch.no_grad():
             logits = steps.run("forward", lm.logits, ids)
@@ -194,6 +195,9 @@ def report_model(lm: Any, passage: Passage, cfg: ReportConfig, progress: bool = 
         del cache  # the patterns are the largest thing the report holds; free them before the probes
         ablations = {}
         for mode in cfg.ablations:
+            if mode == "full":  # the capture already holds the unablated stream
+                ablations["full"] = _full_curves(metrics)
+                continue
             ablations.update(steps.run(f"ablation_{mode}", ablation_curves, lm, ids, [mode]))
         quant: dict[str, Any] = {}
         for mode in cfg.quant_modes:
@@ -233,6 +237,14 @@ def report_model(lm: Any, passage: Passage, cfg: ReportConfig, progress: bool = 
     }
     section["summary"] = summarize(section)
     return section
+
+
+def _full_curves(metrics: dict[str, Any]) -> dict[str, list]:
+    """The "full" entry of ablation_curves, read from the per-layer metrics instead of a second pass."""
+    rows = [metrics["embeddings"]] + metrics["layers"]
+    return {"ratio": [r["uniformity"]["ratio"] for r in rows],
+            "ratio_excl_first": [(r["uniformity_excl_first"] or {}).get("ratio", math.nan) for r in rows],
+            "norm": [r["residual"]["mean_all"] for r in rows]}
 
 
 def summarize(section: dict[str, Any]) -> dict[str, Any]:

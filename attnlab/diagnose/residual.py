@@ -32,14 +32,14 @@ def token_norms(x: Tensor) -> Tensor:
 def norm_summary(x: Tensor) -> dict[str, float]:
     """Summary of one layer's residual stream X (T, d), position 0 apart.
 
-    Returns mean, median and max of ||X_t||_2 over positions t >= 1 (all positions when T == 1) and
-    `first` = ||X_0||_2.
+    Returns mean, median and max of ||X_t||_2 over positions t >= 1 (all positions when T == 1),
+    `first` = ||X_0||_2, and `mean_all`, the mean over every position.
     """
     x = _as_2d(x, "x")
     n = token_norms(x)
     rest = n[1:] if n.shape[0] > 1 else n
     return {"mean": float(rest.mean()), "median": float(rest.median()), "max": float(rest.max()),
-            "first": float(n[0])}
+            "first": float(n[0]), "mean_all": float(n.mean())}
 
 
 def growth_factors(norms: Sequence[float] | Tensor) -> list[float]:
