@@ -331,3 +331,16 @@ def test_full_curves_from_the_capture_match_an_unablated_pass(lm, ids):
     direct = ablation_curves(lm, ids, ["full"])["full"]
     for key in ("ratio", "ratio_excl_first", "norm"):
         assert from_cache[key] == pytest.approx(direct[key], rel=1e-9)
+
+
+def test_report_runs_on_attnlab_gpt():
+    from attnlab.diagnose.report import run_report
+    from attnlab.models.adapter import from_gpt
+    from attnlab.models.gpt import GPT, GPTConfig
+
+    gpt = GPT(GPTConfig(n_layers=2, d_model=32, n_heads=2, context=64, normalizer="softmax1")).eval()
+    model = from_gpt(gpt, "byte", "gpt-softmax1", "memory")
+    rep = run_report(model, text="To be, or not to be, that is the question.", out=None,
+                     progress=False, config=_tiny_config())
+    _check_section(rep["models"][0], model, 24)
+    assert rep["models"][0]["model"]["kind"] == "attnlab"
