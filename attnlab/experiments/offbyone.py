@@ -98,8 +98,8 @@ def gpt_config(config: Config, variant: str, seed: int) -> Any:
                      context=config.context, seed=seed, **VARIANTS[variant])
 
 
-def _train_and_probe(config: Config, variant: str, seed: int, model_dir: Path, progress: bool
-                     ) -> dict[str, Any]:
+def _train_and_probe(config: Config, variant: str, seed: int, model_dir: Path, progress: bool,
+                     label: str = "") -> dict[str, Any]:
     from attnlab.data import LMBatches, eval_batches
     from attnlab.experiments.probes import probe_lm
     from attnlab.models.gpt import GPT
@@ -109,7 +109,7 @@ def _train_and_probe(config: Config, variant: str, seed: int, model_dir: Path, p
     model = GPT(gpt_config(config, variant, seed))
     batches = LMBatches(train_tokens, config.context, config.batch_size, seed=seed)  # same order per variant
     log = train_loop(model, batches.batch, lm_loss, steps=config.steps, lr=config.lr, warmup=config.warmup,
-                     desc=f"{variant} seed {seed}", progress=progress)
+                     desc=f"{label}{variant} seed {seed}", progress=progress)
     model.eval()
     val = eval_batches(val_tokens, config.context, 16, max_batches=max(1, config.eval_windows // 16))
     val_loss = eval_lm(model, val)
@@ -126,12 +126,12 @@ def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str,
     t0 = time.perf_counter()
     parts = Parts(out_dir, config)
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in config.variants}
-    for seed in config.seeds:
-        for variant in config.variants:
-            key = f"seed{seed}-{variant}"
-            res = parts.get(key, lambda v=variant, s=seed: _train_and_probe(
-                config, v, s, out_dir / "models" / f"{v}-seed{s}", progress))
-            runs[variant].append(res)
+    total = len(config.seeds) * len(config.variants)
+    for i, (seed, variant) in enumerate((s, v) for s in config.seeds for v in config.variants):
+        # One part per (seed, variant); "[i/n]" in the progress bar shows where a long run stands.
+        res = parts.get(f"seed{seed}-{variant}", lambda v=variant, s=seed, i=i: _train_and_probe(
+            config, v, s, out_dir / "models" / f"{v}-seed{s}", progress, label=f"[{i + 1}/{total}] "))
+        runs[variant].append(res)
     timings = {"total": time.perf_counter() - t0, **{f"part {k}": v for k, v in parts.seconds.items()}}
     results = aggregate(config, runs)
     claims = make_claims(config, results)
