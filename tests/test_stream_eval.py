@@ -66,7 +66,8 @@ def test_recompute_is_a_fresh_forward_over_the_last_w_tokens(llama, ids) -> None
     res = stream_eval(llama, ids, RecomputePolicy(W), tokens=30, mode="token", progress=False)
     for u in (3, 9, 17, 29):
         ctx = ids[:, max(0, u - W + 1):u + 1]
-        want = -F.log_softmax(llama(ctx).logits.double()[0, -1], -1)[ids[0, u + 1]]
+        with torch.no_grad():
+            want = -F.log_softmax(llama(ctx).logits.double()[0, -1], -1)[ids[0, u + 1]]
         assert abs(res["nll"][u] - float(want)) < 1e-5
     batched = stream_eval(llama, ids, RecomputePolicy(W), tokens=30, mode="chunked", batch=4, progress=False)
     assert torch.allclose(torch.tensor(batched["nll"]), torch.tensor(res["nll"]), atol=1e-5)
@@ -79,7 +80,8 @@ def test_recompute_is_a_fresh_forward_over_the_last_w_tokens(llama, ids) -> None
 def test_recompute_runner_matches_window_forward(llama, ids) -> None:
     runner = StreamRunner(llama, RecomputePolicy(6))
     logits = runner.feed(ids[:, :15])
-    want = llama(ids[:, 9:15]).logits[:, -1]
+    with torch.no_grad():
+        want = llama(ids[:, 9:15]).logits[:, -1]
     torch.testing.assert_close(logits[:, -1], want, atol=1e-5, rtol=1e-5)
     assert runner.cache_length() == 6
 
