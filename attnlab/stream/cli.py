@@ -61,6 +61,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     gen.add_argument("--top-k", type=int, default=None, dest="top_k")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
+                     help="wrap each turn in the tokenizer's chat template (default: when it has one)")
     gen.set_defaults(func=_generate)
 
 
@@ -115,8 +117,11 @@ def _generate(args: argparse.Namespace) -> int:
     _policies(args, [args.policy], None)
     lm = _load(args)
     policy = _policies(args, [args.policy], lm.max_context or None)[0]
+    chat = args.chat
+    if chat is None:
+        chat = bool(getattr(getattr(lm.tokenizer, "hf", None), "chat_template", None))
     gen = StreamGenerator(lm, policy, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                          top_k=args.top_k, seed=args.seed)
+                          top_k=args.top_k, seed=args.seed, chat=chat)
     turns = [args.prompt] if args.prompt is not None else (line.rstrip("\n") for line in sys.stdin)
     for prompt in turns:
         if not prompt.strip():

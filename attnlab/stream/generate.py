@@ -2,7 +2,9 @@
 
 Each turn's prompt is appended to the same stream (a prompt longer than the cache is fine: it is fed in
 steps whose visibility matches token-by-token feeding), then tokens are decoded one at a time, greedy by
-default or sampled with a seeded generator, until `max_new_tokens` or the end-of-sequence token. What
+default or sampled with a seeded generator, until `max_new_tokens` or the end-of-sequence token (which,
+like a reply's last token, is fed at the start of the next turn). With `chat=True` each turn is wrapped in the
+tokenizer's chat template. What
 StreamingLLM gives is endless fluent text with constant memory; it does not extend the context: text that
 has left the window (except the sinks) is forgotten.
 """
@@ -39,7 +41,8 @@ class StreamGenerator:
     """Holds one stream across turns: `turn(prompt)` yields text pieces as tokens are produced."""
 
     def __init__(self, lm: Any, policy: Policy, *, max_new_tokens: int = 128, temperature: float = 0.0,
-                 top_k: int | None = None, seed: int = 0, prefill_step: int = 256) -> None:
+                 top_k: int | None = None, seed: int = 0, prefill_step: int = 256,
+                 chat: bool = False) -> None:
         if not hasattr(lm, "encode") or not hasattr(lm, "tokenizer"):
             raise TypeError("StreamGenerator needs a LoadedModel (attnlab.load_model) with a tokenizer")
         if max_new_tokens < 1:
@@ -47,6 +50,7 @@ class StreamGenerator:
         if temperature < 0:
             raise ConfigError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
         self.lm = lm
+        self.chat = chat
         self.runner = StreamRunner(lm, policy, max_step=prefill_step)
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
@@ -56,6 +60,16 @@ class StreamGenerator:
         self.stats: list[TurnStats] = []
         self._pending: Tensor | None = None  # last sampled token, not yet fed
         self.reply_ids: list[int] = []  # token ids of the last reply
+
+    def format(self, prompt: str) -> str:
+        """The turn as the model expects it: the tokenizer's chat template when `chat`, else as is."""
+        if not self.chat:
+            return prompt
+        hf = getattr(self.lm.tokenizer, "hf", None)
+        if hf is None or not getattr(hf, "chat_template", None):
+            raise ConfigError(f"{self.lm.name}'s tokenizer has no chat template; turn chat formatting off")
+        return hf.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                      add_generation_prompt=True)
 
     def _pick(self, logits: Tensor) -> int:
         if self.temperature == 0:
@@ -70,7 +84,7 @@ class StreamGenerator:
         """Feed `prompt` and yield decoded text pieces of the reply."""
         if not prompt:
             raise DataError("empty prompt: type some text (or end the input to stop)")
-        ids = self.lm.encode(prompt)
+        ids = self.lm.encode(self.format(prompt))
         if self._pending is not None:
             ids = torch.cat([self._pending.to(ids.device), ids], dim=1)
             self._pending = None
@@ -80,6 +94,9 @@ class StreamGenerator:
         emitted = ""
         for _ in range(self.max_new_tokens):
             tok = self._pick(logits)
+            if self.eos is not None and tok == self.eos:
+                self._pending = torch.tensor([[tok]])  # end of turn: fed with the next turn
+                break
             out.append(tok)
             # Decode the whole reply each time and hold back a trailing replacement character, so a
             # character split over several tokens comes out whole.
@@ -87,8 +104,6 @@ class StreamGenerator:
             if text.startswith(emitted) and not text.endswith("\ufffd"):
                 yield text[len(emitted):]
                 emitted = text
-            if self.eos is not None and tok == self.eos:
-                break
             if len(out) == self.max_new_tokens:
                 self._pending = torch.tensor([[tok]])  # fed with the next turn, so the stream stays whole
                 break
