@@ -239,3 +239,19 @@ def test_smollm2_chunked_equals_token_mode_and_stays_bounded(smollm2) -> None:
 def test_smollm2_policy_larger_than_context(smollm2) -> None:
     with pytest.raises(ConfigError, match="larger than the model's context \\(8192 tokens\\)"):
         make_policy("sinks", sinks=4, window=8190, max_context=smollm2.max_context)
+
+
+def test_eos_ends_the_turn_and_is_fed_with_the_next() -> None:
+    from attnlab.stream.generate import StreamGenerator
+
+    lm = byte_lm(tiny_llama(1))
+    with torch.no_grad():
+        first = int(lm.model(lm.encode("hello")).logits[0, -1].argmax())
+    lm.tokenizer.eos_id = first  # the greedy reply's first token is now the end of the turn
+    gen = StreamGenerator(lm, SinksPolicy(2, 10), max_new_tokens=5)
+    assert "".join(gen.turn("hello")) == "" and gen.reply_ids == [] and gen.stats[0].new_tokens == 0
+    "".join(gen.turn("yo"))
+    assert gen.stats[1].prompt_tokens == 1 + 2  # the pending end-of-turn token, then "yo"
+    assert gen.runner.tokens_seen == 5 + 3 + len(gen.reply_ids) - (1 if gen.reply_ids else 0)
+    with pytest.raises(ConfigError, match="no chat template"):
+        StreamGenerator(lm, SinksPolicy(2, 10), chat=True).format("hi")
