@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("attnlab: interrupted", file=sys.stderr)
         return 130
-    except (AttnlabError, ValueError, TypeError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
+    except (AttnlabError, ValueError, TypeError, OSError) as exc:
         if isinstance(exc, AttnlabError) or not _is_internal(exc):
             print(f"attnlab: error: {exc}", file=sys.stderr)
             return 2
