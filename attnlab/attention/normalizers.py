@@ -24,6 +24,8 @@ def _masked(scores: Tensor, allowed: Tensor) -> Tensor:
 
 def _softmax(scores: Tensor, allowed: Tensor) -> Tensor:
     w = torch.softmax(_masked(scores, allowed), dim=-1)
+    if bool(allowed.any(-1).all()):  # the common case: skip a full-size pass and allocation
+        return w
     return torch.where(allowed, w, torch.zeros_like(w))  # NaN rows (nothing visible) become zeros
 
 

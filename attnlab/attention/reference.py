@@ -23,7 +23,7 @@ def reference_attention(q: Tensor, k: Tensor, v: Tensor, normalizer: Normalizer,
     heads, q_len, kv_len = q.shape[1], q.shape[2], k.shape[2]
     compute = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     qc, kc, vc = (x.to(compute) for x in (q, expand_kv(k, heads), expand_kv(v, heads)))
-    scores = scale * (qc @ kc.transpose(-1, -2))
+    scores = (qc * scale) @ kc.transpose(-1, -2)  # scale the small operand, not the Lq x Lk result
     allowed = as_4d(span.mask(q_len, kv_len, q.device))
     weights = normalizer.weights(scores, allowed)
     return (weights @ vc).to(q.dtype), weights.to(q.dtype)
