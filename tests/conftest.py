@@ -19,3 +19,13 @@ def _seed() -> None:
 def gen() -> torch.Generator:
     """A seeded CPU generator for tests that draw their own tensors."""
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny-model tests: on a shared 2-core machine OpenMP threads spin
+    against other processes and make tiny forwards tens of times slower. Restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

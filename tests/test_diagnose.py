@@ -31,14 +31,7 @@ def tiny(layers: int = 2, d: int = 16, heads: int = 2, kv: int = 1, init: float 
     return from_hf(model, ByteTokenizer(), f"tiny-{layers}x{d}", "memory")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core machine OpenMP's spinning makes them
-    much slower; the setting is restored for the tests that follow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

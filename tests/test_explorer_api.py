@@ -33,15 +33,6 @@ def tiny_loaded(seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    # Two shared cores: OpenMP threads spinning against other processes make tiny forwards 30x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
 def explorer(tmp_path_factory, one_thread):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ATTNLAB_CACHE", str(tmp_path_factory.mktemp("cache")))

@@ -20,14 +20,7 @@ from attnlab.models.gpt_parts import (
 )
 from attnlab.models.hooks import attention_override, record_attention
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are fastest on one thread; on a shared 2-core machine more threads only wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ids(kw: dict) -> str:

@@ -14,14 +14,7 @@ from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.train import TrainConfig, train
 from attnlab.train.loop import lr_at
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are fastest on one thread; on a shared 2-core machine more threads only wait."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TEXT = ("To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n"
         "The slings and arrows of outrageous fortune,\nOr to take arms against a sea of troubles\n") * 6

@@ -17,12 +17,7 @@ from attnlab.train import TrainConfig, train
 TEXT = "Now is the winter of our discontent\nMade glorious summer by this sun of York;\n" * 12
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _free_port() -> int:
