@@ -13,6 +13,7 @@ d s = -sum_i p_sink,i <dY_i, Y_i> with p_sink,i = sigmoid(s - lse_i).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -74,50 +75,130 @@ def sdpa(p: Problem, q: Tensor | None = None, v: Tensor | None = None) -> Tensor
 def flash_forward(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: bool,
                   scale: float) -> tuple[Tensor, Tensor]:
     """Output and row log-sum-exp (float32 or float64) from one fused pass; no autograd."""
-    if q.device.type == "cpu":
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-            q, k, v, 0.0, is_causal, attn_mask=bias, scale=scale)
-        return out, lse
-    if q.device.type == "cuda":
-        # Untested (no GPU where this was written): the memory-efficient kernel returns the lse padded
-        # to a multiple of 32 rows and wants equal head counts; its is_causal is top-left, as on CPU.
-        k, v = expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])
-        if bias is not None:
-            bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
-        out, lse, _, _ = torch.ops.aten._scaled_dot_product_efficient_attention(
-            q, k, v, bias, True, 0.0, is_causal, scale=scale)
-        return out, lse[..., : q.shape[-2]]
-    raise NotImplementedError(f"the fused backend has no kernel for device {q.device.type!r}; "
-                              f"use backend='reference'")
+    out, lse, _ = fused_pass(q, k, v, bias, is_causal, scale)
+    return out, lse
 
 
-def _flash_backward(grad: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-                    bias: Tensor | None, is_causal: bool, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+Backward = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Tensor]]
+
+
+def fused_pass(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: bool,
+               scale: float) -> tuple[Tensor, Tensor, Backward]:
+    """One stock-kernel pass: output, row log-sum-exp (N, H, Lq), and the matching backward
+    `backward(grad_out, out, lse) -> (dq, dk, dv)`. The backward recomputes p_ij = exp(s_ij - lse_i) and
+    D_i = <grad_i, out_i> from what it is handed, which is what lets the sink identity reuse it.
+
+    CPU: the flash kernel (grouped-query heads native). CUDA: the flash kernel for fp16/bf16 without a
+    bias, else the memory-efficient kernel (fp32 too, with a bias). Anything else (float64 on CUDA, odd
+    head sizes, other devices): plain matrix products, exact but O(Lq x Lk) memory."""
     if q.device.type == "cpu":
+        return _cpu_pass(q, k, v, bias, is_causal, scale)
+    if q.device.type == "cuda" and _cuda_kernel_ok(q, v):
+        return _cuda_pass(q, k, v, bias, is_causal, scale)
+    return _math_pass(q, k, v, bias, is_causal, scale)
+
+
+def _cpu_pass(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: bool,
+              scale: float) -> tuple[Tensor, Tensor, Backward]:
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q, k, v, 0.0, is_causal, attn_mask=bias, scale=scale)
+
+    def backward(grad: Tensor, y: Tensor, total: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            grad.contiguous(), q, k, v, out, lse, 0.0, is_causal, attn_mask=bias, scale=scale)
-    raise NotImplementedError("the sink identity's backward is implemented for the CPU kernel only; "
-                              "on CUDA use backend='reference' for training with sinks")
+            grad.contiguous(), q, k, v, y, total, 0.0, is_causal, attn_mask=bias, scale=scale)
+
+    return out, lse, backward
+
+
+def _cuda_kernel_ok(q: Tensor, v: Tensor) -> bool:
+    d, dv = q.shape[-1], v.shape[-1]
+    return q.dtype in (torch.float16, torch.bfloat16, torch.float32) and d == dv and d % 8 == 0 and d <= 256
+
+
+def _fold_groups(dx: Tensor, heads_kv: int) -> Tensor:
+    """Gradient of `expand_kv`: sum each group of query heads back onto its kv head."""
+    n, h, length, d = dx.shape
+    return dx if h == heads_kv else dx.view(n, heads_kv, h // heads_kv, length, d).sum(2)
+
+
+def _cuda_pass(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: bool,
+               scale: float) -> tuple[Tensor, Tensor, Backward]:
+    heads_kv, lq = k.shape[1], q.shape[2]
+    k, v = expand_kv(k, q.shape[1]).contiguous(), expand_kv(v, q.shape[1]).contiguous()
+    q = q.contiguous()
+    if bias is None and q.dtype != torch.float32:
+        out, lse, cq, ck, mq, mk, seed, offset, _ = torch.ops.aten._scaled_dot_product_flash_attention(
+            q, k, v, 0.0, is_causal, False, scale=scale)
+
+        def backward(grad: Tensor, y: Tensor, total: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_backward(
+                grad.contiguous(), q, k, v, y.contiguous(), total.contiguous(), cq, ck, mq, mk, 0.0,
+                is_causal, seed, offset, scale=scale)
+            return dq, _fold_groups(dk, heads_kv), _fold_groups(dv, heads_kv)
+
+        return out, lse, backward
+    if bias is not None:
+        # The kernel wants the bias in q's dtype, all four dims, and its rows 16-element aligned.
+        lk = k.shape[2]
+        bias = F.pad(bias.to(q.dtype), (0, -lk % 16))[..., :lk].expand(q.shape[0], q.shape[1], lq, lk)
+    out, lse, seed, offset = torch.ops.aten._scaled_dot_product_efficient_attention(
+        q, k, v, bias, True, 0.0, is_causal, scale=scale)
+    padded = lse.shape[-1]  # rows padded to a multiple of 32; the backward wants the same layout
+
+    def backward(grad: Tensor, y: Tensor, total: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        total = F.pad(total.to(torch.float32), (0, padded - lq)).contiguous()
+        dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
+            grad.contiguous(), q, k, v, bias, y.contiguous(), total, seed, offset, 0.0,
+            [True, True, True, False], is_causal, scale=scale)
+        return dq, _fold_groups(dk, heads_kv), _fold_groups(dv, heads_kv)
+
+    return out, lse[..., :lq], backward
+
+
+def _math_pass(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: bool,
+               scale: float) -> tuple[Tensor, Tensor, Backward]:
+    """The same contract in plain matrix products (the flash backward's formulas, written out)."""
+    heads_kv, acc = k.shape[1], torch.promote_types(q.dtype, torch.float32)
+    k, v = expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])
+    scores = (q.to(acc) @ k.to(acc).transpose(-1, -2)) * scale
+    if bias is not None:
+        scores = scores + bias.to(acc)
+    if is_causal:
+        lq, lk = scores.shape[-2:]
+        scores = scores.masked_fill(torch.ones(lq, lk, dtype=torch.bool, device=q.device).triu(1), -math.inf)
+    lse = torch.logsumexp(scores, dim=-1)
+    out = (torch.exp(scores - lse.unsqueeze(-1)).nan_to_num(0.0) @ v.to(acc)).to(q.dtype)
+
+    def backward(grad: Tensor, y: Tensor, total: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        p = torch.exp(scores - total.to(acc).unsqueeze(-1)).nan_to_num(0.0)
+        g = grad.to(acc)
+        dv = p.transpose(-1, -2) @ g
+        ds = p * (g @ v.to(acc).transpose(-1, -2) - (g * y.to(acc)).sum(-1, keepdim=True))
+        dq = (ds @ k.to(acc)) * scale
+        dk = (ds.transpose(-1, -2) @ q.to(acc)) * scale
+        dk, dv = _fold_groups(dk, heads_kv), _fold_groups(dv, heads_kv)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+    return out, lse, backward
 
 
 class _SinkAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, sink, bias, is_causal, scale):  # noqa: ANN001
-        out, lse = flash_forward(q, k, v, bias, is_causal, scale)
+        out, lse, ctx.kernel_backward = fused_pass(q, k, v, bias, is_causal, scale)
         sink_b = sink.to(lse.dtype).view(1, -1, 1)
         total = torch.logaddexp(lse, sink_b)  # sink-inclusive log-sum-exp
         # exp(-inf - -inf) is NaN for fully masked rows; those rows are zeroed by the runner.
         keep = torch.exp(lse - total).nan_to_num(0.0)
         y = (out * keep.unsqueeze(-1).to(out.dtype)).to(q.dtype)
         total = torch.where(torch.isfinite(total), total, torch.zeros_like(total))
-        ctx.save_for_backward(q, k, v, y, total, sink_b, bias)
-        ctx.is_causal, ctx.scale = is_causal, scale
+        ctx.save_for_backward(y, total, sink_b)
         return y
 
     @staticmethod
     def backward(ctx, dy):  # noqa: ANN001
-        q, k, v, y, total, sink_b, bias = ctx.saved_tensors
-        dq, dk, dv = _flash_backward(dy, q, k, v, y, total, bias, ctx.is_causal, ctx.scale)
+        y, total, sink_b = ctx.saved_tensors
+        dq, dk, dv = ctx.kernel_backward(dy, y, total)
         dsink = None
         if ctx.needs_input_grad[3]:
             p_sink = torch.exp(sink_b - total)

@@ -1,0 +1,42 @@
+"""The kernel-level contract every device path must meet: `fused_pass` returns the output, the row
+log-sum-exp and a backward that recomputes from the (out, lse) it is handed. The plain-matrix path (used for
+float64 on CUDA and devices without a fused kernel) is checked against the CPU flash kernel here; the CUDA
+kernels are checked against the reference in tests/test_attention_cuda.py on a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnlab.attention.kernels import _cpu_pass, _math_pass
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _inputs(gen: torch.Generator, heads_kv: int, lq: int, lk: int, masked: bool):
+    q = torch.randn(2, 4, lq, 8, generator=gen, dtype=torch.float64)
+    k = torch.randn(2, heads_kv, lk, 8, generator=gen, dtype=torch.float64)
+    v = torch.randn(2, heads_kv, lk, 8, generator=gen, dtype=torch.float64)
+    bias = None
+    if masked:
+        allowed = torch.rand(1, 1, lq, lk, generator=gen) < 0.6
+        allowed[..., 0] = True
+        bias = torch.zeros(1, 1, lq, lk, dtype=torch.float64).masked_fill(~allowed, float("-inf"))
+    return q, k, v, bias
+
+
+@pytest.mark.parametrize("heads_kv", [4, 2, 1])
+@pytest.mark.parametrize(("lq", "lk", "masked", "causal"),
+                         [(7, 7, False, True), (5, 9, True, False), (6, 6, False, False)])
+def test_math_pass_matches_cpu_kernel(gen: torch.Generator, heads_kv: int, lq: int, lk: int, masked: bool,
+                                      causal: bool) -> None:
+    q, k, v, bias = _inputs(gen, heads_kv, lq, lk, masked)
+    ref_out, ref_lse, ref_bwd = _cpu_pass(q, k, v, bias, causal, 0.3)
+    out, lse, bwd = _math_pass(q, k, v, bias, causal, 0.3)
+    torch.testing.assert_close(out, ref_out, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-10, atol=1e-10)
+    # The backward is handed an out and lse that are not the softmax ones (as the sink identity does).
+    grad = torch.randn_like(out)
+    y, total = 0.7 * out, lse + torch.rand(lse.shape, generator=gen, dtype=lse.dtype)
+    for got, want in zip(bwd(grad, y, total), ref_bwd(grad, y, total), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
