@@ -9,8 +9,8 @@ and linear in seq. Clipped has no kernel identity (blocked over query rows), so 
 
     .venv/bin/python benchmarks/attention.py [--quick] [--json PATH] [--repeats N]
 
-On CUDA (when present) a second section times the same variants against SDPA restricted to its flash
-backend. That path has not been run on a GPU yet: treat its numbers as untested until it has.
+On CUDA (when present; `--device cuda` for that section alone) a second section times the same variants in
+bfloat16 against SDPA restricted to its flash backend, up to seq 16384.
 """
 
 from __future__ import annotations
@@ -67,12 +67,12 @@ def _paired(fn: Callable[[], object], base: Callable[[], object], repeats: int,
 
 
 def bench(device: str, seqs: list[int], repeats: int, baseline: Callable[..., torch.Tensor],
-          max_reference_seq: int = 2048) -> list[dict]:
+          max_reference_seq: int = 2048, dtype: torch.dtype = torch.float32) -> list[dict]:
     """Rows of timings for every variant at every seq; the eager reference only up to max_reference_seq."""
     gen = torch.Generator().manual_seed(0)
     rows = []
     for seq in seqs:
-        inputs = [torch.randn(1, HEADS, seq, DIM, generator=gen).to(device) for _ in range(4)]
+        inputs = [torch.randn(1, HEADS, seq, DIM, generator=gen).to(device, dtype) for _ in range(4)]
         rows += _bench_seq(device, seq, inputs, repeats, baseline, seq <= max_reference_seq)
     return rows
 
@@ -146,6 +146,10 @@ def window_summary(rows: list[dict]) -> list[dict]:
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
+                        help="which section to run (default: CPU, and CUDA when present)")
+    parser.add_argument("--cuda-dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
+                        help="CUDA inputs (default bfloat16: SDPA's flash backend takes half precision only)")
     args = parser.parse_args()
     pin_malloc()
     torch.manual_seed(0)
@@ -157,25 +161,37 @@ def main() -> None:
     def sdpa_causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-    print(f"CPU: {torch.get_num_threads()} threads, torch {torch.__version__}; baseline: causal SDPA float32")
-    rows = bench("cpu", seqs, repeats, sdpa_causal)
-    print_table(rows, cols)
-    summary = window_summary(rows)
-    print("\nWindow(512): growth with seq and speed-up over causal SDPA")
-    print_table(summary, list(summary[0]) if summary else ["from_seq"])
+    rows, summary = [], []
+    if args.device in ("cpu", "all"):
+        print(f"CPU: {torch.get_num_threads()} threads, torch {torch.__version__}; "
+              "baseline: causal SDPA float32")
+        rows = bench("cpu", seqs, repeats, sdpa_causal)
+        print_table(rows, cols)
+        summary = window_summary(rows)
+        print("\nWindow(512): growth with seq and speed-up over causal SDPA")
+        print_table(summary, list(summary[0]) if summary else ["from_seq"])
 
-    if torch.cuda.is_available():
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
+    if args.device in ("cuda", "all") and torch.cuda.is_available():
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         def sdpa_flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-        print(f"\nCUDA ({torch.cuda.get_device_name()}), UNTESTED PATH: baseline SDPA flash backend, causal")
-        cuda_rows = bench("cuda", seqs + ([] if args.quick else [16384]), repeats, sdpa_flash)
+        dtype = getattr(torch, args.cuda_dtype)
+        print(f"\nCUDA ({torch.cuda.get_device_name()}, torch {torch.__version__}): "
+              "baseline SDPA flash backend, "
+              f"causal, {args.cuda_dtype}")
+        cuda_rows = bench("cuda", seqs + ([] if args.quick else [16384]), max(repeats, 15), sdpa_flash,
+                          dtype=dtype)
         print_table(cuda_rows, cols)
         rows += cuda_rows
-        summary += window_summary(cuda_rows)
+        cuda_summary = window_summary(cuda_rows)
+        print("\nCUDA Window(512): growth with seq and speed-up over causal SDPA (flash)")
+        print_table(cuda_summary, list(cuda_summary[0]) if cuda_summary else ["from_seq"])
+        summary += cuda_summary
 
     if args.json:
         from attnlab.io import provenance
@@ -183,7 +199,8 @@ def main() -> None:
         write_json(args.json, {
             "benchmark": "attention", "rows": rows, "window": summary,
             "provenance": provenance({"seqs": seqs, "repeats": repeats, "heads": HEADS, "head_dim": DIM,
-                                      "batch": 1, "dtype": "float32", "quick": args.quick}, seed=0),
+                                      "batch": 1, "dtype": "float32", "cuda_dtype": args.cuda_dtype,
+                                      "device": args.device, "quick": args.quick}, seed=0),
         })
 
 
