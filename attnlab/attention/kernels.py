@@ -143,10 +143,12 @@ def _cuda_pass(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: 
         bias = F.pad(bias.to(q.dtype), (0, -lk % 16))[..., :lk].expand(q.shape[0], q.shape[1], lq, lk)
     out, lse, seed, offset = torch.ops.aten._scaled_dot_product_efficient_attention(
         q, k, v, bias, True, 0.0, is_causal, scale=scale)
-    padded = lse.shape[-1]  # rows padded to a multiple of 32; the backward wants the same layout
+    # The kernel pads lse's rows to a multiple of 32 and fills the padding with +inf, which its backward
+    # reads (p = exp(s - inf) = 0 there): hand it the same layout, padding included.
+    padded = lse
 
     def backward(grad: Tensor, y: Tensor, total: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        total = F.pad(total.to(torch.float32), (0, padded - lq)).contiguous()
+        total = torch.cat([total.to(torch.float32), padded[..., lq:]], dim=-1).contiguous()
         dq, dk, dv, _ = torch.ops.aten._scaled_dot_product_efficient_attention_backward(
             grad.contiguous(), q, k, v, bias, y.contiguous(), total, seed, offset, 0.0,
             [True, True, True, False], is_causal, scale=scale)
@@ -183,21 +185,24 @@ def _math_pass(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: 
 
 
 class _SinkAttention(torch.autograd.Function):
+    """`sink` is a (H,) tensor or a float (the same logit for every head, no gradient)."""
+
     @staticmethod
     def forward(ctx, q, k, v, sink, bias, is_causal, scale):  # noqa: ANN001
         out, lse, ctx.kernel_backward = fused_pass(q, k, v, bias, is_causal, scale)
-        sink_b = sink.to(lse.dtype).view(1, -1, 1)
-        total = torch.logaddexp(lse, sink_b)  # sink-inclusive log-sum-exp
-        # exp(-inf - -inf) is NaN for fully masked rows; those rows are zeroed by the runner.
-        keep = torch.exp(lse - total).nan_to_num(0.0)
-        y = (out * keep.unsqueeze(-1).to(out.dtype)).to(q.dtype)
-        total = torch.where(torch.isfinite(total), total, torch.zeros_like(total))
-        ctx.save_for_backward(y, total, sink_b)
+        # Few, whole-tensor ops: at short lengths this path's cost is per-op overhead. lse is finite here
+        # (the runner gives rows that see nothing a key), so sigmoid(lse - s) needs no NaN guard.
+        sink_b = sink.to(lse.dtype).view(1, -1, 1) if isinstance(sink, Tensor) else sink
+        y = out * torch.sigmoid(lse - sink_b).unsqueeze(-1).to(out.dtype)
+        ctx.save_for_backward(y, lse, sink_b if isinstance(sink, Tensor) else None)
+        ctx.sink = sink_b
         return y
 
     @staticmethod
     def backward(ctx, dy):  # noqa: ANN001
-        y, total, sink_b = ctx.saved_tensors
+        y, lse, sink_t = ctx.saved_tensors
+        sink_b = ctx.sink if sink_t is None else sink_t
+        total = torch.logaddexp(lse, torch.as_tensor(sink_b, dtype=lse.dtype, device=lse.device))
         dq, dk, dv = ctx.kernel_backward(dy, y, total)
         dsink = None
         if ctx.needs_input_grad[3]:
@@ -206,11 +211,17 @@ class _SinkAttention(torch.autograd.Function):
         return dq, dk, dv, dsink, None, None, None
 
 
-def sink_attention(p: Problem, sink_logits: Tensor) -> Tensor:
-    """Softmax attention with one extra virtual key of logit `sink_logits[h]` and value 0 per head."""
-    sink = sink_logits.to(device=p.q.device)
-    if sink.dim() == 0:
-        sink = sink.expand(p.q.shape[1])
+def sink_attention(p: Problem, sink_logits: Tensor | float) -> Tensor:
+    """Softmax attention with one extra virtual key of logit `sink_logits[h]` (or one float for every head)
+    and value 0 per head."""
+    sink = sink_logits
+    if isinstance(sink, Tensor):
+        if sink.dim() == 0 and not sink.requires_grad:
+            sink = float(sink)  # no per-call host-to-device copy for a constant logit
+        else:
+            sink = sink.to(device=p.q.device)
+            if sink.dim() == 0:
+                sink = sink.expand(p.q.shape[1])
     q, k, v = p.q, p.k, p.v
     d, dv = q.shape[-1], v.shape[-1]
     # The flash kernels want one head size for q, k and v; zero columns change neither scores nor
@@ -219,7 +230,8 @@ def sink_attention(p: Problem, sink_logits: Tensor) -> Tensor:
         v = F.pad(v, (0, d - dv))
     elif dv > d:
         q, k = F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d))
-    return _SinkAttention.apply(q, k, v, sink, p.bias, p.is_causal, p.scale)[..., :dv]
+    out = _SinkAttention.apply(q, k, v, sink, p.bias, p.is_causal, p.scale)
+    return out if dv == d else out[..., :dv]
 
 
 def row_entropy(p: Problem) -> Tensor:
