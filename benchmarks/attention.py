@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _timing import base_parser, median_time, peak_memory, pin_malloc, print_table, write_json
+from _timing import base_parser, median_time, peak_memory, print_table, reuse_malloc, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attnlab.attention import (  # noqa: E402
@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--cuda-dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
                         help="CUDA inputs (default bfloat16: SDPA's flash backend takes half precision only)")
     args = parser.parse_args()
-    pin_malloc()
+    reuse_malloc()
     torch.manual_seed(0)
     seqs = [512, 2048] if args.quick else [512, 2048, 8192]
     repeats = args.repeats or (3 if args.quick else 5)

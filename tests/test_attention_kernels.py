@@ -5,10 +5,16 @@ kernels are checked against the reference in tests/test_attention_cuda.py on a G
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
+from _attention_cases import normalizers, qkv
 
+from attnlab.attention import Chunked, Window, attention
 from attnlab.attention.kernels import _cpu_pass, _math_pass
+
+blocked = importlib.import_module("attnlab.attention.blocked")  # the package exports a function `attention`
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -39,4 +45,25 @@ def test_math_pass_matches_cpu_kernel(gen: torch.Generator, heads_kv: int, lq: i
     grad = torch.randn_like(out)
     y, total = 0.7 * out, lse + torch.rand(lse.shape, generator=gen, dtype=lse.dtype)
     for got, want in zip(bwd(grad, y, total), ref_bwd(grad, y, total), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("norm_name", ["softmax", "sinks", "softmax1", "ssmax-per-head", "adaptive"])
+@pytest.mark.parametrize("span", [Window(37), Chunked(24)], ids=repr)
+def test_blocked_interior_in_chunks_matches_reference(monkeypatch: pytest.MonkeyPatch, norm_name: str,
+                                                       span: object) -> None:
+    """Interior blocks run one block per chunk (the chunk size forced down), batch 2, grouped-query heads,
+    fewer queries than keys: outputs and every gradient (q, k, v, the normalizer's parameters) equal the
+    reference in float64, so the backward's fold of overlapping key blocks is exact."""
+    monkeypatch.setattr(blocked, "CHUNK_BYTES", 1)
+    results = {}
+    for backend in ("fused", "reference"):
+        q, k, v = (x.requires_grad_() for x in qkv(2, 250, 300, kv_heads=2))
+        norm = normalizers()[norm_name]
+        params = [p.requires_grad_() for p in (getattr(norm, "logits", None), getattr(norm, "s", None))
+                  if isinstance(p, torch.Tensor) and p.dim() == 1]
+        out = attention(q, k, v, normalizer=norm, span=span, backend=backend)
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=out.dtype))
+        results[backend] = [out.detach(), q.grad, k.grad, v.grad] + [p.grad for p in params]
+    for got, want in zip(results["fused"], results["reference"], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)

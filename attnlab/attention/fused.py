@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnlab.attention.blocked import BlockedKV
 from attnlab.attention.kernels import Problem
 from attnlab.attention.normalizers import Normalizer
 from attnlab.attention.reference import as_4d
@@ -78,8 +79,9 @@ def _blocked(q: Tensor, k: Tensor, v: Tensor, normalizer: Normalizer, span: Span
     qp = F.pad(q, (0, 0, lead, nb * bq - lead - q_len)) if nb * bq != q_len else q
     qp = qp.view(batch, heads, nb, bq, -1)
     groups = []
-    for group in plan.groups:
-        qb = qp[:, :, group.lo:group.hi].transpose(1, 2).reshape(batch * group.n, heads, bq, -1)
+    # split, not slicing: its backward is one cat, where each slice's backward zero-fills a full-size buffer.
+    for group, part in zip(plan.groups, qp.split([g.n for g in plan.groups], dim=2), strict=True):
+        qb = part.transpose(1, 2).reshape(batch * group.n, heads, bq, -1)
         groups.append(plan.run(group, normalizer, qb, k, v, scale))
     out = torch.cat(groups, dim=2) if len(groups) > 1 else groups[0]  # (B, H, nb, bq, Dv)
     return out.reshape(batch, heads, nb * bq, -1)[:, :, lead:lead + q_len]
@@ -179,8 +181,11 @@ class BlockPlan:
             return x.unsqueeze(0).expand(batch, *x.shape).reshape(batch * g.n, 1, *x.shape[1:])
 
         bias = per_batch(g.bias)
+        blocks = None
+        if g.shared and not self.n_sink:
+            blocks = BlockedKV(k, v, int(self.first[g.lo]), g.n, self.bq, self.extent, bias)
         p = Problem(qb, self._keys(k, g), self._keys(v, g), scale, bias, False,
-                    lambda: (bias == 0).sum(-1, keepdim=True).to(qb.dtype))
+                    lambda: (bias == 0).sum(-1, keepdim=True).to(qb.dtype), blocks)
         out = normalizer.attend(p)
         if not g.all_valid:
             out = out * per_batch(g.row_valid)

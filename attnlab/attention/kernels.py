@@ -16,10 +16,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from attnlab.attention.blocked import BlockedKV
 
 
 def expand_kv(x: Tensor, heads: int) -> Tensor:
@@ -42,6 +46,7 @@ class Problem:
     bias: Tensor | None
     is_causal: bool
     seen: Tensor | Callable[[], Tensor]
+    blocks: BlockedKV | None = None  # interior blocks of a local span: k and v are then their strided views
 
     @property
     def keys_seen(self) -> Tensor:
@@ -66,6 +71,10 @@ class Problem:
 
 def sdpa(p: Problem, q: Tensor | None = None, v: Tensor | None = None) -> Tensor:
     """The stock differentiable kernel on a Problem (optionally with other queries or values)."""
+    if p.blocks is not None and v is None and p.q.shape[-1] == p.v.shape[-1]:
+        from attnlab.attention.blocked import blocked_sink_attention  # blocked.py builds on this module
+
+        return blocked_sink_attention(p.q if q is None else q, p.blocks, None, p.scale)
     return F.scaled_dot_product_attention(
         p.q if q is None else q, p.k, p.v if v is None else v,
         attn_mask=p.bias, is_causal=p.is_causal, scale=p.scale, enable_gqa=p.k.shape[1] != p.q.shape[1],
@@ -224,6 +233,10 @@ def sink_attention(p: Problem, sink_logits: Tensor | float) -> Tensor:
                 sink = sink.expand(p.q.shape[1])
     q, k, v = p.q, p.k, p.v
     d, dv = q.shape[-1], v.shape[-1]
+    if p.blocks is not None and d == dv:
+        from attnlab.attention.blocked import blocked_sink_attention
+
+        return blocked_sink_attention(q, p.blocks, sink, p.scale)
     # The flash kernels want one head size for q, k and v; zero columns change neither scores nor
     # outputs (the scale is passed explicitly), so pad the smaller side and slice the output back.
     if dv < d:
