@@ -11,7 +11,7 @@ import pytest
 import torch
 from _attention_cases import normalizers, qkv
 
-from attnlab.attention import Chunked, Window, attention
+from attnlab.attention import Chunked, SinkWindow, Window, attention
 from attnlab.attention.kernels import _cpu_pass, _math_pass
 
 blocked = importlib.import_module("attnlab.attention.blocked")  # the package exports a function `attention`
@@ -66,4 +66,22 @@ def test_blocked_interior_in_chunks_matches_reference(monkeypatch: pytest.Monkey
         out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=out.dtype))
         results[backend] = [out.detach(), q.grad, k.grad, v.grad] + [p.grad for p in params]
     for got, want in zip(results["fused"], results["reference"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("span", [Window(260), SinkWindow(4, 256)], ids=repr)
+@pytest.mark.parametrize("lengths", [(600, 600), (300, 650)], ids=["self", "cache"])
+def test_wide_windows_forward_only_and_with_backward(span: object, lengths: tuple[int, int]) -> None:
+    """Windows >= 256 use other block sizes with and without a backward to follow: both equal the
+    reference (outputs, and gradients where asked)."""
+    q, k, v = qkv(1, *lengths, kv_heads=2)
+    ref = attention(q, k, v, normalizer="softmax1", span=span, backend="reference")
+    torch.testing.assert_close(attention(q, k, v, normalizer="softmax1", span=span, backend="fused"), ref,
+                               rtol=1e-10, atol=1e-10)
+    grads = {}
+    for backend in ("fused", "reference"):
+        leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+        attention(*leaves, normalizer="softmax1", span=span, backend=backend).pow(2).sum().backward()
+        grads[backend] = [x.grad for x in leaves]
+    for got, want in zip(grads["fused"], grads["reference"], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)

@@ -74,7 +74,8 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, normalizer: Normalizer, spa
 
 def _blocked(q: Tensor, k: Tensor, v: Tensor, normalizer: Normalizer, span: Span, scale: float) -> Tensor:
     batch, heads, q_len, _ = q.shape
-    plan = _plan(span, q_len, k.shape[2], q.device, q.dtype)
+    backward = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    plan = _plan(span, q_len, k.shape[2], q.device, q.dtype, backward)
     nb, bq, lead = plan.nb, plan.bq, plan.lead
     qp = F.pad(q, (0, 0, lead, nb * bq - lead - q_len)) if nb * bq != q_len else q
     qp = qp.view(batch, heads, nb, bq, -1)
@@ -105,9 +106,11 @@ class _Group:
 
 
 @functools.lru_cache(maxsize=32)
-def _plan(span: Span, q_len: int, kv_len: int, device: torch.device, dtype: torch.dtype) -> BlockPlan:
-    """Plans depend only on the span and the lengths; training repeats them, so they are cached."""
-    return BlockPlan(span, q_len, kv_len, device, dtype)
+def _plan(span: Span, q_len: int, kv_len: int, device: torch.device, dtype: torch.dtype,
+          backward: bool = True) -> BlockPlan:
+    """Plans depend only on the span, the lengths and whether a backward follows; training repeats them,
+    so they are cached."""
+    return BlockPlan(span, q_len, kv_len, device, dtype, backward)
 
 
 class BlockPlan:
@@ -118,9 +121,10 @@ class BlockPlan:
     key positions and whether each is a real key.
     """
 
-    def __init__(self, span: Span, q_len: int, kv_len: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, span: Span, q_len: int, kv_len: int, device: torch.device, dtype: torch.dtype,
+                 backward: bool = True) -> None:
         self.span = span
-        self.bq = bq = span.block_size(q_len)
+        self.bq = bq = span.block_size(q_len, backward)
         start = span.block_start(kv_len - q_len, bq)  # position of the first block's first query
         self.lead = kv_len - q_len - start
         self.nb = nb = -(-(self.lead + q_len) // bq)
