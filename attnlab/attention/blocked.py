@@ -70,8 +70,9 @@ class _BlockedAttention(torch.autograd.Function):
                           device=q.device)
         runs = []
         # Without a backward to come, one call per batch row is fastest (no gradient buffers to bound).
-        chunks = blocks.chunks(heads, q.shape[-1], q.element_size()) if any(ctx.needs_input_grad[:4]) \
-            else [(0, n)]
+        # (On CUDA the caching allocator already reuses buffers: no chunks there either.)
+        chunked = any(ctx.needs_input_grad[:4]) and q.device.type == "cpu"
+        chunks = blocks.chunks(heads, q.shape[-1], q.element_size()) if chunked else [(0, n)]
         for b in range(batch):
             for lo, hi in chunks:
                 kb, vb = blocks.keys(k, b, lo, hi), blocks.keys(v, b, lo, hi)
