@@ -100,23 +100,26 @@ class _BlockedAttention(torch.autograd.Function):
         yv = y.view(batch, n, *y.shape[1:])
         dq = torch.empty_like(dy)
         tiles = -(-blocks.extent // blocks.bq)
-        # Key gradients, padded so every block's tiles exist: (B, Hk, start + (n + tiles) * bq, D).
-        length = max(ctx.k_shape[2], blocks.start + (n + tiles) * blocks.bq)
-        dk = dy.new_zeros(batch, ctx.k_shape[1], length, ctx.k_shape[3], dtype=ctx.kv_dtype)
-        dv = dy.new_zeros(batch, ctx.v_shape[1], length, ctx.v_shape[3], dtype=ctx.kv_dtype)
+        # Exactly k's shape, contiguous and not a view: autograd can then add another path's gradient
+        # (the edge blocks') into it in place instead of allocating a third full-size tensor.
+        dk = torch.zeros(ctx.k_shape, dtype=ctx.kv_dtype, device=dy.device)
+        dv = torch.zeros(ctx.v_shape, dtype=ctx.kv_dtype, device=dy.device)
         for b, lo, hi, backward in ctx.runs:
             dq_c, dk_c, dv_c = backward(dy[b, lo:hi], yv[b, lo:hi], total[b, lo:hi])
             dq[b, lo:hi] = dq_c
             for acc, grad in ((dk, dk_c), (dv, dv_c)):
-                span = acc[b, :, blocks.start:blocks.start + (n + tiles) * blocks.bq]
-                tiled = span.unflatten(1, (-1, blocks.bq))  # (Hk, n + tiles, bq, D)
                 for t in range(tiles):
+                    # Tile t of blocks lo..hi-1 lands at start + (i + t) bq: hi - lo strided slabs of `width`.
                     width = min(blocks.bq, blocks.extent - t * blocks.bq)
-                    part = grad[:, :, t * blocks.bq:t * blocks.bq + width].transpose(0, 1)
-                    tiled[:, lo + t:hi + t, :width] += part.to(acc.dtype)
+                    first = blocks.start + (lo + t) * blocks.bq
+                    dst = acc[b, :, first:first + (hi - lo - 1) * blocks.bq + width]
+                    step = dst.stride(1)
+                    dst = dst.as_strided((dst.shape[0], hi - lo, width, dst.shape[-1]),
+                                         (dst.stride(0), blocks.bq * step, step, dst.stride(2)))
+                    dst += grad[:, :, t * blocks.bq:t * blocks.bq + width].transpose(0, 1).to(acc.dtype)
         dsink = None
         if ctx.needs_input_grad[3]:
             p_sink = torch.exp(sink - total)
             dsink = -(p_sink * (dy * yv).sum(-1).to(p_sink.dtype)).sum(dim=(0, 1, 3))
-        return (dq.view(-1, *dq.shape[2:]), dk[:, :, :ctx.k_shape[2]], dv[:, :, :ctx.v_shape[2]], dsink,
+        return (dq.view(-1, *dq.shape[2:]), dk, dv, dsink,
                 None, None)
