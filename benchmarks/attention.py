@@ -155,11 +155,17 @@ def window_summary(rows: list[dict]) -> list[dict]:
 
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--only", metavar="TEXT", default=None,
+                        help="time only the variants whose label contains TEXT (the baseline always runs)")
     parser.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
                         help="which section to run (default: CPU, and CUDA when present)")
     parser.add_argument("--cuda-dtype", choices=["bfloat16", "float16", "float32"], default="bfloat16",
                         help="CUDA inputs (default bfloat16: SDPA's flash backend takes half precision only)")
     args = parser.parse_args()
+    if args.only:
+        VARIANTS[:] = [row for row in VARIANTS if args.only in row[0]]
+        if not VARIANTS:
+            parser.error(f"--only {args.only!r} matches no variant")
     reuse_malloc()
     torch.manual_seed(0)
     seqs = [512, 2048] if args.quick else [512, 2048, 8192]
@@ -209,7 +215,8 @@ def main() -> None:
             "benchmark": "attention", "rows": rows, "window": summary,
             "provenance": provenance({"seqs": seqs, "repeats": repeats, "heads": HEADS, "head_dim": DIM,
                                       "batch": 1, "dtype": "float32", "cuda_dtype": args.cuda_dtype,
-                                      "device": args.device, "quick": args.quick}, seed=0),
+                                      "device": args.device, "only": args.only, "quick": args.quick},
+                                     seed=0),
         })
 
 
