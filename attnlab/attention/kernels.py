@@ -133,6 +133,7 @@ def _fold_groups(dx: Tensor, heads_kv: int) -> Tensor:
 def _cuda_pass(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: bool,
                scale: float) -> tuple[Tensor, Tensor, Backward]:
     heads_kv, lq = k.shape[1], q.shape[2]
+    k0, v0 = k, v
     k, v = expand_kv(k, q.shape[1]).contiguous(), expand_kv(v, q.shape[1]).contiguous()
     q = q.contiguous()
     if bias is None and q.dtype != torch.float32:
@@ -146,15 +147,19 @@ def _cuda_pass(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: 
             return dq, _fold_groups(dk, heads_kv), _fold_groups(dv, heads_kv)
 
         return out, lse, backward
+    mask = bias
     if bias is not None:
         # The kernel wants the bias in q's dtype, all four dims, and its rows 16-element aligned.
         lk = k.shape[2]
         bias = F.pad(bias.to(q.dtype), (0, -lk % 16))[..., :lk].expand(q.shape[0], q.shape[1], lq, lk)
     out, lse, seed, offset = torch.ops.aten._scaled_dot_product_efficient_attention(
         q, k, v, bias, True, 0.0, is_causal, scale=scale)
-    # The kernel pads lse's rows to a multiple of 32 and fills the padding with +inf, which its backward
-    # reads (p = exp(s - inf) = 0 there): hand it the same layout, padding included.
-    padded = lse
+    if bias is not None and q.dtype != torch.float32:
+        # On an H200 (torch 2.11) this kernel's half-precision backward, handed another output and lse,
+        # gave wrong dq with a mask while float32 was exact; until that is understood, the backward here
+        # is the plain-matrix one (exact, O(Lq x Lk) memory). The forward above was checked exact.
+        return out, lse[..., :lq], _math_backward(q, k0, v0, mask, is_causal, scale)
+    padded = lse  # rows padded to a multiple of 32; the backward gets that layout back, padding as it came
 
     def backward(grad: Tensor, y: Tensor, total: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         total = torch.cat([total.to(torch.float32), padded[..., lq:]], dim=-1).contiguous()
@@ -166,31 +171,46 @@ def _cuda_pass(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: 
     return out, lse[..., :lq], backward
 
 
-def _math_pass(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: bool,
-               scale: float) -> tuple[Tensor, Tensor, Backward]:
-    """The same contract in plain matrix products (the flash backward's formulas, written out)."""
-    heads_kv, acc = k.shape[1], torch.promote_types(q.dtype, torch.float32)
-    k, v = expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])
+def _math_scores(q: Tensor, k: Tensor, bias: Tensor | None, is_causal: bool, scale: float) -> Tensor:
+    """Scaled, masked scores in float32 (float64 for float64 inputs); k already has q's head count."""
+    acc = torch.promote_types(q.dtype, torch.float32)
     scores = (q.to(acc) @ k.to(acc).transpose(-1, -2)) * scale
     if bias is not None:
         scores = scores + bias.to(acc)
     if is_causal:
         lq, lk = scores.shape[-2:]
         scores = scores.masked_fill(torch.ones(lq, lk, dtype=torch.bool, device=q.device).triu(1), -math.inf)
-    lse = torch.logsumexp(scores, dim=-1)
-    out = (torch.exp(scores - lse.unsqueeze(-1)).nan_to_num(0.0) @ v.to(acc)).to(q.dtype)
+    return scores
+
+
+def _math_backward(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: bool,
+                   scale: float, scores: Tensor | None = None) -> Backward:
+    """The flash backward's formulas in plain matrix products; scores are recomputed unless given."""
+    heads_kv = k.shape[1]
 
     def backward(grad: Tensor, y: Tensor, total: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        p = torch.exp(scores - total.to(acc).unsqueeze(-1)).nan_to_num(0.0)
+        ke, ve = expand_kv(k, q.shape[1]), expand_kv(v, q.shape[1])
+        s = _math_scores(q, ke, bias, is_causal, scale) if scores is None else scores
+        acc = s.dtype
+        p = torch.exp(s - total.to(acc).unsqueeze(-1)).nan_to_num(0.0)
         g = grad.to(acc)
         dv = p.transpose(-1, -2) @ g
-        ds = p * (g @ v.to(acc).transpose(-1, -2) - (g * y.to(acc)).sum(-1, keepdim=True))
-        dq = (ds @ k.to(acc)) * scale
+        ds = p * (g @ ve.to(acc).transpose(-1, -2) - (g * y.to(acc)).sum(-1, keepdim=True))
+        dq = (ds @ ke.to(acc)) * scale
         dk = (ds.transpose(-1, -2) @ q.to(acc)) * scale
         dk, dv = _fold_groups(dk, heads_kv), _fold_groups(dv, heads_kv)
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
-    return out, lse, backward
+    return backward
+
+
+def _math_pass(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: bool,
+               scale: float) -> tuple[Tensor, Tensor, Backward]:
+    """The same contract in plain matrix products."""
+    scores = _math_scores(q, expand_kv(k, q.shape[1]), bias, is_causal, scale)
+    lse = torch.logsumexp(scores, dim=-1)
+    out = torch.exp(scores - lse.unsqueeze(-1)).nan_to_num(0.0) @ expand_kv(v, q.shape[1]).to(scores.dtype)
+    return out.to(q.dtype), lse, _math_backward(q, k, v, bias, is_causal, scale, scores)
 
 
 class _SinkAttention(torch.autograd.Function):
