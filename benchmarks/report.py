@@ -3,7 +3,9 @@ capture overhead (run_with_cache with attention weights against a plain forward,
 
 Targets (issue 4, this 2-core CPU): total under 3 minutes, peak RSS under 6 GB, capture overhead under
 1.5x. Plain forward and capture are timed interleaved (forward, capture, forward, capture, ...) so load
-from other processes hits both alike; the ratio of their medians is the figure to read.
+from other processes hits both alike; the ratio of their medians is the figure to read. glibc runs with
+its default policy (`--malloc pinned` makes every large buffer page-fault anew, which on this VM inflated
+both times by ~40% and the overhead ratio with them).
 
     python benchmarks/report.py                  # the default report, 512 tokens
     python benchmarks/report.py --quick          # the --quick preset (128 tokens)
@@ -20,7 +22,7 @@ import time
 from pathlib import Path
 
 import torch
-from _timing import base_parser, pin_malloc, print_table, write_json
+from _timing import base_parser, pin_malloc, print_table, reuse_malloc, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from attnlab.diagnose.report import ReportConfig, choose_passage, run_report  # noqa: E402
@@ -32,8 +34,14 @@ def main() -> int:
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--max-tokens", type=int, default=None)
     parser.add_argument("--out", default=None, help="keep the report in this folder (default: a temp dir)")
+    parser.add_argument("--malloc", choices=["default", "reuse", "pinned"], default="default",
+                        help="glibc policy: default (what a user gets), reuse (keep freed blocks, as "
+                        "jemalloc does), pinned (64 KiB mmap threshold: every large buffer page-faults anew)")
     args = parser.parse_args()
-    pin_malloc()
+    if args.malloc == "reuse":
+        reuse_malloc()
+    elif args.malloc == "pinned":
+        pin_malloc()
     repeats = args.repeats or (3 if args.quick else 5)
     config = ReportConfig.quick() if args.quick else ReportConfig()
     if args.max_tokens:
@@ -85,6 +93,7 @@ def main() -> int:
           f"{'yes' if capture_s / forward_s < 1.5 else 'NO'}")
     if args.json:
         setup = {"model": args.model, "quick": args.quick, "max_tokens": config.max_tokens,
+                 "malloc": args.malloc,
                  "repeats": repeats}
         write_json(args.json, {"provenance": provenance(setup), "summary": summary, "timings_s": timings})
     return 0
