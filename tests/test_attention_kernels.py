@@ -9,12 +9,13 @@ import importlib
 
 import pytest
 import torch
-from _attention_cases import normalizers, qkv
+from _attention_cases import normalizers, qkv, spans
 
-from attnlab.attention import Chunked, SinkWindow, Window, attention
+from attnlab.attention import Chunked, Clipped, SinkWindow, Window, attention
 from attnlab.attention.kernels import _cpu_pass, _math_backward, _math_pass
 
 blocked = importlib.import_module("attnlab.attention.blocked")  # the package exports a function `attention`
+clipped_kernel = importlib.import_module("attnlab.attention.clipped_kernel")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -87,4 +88,22 @@ def test_wide_windows_forward_only_and_with_backward(span: object, lengths: tupl
         attention(*leaves, normalizer="softmax1", span=span, backend=backend).pow(2).sum().backward()
         grads[backend] = [x.grad for x in leaves]
     for got, want in zip(grads["fused"], grads["reference"], strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("span_name", ["causal", "full", "mask", "window(3)", "chunked(4)"])
+@pytest.mark.parametrize("lengths", [(70, 70), (40, 90)], ids=["self", "cache"])
+def test_clipped_row_blocks_match_reference(monkeypatch: pytest.MonkeyPatch, span_name: str,
+                                            lengths: tuple[int, int]) -> None:
+    """Clipped's recomputing function with 16-row blocks (forced), grouped-query heads, batch 2: output and
+    gradients equal the reference's, including the clip's boundary and causal key trimming."""
+    monkeypatch.setattr(clipped_kernel, "BLOCK_BYTES", 1)
+    results = {}
+    for backend in ("fused", "reference"):
+        q, k, v = (x.requires_grad_() for x in qkv(2, *lengths, kv_heads=2, scale=2.0))
+        span = spans(*lengths)[span_name]
+        out = attention(q, k, v, normalizer=Clipped(-0.1, 1.05), span=span, backend=backend)
+        out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(3), dtype=out.dtype))
+        results[backend] = [out.detach(), q.grad, k.grad, v.grad]
+    for got, want in zip(results["fused"], results["reference"], strict=True):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)

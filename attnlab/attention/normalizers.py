@@ -15,6 +15,7 @@ import math
 import torch
 from torch import Tensor
 
+from attnlab.attention.clipped_kernel import clipped_attention
 from attnlab.attention.kernels import Problem, row_entropy, sdpa, sink_attention
 
 
@@ -116,17 +117,10 @@ class Clipped(Normalizer):
         w = ((self.zeta - self.gamma) * _softmax(scores, allowed) + self.gamma).clamp(0.0, 1.0)
         return torch.where(allowed, w, torch.zeros_like(w))
 
-    def attend(self, p: Problem, rows_per_block: int = 256) -> Tensor:
-        # No kernel identity exists for an elementwise clip of p_ij, so go block by block over query
-        # rows: memory O(rows_per_block x Lk) instead of O(Lq x Lk).
-        allowed = p.allowed()
-        k, v = p.kv()
-        outs = []
-        for lo in range(0, p.q.shape[-2], rows_per_block):
-            hi = lo + rows_per_block
-            scores = p.scale * (p.q[..., lo:hi, :] @ k.transpose(-1, -2))
-            outs.append(self.weights(scores, allowed[..., lo:hi, :]) @ v)
-        return torch.cat(outs, dim=-2)
+    def attend(self, p: Problem) -> Tensor:
+        # No kernel identity for an elementwise clip of p_ij: blocks of query rows, recomputed in the
+        # backward (clipped_kernel.py), so memory stays O(rows x Lk) in training too.
+        return clipped_attention(p, self.gamma, self.zeta)
 
 
 def adaptive_beta(entropy: Tensor) -> Tensor:
