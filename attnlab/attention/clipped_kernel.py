@@ -29,7 +29,21 @@ BLOCK_BYTES = 16 * 2**20
 
 def clipped_attention(p: Problem, gamma: float, zeta: float) -> Tensor:
     """Clipped-softmax attention on a Problem (shapes as in kernels.Problem)."""
+    n, heads, lq, _ = p.q.shape
+    if lq <= _rows(n, heads, p.k.shape[2], max(4, p.q.element_size())):
+        # One block holds every row: autograd's saved intermediates are no larger than the recomputing
+        # function's working set, and not recomputing is faster (training at context 256: 0.60x softmax's
+        # tokens/s against 0.52x).
+        return _eager(p, gamma, zeta)
     return _ClippedAttention.apply(p.q, p.k, p.v, p.bias, p.is_causal, p.scale, gamma, zeta)
+
+
+def _eager(p: Problem, gamma: float, zeta: float) -> Tensor:
+    k, v = p.kv()
+    allowed = p.allowed()
+    s = (p.q @ k.transpose(-1, -2) * p.scale).masked_fill(~allowed, -math.inf)
+    w = ((zeta - gamma) * torch.softmax(s, dim=-1) + gamma).clamp(0.0, 1.0)
+    return torch.where(allowed, w, torch.zeros((), dtype=w.dtype, device=w.device)) @ v
 
 
 def _rows(n: int, heads: int, keys: int, itemsize: int) -> int:
