@@ -108,6 +108,13 @@ def split_steps(policy: Policy, t: int, q: int, max_step: int | None) -> list[in
     return sizes
 
 
+def _tail(x: Tensor, keep: int, slack: int = 64) -> Tensor:
+    """The last `keep` keys of x: a view when x holds at most `slack` more (a decode step: no copy of the
+    window per layer per token), else a copy, so a long step's buffer is not pinned (memory stays bounded)."""
+    tail = x[..., x.shape[-2] - keep:, :]
+    return tail if x.shape[-2] <= keep + slack else tail.clone()
+
+
 class StreamLayer(CacheLayerMixin):
     """One layer's sink and window keys/values; `update` applies the shared `Step`."""
 
@@ -143,8 +150,6 @@ class StreamLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         rope = self.owner.rope
         win_k = self.win_k
-        if step.window_shift and win_k.shape[-2]:
-            win_k = rope.rotate(win_k, step.window_shift)
         if len(step.sink_shifts) <= 1 and (not step.sink_shifts or step.sink_shifts[0] == 0):
             sink_k, sink_v = self.sink_k, self.sink_v
         else:
@@ -152,7 +157,15 @@ class StreamLayer(CacheLayerMixin):
             g = len(step.sink_shifts)
             sink_k = rope.rotate(self.sink_k.repeat(1, 1, g, 1), shifts)
             sink_v = self.sink_v.repeat(1, 1, g, 1)
-        keys = torch.cat([sink_k, win_k, key_states], dim=-2)
+        n_sink, n_win = sink_k.shape[-2], win_k.shape[-2]
+        if step.window_shift and n_win:
+            # Rotate the window straight into its place in the key buffer: one pass, no temporaries.
+            keys = key_states.new_empty(*key_states.shape[:-2], n_sink + n_win + step.q, key_states.shape[-1])
+            keys[..., :n_sink, :] = sink_k
+            win_k = rope.rotate(win_k, step.window_shift, out=keys[..., n_sink:n_sink + n_win, :])
+            keys[..., n_sink + n_win:, :] = key_states
+        else:
+            keys = torch.cat([sink_k, win_k, key_states], dim=-2)
         values = torch.cat([sink_v, self.win_v, value_states], dim=-2)
         if keys.shape[-2] != step.n_keys:
             raise RuntimeError(f"cache layout out of sync: {keys.shape[-2]} keys, mask for {step.n_keys}")
@@ -161,14 +174,17 @@ class StreamLayer(CacheLayerMixin):
         if ns_new:
             self.sink_k = torch.cat([self.sink_k, key_states[..., :ns_new, :]], dim=-2)
             self.sink_v = torch.cat([self.sink_v, value_states[..., :ns_new, :]], dim=-2)
-        rest_k = torch.cat([win_k, key_states[..., ns_new:, :]], dim=-2)
-        rest_v = torch.cat([self.win_v, value_states[..., ns_new:, :]], dim=-2)
+        # The window keeps the last `keep` of [window, new tokens past the new sinks]. Without new sinks that
+        # is the tail of the key and value buffers themselves.
+        tail_k, tail_v = keys, values
+        if ns_new:
+            win = slice(n_sink, n_sink + n_win)
+            tail_k = torch.cat([keys[..., win, :], key_states[..., ns_new:, :]], dim=-2)
+            tail_v = torch.cat([values[..., win, :], value_states[..., ns_new:, :]], dim=-2)
         keep = step.t + step.q - step.new_w0
-        if keep > rest_k.shape[-2]:
+        if keep > n_win + step.q - ns_new:
             raise RuntimeError("cache bookkeeping out of sync: asked to keep more keys than it holds")
-        # Copy, so a slice does not pin the larger concatenated buffer (memory must stay bounded).
-        self.win_k = rest_k[..., rest_k.shape[-2] - keep:, :].clone()
-        self.win_v = rest_v[..., rest_v.shape[-2] - keep:, :].clone()
+        self.win_k, self.win_v = _tail(tail_k, keep), _tail(tail_v, keep)
         return keys, values
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
@@ -183,8 +199,9 @@ class StreamLayer(CacheLayerMixin):
         return -1 if cap is None else cap
 
     def nbytes(self) -> int:
+        # The window may be a view of its step's key buffer (see _tail): count the storage it keeps alive.
         parts = (self.sink_k, self.sink_v, self.win_k, self.win_v)
-        return sum(p.numel() * p.element_size() for p in parts if p is not None)
+        return sum(p.untyped_storage().nbytes() for p in parts if p is not None)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         for name in ("sink_k", "sink_v", "win_k", "win_v"):

@@ -32,15 +32,38 @@ class Rope:
     inv_freq: Tensor
     rope_type: str
 
-    def rotate(self, x: Tensor, shift: Tensor | int) -> Tensor:
-        """R(shift) x for x (..., L, D); `shift` a scalar or a (L,) / broadcastable tensor of shifts."""
-        shift_t = torch.as_tensor(shift, dtype=torch.float64, device=x.device)
-        angles = shift_t[..., None] * self.inv_freq.to(x.device)  # (..., D/2)
-        emb = torch.cat((angles, angles), dim=-1)
-        cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+    def __post_init__(self) -> None:
+        self._cache: dict[tuple[int, torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+
+    def _cos_sin(self, shift: Tensor | int, device: torch.device, dtype: torch.dtype
+                 ) -> tuple[Tensor, Tensor]:
+        """cos and sin of shift * w, each (..., D/2); a scalar shift's pair is cached (a decode step rotates
+        every layer's window by the same shift)."""
+        key = (shift, device, dtype) if isinstance(shift, int) else None
+        if key is not None and key in self._cache:
+            return self._cache[key]
+        shift_t = torch.as_tensor(shift, dtype=torch.float64, device=device)
+        angles = shift_t[..., None] * self.inv_freq.to(device)
+        pair = angles.cos().to(dtype), angles.sin().to(dtype)
+        if key is not None:
+            if len(self._cache) > 64:
+                self._cache.clear()
+            self._cache[key] = pair
+        return pair
+
+    def rotate(self, x: Tensor, shift: Tensor | int, out: Tensor | None = None) -> Tensor:
+        """R(shift) x for x (..., L, D); `shift` a scalar or a (L,) / broadcastable tensor of shifts.
+        Written into `out` when given (x's shape): three passes over x and no temporaries."""
+        cos, sin = self._cos_sin(shift, x.device, x.dtype)
         half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
+        x1, x2 = x[..., :half], x[..., half:]
+        out = torch.empty_like(x) if out is None else out
+        o1, o2 = out[..., :half], out[..., half:]
+        torch.mul(x1, cos, out=o1)
+        o1.addcmul_(x2, sin, value=-1.0)  # [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin]
+        torch.mul(x2, cos, out=o2)
+        o2.addcmul_(x1, sin)
+        return out
 
 
 def find_rotary(model: nn.Module) -> nn.Module | None:
