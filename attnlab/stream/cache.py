@@ -199,9 +199,10 @@ class StreamLayer(CacheLayerMixin):
         return -1 if cap is None else cap
 
     def nbytes(self) -> int:
-        # The window may be a view of its step's key buffer (see _tail): count the storage it keeps alive.
+        # What the policy keeps. The window may be a view of its last step's key buffer (see _tail), which
+        # holds at most the sinks and 64 more token slots besides: bounded, but not counted here.
         parts = (self.sink_k, self.sink_v, self.win_k, self.win_v)
-        return sum(p.untyped_storage().nbytes() for p in parts if p is not None)
+        return sum(p.numel() * p.element_size() for p in parts if p is not None)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         for name in ("sink_k", "sink_v", "win_k", "win_v"):
