@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from attnlab.attention.clipped_kernel import clipped_attention
+from attnlab.attention.clipped import clipped_attention
 from attnlab.attention.kernels import Problem, row_entropy, sdpa, sink_attention
 
 
@@ -118,8 +118,8 @@ class Clipped(Normalizer):
         return torch.where(allowed, w, torch.zeros_like(w))
 
     def attend(self, p: Problem) -> Tensor:
-        # No kernel identity for an elementwise clip of p_ij: blocks of query rows, recomputed in the
-        # backward (clipped_kernel.py), so memory stays O(rows x Lk) in training too.
+        # No kernel identity for an elementwise clip of p_ij: blocks of whole query rows with a written-out
+        # backward (clipped.py); long rows are recomputed there, so memory stays O(rows x Lk) in training too.
         return clipped_attention(p, self.gamma, self.zeta)
 
 
