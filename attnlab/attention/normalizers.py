@@ -15,6 +15,7 @@ import math
 import torch
 from torch import Tensor
 
+from attnlab.attention.adaptive import adaptive_attention, dense_pays
 from attnlab.attention.clipped import clipped_attention
 from attnlab.attention.kernels import Problem, row_entropy, sdpa, sink_attention
 
@@ -148,6 +149,9 @@ class Adaptive(Normalizer):
         return _softmax(scores * beta, allowed)
 
     def attend(self, p: Problem) -> Tensor:
+        if dense_pays(p):  # training at short lengths on the CPU: one score block serves both softmaxes
+            return adaptive_attention(p, adaptive_beta)
+        # Two stock-kernel passes: every row's entropy (V = K), then the output with q_i * beta_i.
         beta = adaptive_beta(row_entropy(p)).unsqueeze(-1).to(p.q.dtype)
         return sdpa(p, q=p.q * beta)
 
