@@ -15,7 +15,7 @@ from attnlab.attention import Chunked, Clipped, SinkWindow, Window, attention
 from attnlab.attention.kernels import _cpu_pass, _math_backward, _math_pass
 
 blocked = importlib.import_module("attnlab.attention.blocked")  # the package exports a function `attention`
-clipped_kernel = importlib.import_module("attnlab.attention.clipped_kernel")
+rowblocks = importlib.import_module("attnlab.attention.rowblocks")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -95,9 +95,11 @@ def test_wide_windows_forward_only_and_with_backward(span: object, lengths: tupl
 @pytest.mark.parametrize("lengths", [(70, 70), (40, 90)], ids=["self", "cache"])
 def test_clipped_row_blocks_match_reference(monkeypatch: pytest.MonkeyPatch, span_name: str,
                                             lengths: tuple[int, int]) -> None:
-    """Clipped's recomputing function with 16-row blocks (forced), grouped-query heads, batch 2: output and
-    gradients equal the reference's, including the clip's boundary and causal key trimming."""
-    monkeypatch.setattr(clipped_kernel, "BLOCK_BYTES", 1)
+    """Clipped on the row-block engine with 16-row blocks (forced), local spans, grouped-query heads,
+    batch 2: output and gradients equal the reference's (tests/test_attention_rowblocks.py covers the
+    engine itself)."""
+    monkeypatch.setattr(rowblocks, "BLOCK_BYTES", 1)
+    monkeypatch.setattr(rowblocks, "MIN_ROWS", 16)
     results = {}
     for backend in ("fused", "reference"):
         q, k, v = (x.requires_grad_() for x in qkv(2, *lengths, kv_heads=2, scale=2.0))
