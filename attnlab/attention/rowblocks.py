@@ -95,12 +95,13 @@ def _saved_bytes(blocks: list[tuple[int, int]], lk: int, is_causal: bool, batch_
     return rule.saved_per_block * batch_heads * cells * itemsize
 
 
-@functools.lru_cache(maxsize=64)
-def _causal_bias(lo: int, hi: int, keys: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """(hi - lo, keys) additive mask of rows [lo, hi) under a top-left causal mask: the most negative
-    finite value where key > row, else 0."""
-    above = torch.ones(hi - lo, keys, dtype=torch.bool, device=device).triu(lo + 1)
-    return torch.zeros(hi - lo, keys, dtype=dtype, device=device).masked_fill_(above, torch.finfo(dtype).min)
+@functools.lru_cache(maxsize=16)
+def _causal_triangle(rows: int, cols: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """(rows, cols) additive mask of a causal block's diagonal part (keys lo .. of rows lo ..): the most
+    negative finite value where key > row, else 0. Keyed by the block's size only, so a handful of entries
+    serve every block at any length."""
+    above = torch.ones(rows, cols, dtype=torch.bool, device=device).triu(1)
+    return torch.zeros(rows, cols, dtype=dtype, device=device).masked_fill_(above, torch.finfo(dtype).min)
 
 
 class _Setup:
@@ -131,11 +132,9 @@ class _Setup:
     def scores(self, lo: int, hi: int) -> Tensor:
         """Masked scores of rows [lo, hi) against the keys they can reach, (NH, rows, keys)."""
         keys = self.keys(hi)
-        kt = self.k[:, :keys].transpose(1, 2)
-        if self.is_causal and lo + 1 < keys:
-            s = torch.baddbmm(_causal_bias(lo, hi, keys, self.acc, self.q.device), self.q[:, lo:hi], kt)
-        else:
-            s = torch.bmm(self.q[:, lo:hi], kt)
+        s = torch.bmm(self.q[:, lo:hi], self.k[:, :keys].transpose(1, 2))
+        if self.is_causal and lo + 1 < keys:  # keys before lo are all visible: mask the diagonal part only
+            s[:, :, lo:].add_(_causal_triangle(hi - lo, keys - lo, self.acc, self.q.device))
         if self.bias is not None:
             s4 = s.view(self.n, self.heads, hi - lo, keys)
             s4.add_(self.bias[..., lo:hi, :keys]).clamp_min_(torch.finfo(self.acc).min)
@@ -148,7 +147,8 @@ class _Setup:
         keys = self.keys(hi)
         masked = None
         if self.is_causal and lo + 1 < keys:
-            masked = _causal_bias(lo, hi, keys, self.acc, self.q.device) != 0
+            masked = torch.zeros(hi - lo, keys, dtype=torch.bool, device=self.q.device)
+            masked[:, lo:] = _causal_triangle(hi - lo, keys - lo, self.acc, self.q.device) != 0
         if self.bias is not None:
             hidden = (self.bias[..., lo:hi, :keys] != 0).expand(self.n, self.heads, hi - lo, keys)
             hidden = hidden.reshape(-1, hi - lo, keys)
