@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from _timing import base_parser, print_table, write_json
+from _timing import base_parser, median_time, print_table, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import attnlab  # noqa: E402
@@ -73,16 +73,14 @@ def main() -> int:
 
     def decode_sinks(position: int, cache: object) -> float:
         runner.cache, runner.t = copy.deepcopy(cache), position  # decode from the kept state, untimed
-        start = time.perf_counter()
-        runner.feed(ids[:, position:position + 1], last_only=True)
-        return time.perf_counter() - start
+        return median_time(lambda: runner.feed(ids[:, position:position + 1], last_only=True),
+                           repeats=1, warmup=0)
 
     def decode_recompute(position: int) -> float:
         # What recompute(W) does for each token: a fresh forward over the last W tokens.
-        start = time.perf_counter()
+        window_ids = ids[:, max(0, position + 1 - budget):position + 1]
         with torch.no_grad():
-            rec.window_logits(ids[:, max(0, position + 1 - budget):position + 1])
-        return time.perf_counter() - start
+            return median_time(lambda: rec.window_logits(window_ids), repeats=1, warmup=0)
 
     t_sinks: dict[int, list[float]] = {p: [] for p in positions}
     t_rec: dict[int, list[float]] = {p: [] for p in positions}
