@@ -22,11 +22,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnlab.attention import band
 from attnlab.attention.blocked import BlockedKV
 from attnlab.attention.kernels import Problem
-from attnlab.attention.normalizers import Normalizer
+from attnlab.attention.normalizers import Normalizer, ScalableSoftmax, Sinks, Softmax, Softmax1
 from attnlab.attention.reference import as_4d
-from attnlab.attention.spans import CAUSAL, Causal, Full, MaskSpan, Span
+from attnlab.attention.spans import CAUSAL, Causal, Full, MaskSpan, Span, Window
 
 
 def _additive(allowed: Tensor, dtype: torch.dtype) -> Tensor:
@@ -55,6 +56,11 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, normalizer: Normalizer, spa
     if span.local and span.reduces_to_causal(kv_len):
         span = CAUSAL  # the window reaches every key: one unblocked causal call is exact and faster
     if span.local:
+        if _band_serves(q, k, v, normalizer, span):
+            off = kv_len - q_len
+            seen = torch.arange(off + 1, kv_len + 1, device=q.device, dtype=q.dtype).clamp_max(span.size)
+            p = Problem(q, k, v, scale, None, False, seen.view(1, 1, q_len, 1), band=span.size)
+            return normalizer.attend(p)
         return _blocked(q, k, v, normalizer, span, scale)
     row_valid = None
     if isinstance(span, Full):
@@ -70,6 +76,15 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, normalizer: Normalizer, spa
         raise TypeError(f"span {span!r} is neither dense (full, causal, mask) nor local")
     out = normalizer.attend(p)
     return out if row_valid is None or bool(row_valid.all()) else out * row_valid
+
+
+# Normalizers whose fast path is the softmax kernel, optionally with a sink or rescaled queries.
+_BAND_NORMALIZERS = (Softmax, Softmax1, Sinks, ScalableSoftmax)
+
+
+def _band_serves(q: Tensor, k: Tensor, v: Tensor, normalizer: Normalizer, span: Span) -> bool:
+    """Plain windows of a softmax-kernel normalizer on CPU float32/64 run on band.py's compiled kernel."""
+    return type(span) is Window and type(normalizer) in _BAND_NORMALIZERS and band.serves(q, k, v)
 
 
 def _blocked(q: Tensor, k: Tensor, v: Tensor, normalizer: Normalizer, span: Span, scale: float) -> Tensor:

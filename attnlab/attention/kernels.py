@@ -47,6 +47,7 @@ class Problem:
     is_causal: bool
     seen: Tensor | Callable[[], Tensor]
     blocks: BlockedKV | None = None  # interior blocks of a local span: k and v are then their strided views
+    band: int | None = None  # a sliding window of this size over whole q, k, v, run by band.py's kernel
 
     @property
     def keys_seen(self) -> Tensor:
@@ -71,6 +72,10 @@ class Problem:
 
 def sdpa(p: Problem, q: Tensor | None = None, v: Tensor | None = None) -> Tensor:
     """The stock differentiable kernel on a Problem (optionally with other queries or values)."""
+    if p.band is not None:
+        from attnlab.attention.band import band_attention
+
+        return band_attention(p.q if q is None else q, p.k, p.v if v is None else v, p.band, p.scale)
     if p.blocks is not None and v is None and p.q.shape[-1] == p.v.shape[-1]:
         from attnlab.attention.blocked import blocked_sink_attention  # blocked.py builds on this module
 
@@ -253,6 +258,10 @@ def sink_attention(p: Problem, sink_logits: Tensor | float) -> Tensor:
                 sink = sink.expand(p.q.shape[1])
     q, k, v = p.q, p.k, p.v
     d, dv = q.shape[-1], v.shape[-1]
+    if p.band is not None:
+        from attnlab.attention.band import band_attention
+
+        return band_attention(q, k, v, p.band, p.scale, sink)
     if p.blocks is not None and d == dv:
         from attnlab.attention.blocked import blocked_sink_attention
 
