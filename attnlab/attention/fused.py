@@ -1,9 +1,11 @@
 """The fused backend: every normalizer on the stock kernel, every span without the seq x seq matrix.
 
-Dense spans (full, causal, a mask) make one kernel call. Local spans (window, sink-window, chunked) cut the
-queries into blocks of `bq` consecutive positions; block b gets only the keys it can see: the span's sink
-prefix, then `extent` consecutive keys from `span.first_key(first query of b)`. All blocks go to one
-batched kernel call with a small (bq x keys) mask per block. Cost and memory are O(Lq x (bq + window)).
+Dense spans (full, causal, a mask) make one kernel call. Plain windows of the softmax-kernel normalizers
+(CPU, float32/64) go to band.py's compiled kernel when it is available. Other local spans (window,
+sink-window, chunked) cut the queries into blocks of `bq` consecutive positions; block b gets only the
+keys it can see: the span's sink prefix, then `extent` consecutive keys from `span.first_key(first query
+of b)`. All blocks go to one batched kernel call with a small (bq x keys) mask per block. Cost and memory
+are O(Lq x (bq + window)).
 
 Interior blocks are cheap: when the span declares its pattern periodic in blocks (`span.periodic(bq)`:
 window, sink-window, and chunked with one chunk per block) and the first keys step by exactly `bq`, the
