@@ -182,3 +182,21 @@ def test_build_is_cached(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # 
     stamp = first.stat().st_mtime_ns
     assert band_mod._build() == first and first.stat().st_mtime_ns == stamp
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporary files left behind
+
+
+def test_several_workers_match_one(gen: torch.Generator) -> None:
+    """With two workers, tasks (query heads forward, kv heads backward) run concurrently: same numbers as
+    one worker, bit for bit (each task owns its outputs, so there is no race and no reordering)."""
+    q, k, v = _qkv(gen, 2, 4, 2, 150, 150, 8)
+    grad = torch.randn(2, 4, 150, 8, generator=gen, dtype=torch.float64)
+    results = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = band_attention(q, k, v, 40, 0.3, 0.5)
+            results.append([out, *_grads(out, [q, k, v], grad)])
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)

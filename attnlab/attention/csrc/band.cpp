@@ -67,17 +67,16 @@ struct Shape {
   int64_t max_keys() const { return std::min<int64_t>(Lk, bq + W - 1); }
 };
 
-// Runs task(b, hk, scratch) for every (batch, kv head) on `threads` workers, each with its own scratch
-// and BLAS kept single-threaded (the workers are the parallelism).
+// Runs task(t, scratch) for t < tasks on `threads` workers, each with its own scratch and BLAS kept
+// single-threaded (the workers are the parallelism).
 template <typename F>
-void for_tasks(const Shape& s, int threads, threads_local_fn local, size_t scratch, F task) {
-  const int64_t tasks = s.B * s.Hk;
+void for_tasks(int64_t tasks, int threads, threads_local_fn local, size_t scratch, F task) {
   const int n = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, tasks)));
   std::atomic<int64_t> next{0};
   auto worker = [&]() {
     const int before = local ? local(1) : 0;
     std::vector<char> buf(scratch);
-    for (int64_t t = next++; t < tasks; t = next++) task(t / s.Hk, t % s.Hk, buf.data());
+    for (int64_t t = next++; t < tasks; t = next++) task(t, buf.data());
     if (local) local(before);
   };
   std::vector<std::thread> pool;
@@ -124,23 +123,22 @@ void forward(const T* q, const T* k, const T* v, T* out, T* lse, const Shape& s,
   const Gemm<T> gemm{f};
   const int64_t D = s.D, g = s.H / s.Hk, nk_max = s.max_keys();
   const size_t scratch = sizeof(T) * (s.bq * nk_max + 2 * s.bq);
-  for_tasks(s, threads, local, scratch, [&](int64_t b, int64_t hk, char* buf) {
+  // Every (batch, query head) is independent here: more tasks than kv heads balance the workers better.
+  for_tasks(s.B * s.H, threads, local, scratch, [&](int64_t bh, char* buf) {
     T* S = reinterpret_cast<T*>(buf);
     T* inv = S + s.bq * nk_max;
-    const T* kb = k + (b * s.Hk + hk) * s.Lk * D;
-    const T* vb = v + (b * s.Hk + hk) * s.Lk * D;
-    for (int64_t h = hk * g; h < (hk + 1) * g; ++h) {
-      const int64_t bh = b * s.H + h;
-      for (int64_t r0 = 0; r0 < s.Lq; r0 += s.bq) {
-        const int64_t rows = std::min(s.bq, s.Lq - r0), lo = s.lo(r0), nk = s.hi(r0, rows) - lo;
-        const T* qb = q + (bh * s.Lq + r0) * D;
-        T* ob = out + (bh * s.Lq + r0) * D;
-        gemm(false, true, rows, nk, D, scale, qb, D, kb + lo * D, D, T(0), S, nk);
-        block_weights<T>(s, r0, rows, lo, nk, S, nullptr, lse + bh * s.Lq + r0, inv);
-        gemm(false, false, rows, D, nk, T(1), S, nk, vb + lo * D, D, T(0), ob, D);
-        for (int64_t i = 0; i < rows; ++i)
-          for (int64_t d = 0; d < D; ++d) ob[i * D + d] *= inv[i];
-      }
+    const int64_t kv0 = (bh / s.H * s.Hk + bh % s.H / g) * s.Lk * D;
+    const T* kb = k + kv0;
+    const T* vb = v + kv0;
+    for (int64_t r0 = 0; r0 < s.Lq; r0 += s.bq) {
+      const int64_t rows = std::min(s.bq, s.Lq - r0), lo = s.lo(r0), nk = s.hi(r0, rows) - lo;
+      const T* qb = q + (bh * s.Lq + r0) * D;
+      T* ob = out + (bh * s.Lq + r0) * D;
+      gemm(false, true, rows, nk, D, scale, qb, D, kb + lo * D, D, T(0), S, nk);
+      block_weights<T>(s, r0, rows, lo, nk, S, nullptr, lse + bh * s.Lq + r0, inv);
+      gemm(false, false, rows, D, nk, T(1), S, nk, vb + lo * D, D, T(0), ob, D);
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t d = 0; d < D; ++d) ob[i * D + d] *= inv[i];
     }
   });
 }
@@ -154,7 +152,8 @@ void backward(const T* dout, const T* q, const T* k, const T* v, const T* out, c
   const Gemm<T> gemm{f};
   const int64_t D = s.D, g = s.H / s.Hk, nk_max = s.max_keys();
   const size_t scratch = sizeof(T) * (2 * s.bq * nk_max + s.bq);
-  for_tasks(s, threads, local, scratch, [&](int64_t b, int64_t hk, char* buf) {
+  for_tasks(s.B * s.Hk, threads, local, scratch, [&](int64_t t, char* buf) {
+    const int64_t b = t / s.Hk, hk = t % s.Hk;
     T* P = reinterpret_cast<T*>(buf);
     T* dS = P + s.bq * nk_max;
     T* Di = dS + s.bq * nk_max;
