@@ -28,17 +28,9 @@ def _kernel() -> None:
 
 def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, scale: float,
                sink: torch.Tensor | float | None = None) -> torch.Tensor:
-    """Plain masked softmax, with the sink as one extra key of value 0."""
-    heads, lq, lk = q.shape[1], q.shape[2], k.shape[2]
-    ke, ve = (x.repeat_interleave(heads // k.shape[1], 1) for x in (k, v))
-    s = (q @ ke.transpose(-1, -2)) * scale
-    p = torch.arange(lk - lq, lk)[:, None]
-    j = torch.arange(lk)[None]
-    s = s.masked_fill(~((j <= p) & (j > p - window)), float("-inf"))
-    if sink is None:
-        return torch.softmax(s, -1) @ ve
-    col = torch.as_tensor(sink, dtype=s.dtype).expand(heads).view(1, heads, 1, 1).expand(*s.shape[:-1], 1)
-    return torch.softmax(torch.cat([s, col], -1), -1)[..., :-1] @ ve
+    """The reference backend (plain masked softmax; a sink is one extra key of value 0)."""
+    norm = "softmax" if sink is None else Sinks(sink)
+    return attention(q, k, v, normalizer=norm, span=Window(window), scale=scale, backend="reference")
 
 
 def _qkv(gen: torch.Generator, b: int, h: int, hk: int, lq: int, lk: int, d: int,

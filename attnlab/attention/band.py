@@ -31,6 +31,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from attnlab.attention.kernels import Backward, attend_with_sink
+
 BLOCK = 64  # query rows per block: a block pays for BLOCK - 1 keys beyond its window
 SOURCE = Path(__file__).with_name("csrc") / "band.cpp"
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread", "-fno-math-errno",
@@ -83,7 +85,7 @@ def _build() -> Path:
 def _blas() -> tuple[int, int, int | None]:
     """Addresses of sgemm_ / dgemm_ (and MKL's per-thread thread count) in the BLAS torch loaded."""
     lib = Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
-    handle = ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    handle = ctypes.CDLL(str(lib))
     addr = [ctypes.cast(getattr(handle, name), ctypes.c_void_p).value for name in ("sgemm_", "dgemm_")]
     local = getattr(handle, "MKL_Set_Num_Threads_Local", None)
     return addr[0], addr[1], None if local is None else ctypes.cast(local, ctypes.c_void_p).value
@@ -134,52 +136,21 @@ def _call(name: str, tensors: list[Tensor], dims: list[int], scale: float) -> No
        local)
 
 
-def _dims(q: Tensor, k: Tensor, window: int) -> list[int]:
-    b, h, lq, d = q.shape
-    return [b, h, k.shape[1], lq, k.shape[2], d, window, BLOCK]
+def band_pass(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float) -> tuple[Tensor, Tensor, Backward]:
+    """One kernel pass with `kernels.fused_pass`'s contract: output (B, H, Lq, D), row log-sum-exp (B, H, Lq)
+    and `backward(grad_out, out, lse) -> (dq, dk, dv)`."""
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    dims = [q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3], window, BLOCK]
+    out, lse = torch.empty_like(q), q.new_empty(q.shape[:-1])
+    _call("band_forward", [q, k, v, out, lse], dims, scale)
 
+    def backward(grad: Tensor, y: Tensor, total: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        _call("band_backward", [grad.contiguous(), q, k, v, y.contiguous(), total.contiguous(), dq, dk, dv],
+              dims, scale)
+        return dq, dk, dv
 
-def band_forward(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float) -> tuple[Tensor, Tensor]:
-    """Output (B, H, Lq, D) and row log-sum-exp (B, H, Lq); inputs contiguous, shapes as in band.cpp."""
-    out = torch.empty_like(q)
-    lse = q.new_empty(q.shape[:-1])
-    _call("band_forward", [q, k, v, out, lse], _dims(q, k, window), scale)
-    return out, lse
-
-
-def band_backward(dy: Tensor, q: Tensor, k: Tensor, v: Tensor, y: Tensor, total: Tensor, window: int,
-                  scale: float) -> tuple[Tensor, Tensor, Tensor]:
-    dq = torch.empty_like(q)
-    dk, dv = torch.zeros_like(k), torch.zeros_like(v)
-    _call("band_backward", [dy, q, k, v, y, total, dq, dk, dv], _dims(q, k, window), scale)
-    return dq, dk, dv
-
-
-class _BandAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, sink, window, scale):  # noqa: ANN001
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        out, lse = band_forward(q, k, v, window, scale)
-        has_sink = isinstance(sink, Tensor) or sink != float("-inf")
-        if has_sink:
-            sink_b = sink.to(lse.dtype).view(1, -1, 1) if isinstance(sink, Tensor) else sink
-            out = out * torch.sigmoid(lse - sink_b).unsqueeze(-1)
-        ctx.save_for_backward(q, k, v, out, lse, sink if isinstance(sink, Tensor) else None)
-        ctx.sink, ctx.window, ctx.scale = sink, window, scale
-        return out
-
-    @staticmethod
-    def backward(ctx, dy):  # noqa: ANN001
-        q, k, v, y, lse, sink_t = ctx.saved_tensors
-        sink = ctx.sink if sink_t is None else sink_t.to(lse.dtype).view(1, -1, 1)
-        total = lse if not isinstance(sink, Tensor) and sink == float("-inf") else torch.logaddexp(
-            lse, torch.as_tensor(sink, dtype=lse.dtype, device=lse.device))
-        dq, dk, dv = band_backward(dy.contiguous(), q, k, v, y, total.contiguous(), ctx.window, ctx.scale)
-        dsink = None
-        if ctx.needs_input_grad[3]:
-            p_sink = torch.exp(sink - total)
-            dsink = -(p_sink * (dy * y).sum(-1)).sum(dim=(0, 2))
-        return dq, dk, dv, dsink, None, None
+    return out, lse, backward
 
 
 def band_attention(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float,
@@ -187,7 +158,8 @@ def band_attention(q: Tensor, k: Tensor, v: Tensor, window: int, scale: float,
     """Softmax attention of q (B, H, Lq, D) over keys p - window < j <= p (p = Lk - Lq + i), optionally
     with a virtual key of logit `sink` (per head (H,), or one float) and value 0. Differentiable in q, k, v
     and sink."""
-    return _BandAttention.apply(q, k, v, float("-inf") if sink is None else sink, window, scale)
+    return attend_with_sink(q, k, v, float("-inf") if sink is None else sink,
+                            lambda q, k, v: band_pass(q, k, v, window, scale))
 
 
 if __name__ == "__main__":  # python -m attnlab.attention.band: build and report

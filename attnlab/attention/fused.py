@@ -59,9 +59,10 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, normalizer: Normalizer, spa
         span = CAUSAL  # the window reaches every key: one unblocked causal call is exact and faster
     if span.local:
         if _band_serves(q, k, v, normalizer, span):
-            off = kv_len - q_len
-            seen = torch.arange(off + 1, kv_len + 1, device=q.device, dtype=q.dtype).clamp_max(span.size)
-            p = Problem(q, k, v, scale, None, False, seen.view(1, 1, q_len, 1), band=span.size)
+            # Keys seen by query i: min(p + 1, window), p = kv_len - q_len + i (only scalable softmax asks).
+            p = Problem(q, k, v, scale, None, False, lambda: torch.arange(
+                kv_len - q_len + 1, kv_len + 1, device=q.device, dtype=q.dtype).clamp_max(span.size).view(
+                1, 1, q_len, 1), band=span.size)
             return normalizer.attend(p)
         return _blocked(q, k, v, normalizer, span, scale)
     row_valid = None

@@ -218,16 +218,21 @@ def _math_pass(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: 
     return out.to(q.dtype), lse, _math_backward(q, k, v, bias, is_causal, scale, scores)
 
 
+Pass = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor, Backward]]
+
+
 class _SinkAttention(torch.autograd.Function):
-    """`sink` is a (H,) tensor or a float (the same logit for every head, no gradient)."""
+    """`sink` is a (H,) tensor or a float (the same logit for every head, no gradient; -inf: no sink).
+    `run(q, k, v)` is one kernel pass with `fused_pass`'s contract (output, lse, backward)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, sink, bias, is_causal, scale):  # noqa: ANN001
-        out, lse, ctx.kernel_backward = fused_pass(q, k, v, bias, is_causal, scale)
+    def forward(ctx, q, k, v, sink, run):  # noqa: ANN001
+        out, lse, ctx.kernel_backward = run(q, k, v)
+        ctx.has_sink = isinstance(sink, Tensor) or sink != float("-inf")
         # Few, whole-tensor ops: at short lengths this path's cost is per-op overhead. lse is finite here
         # (the runner gives rows that see nothing a key), so sigmoid(lse - s) needs no NaN guard.
         sink_b = sink.to(lse.dtype).view(1, -1, 1) if isinstance(sink, Tensor) else sink
-        y = out * torch.sigmoid(lse - sink_b).unsqueeze(-1).to(out.dtype)
+        y = out * torch.sigmoid(lse - sink_b).unsqueeze(-1).to(out.dtype) if ctx.has_sink else out
         ctx.save_for_backward(y, lse, sink_b if isinstance(sink, Tensor) else None)
         ctx.sink = sink_b
         return y
@@ -236,13 +241,21 @@ class _SinkAttention(torch.autograd.Function):
     def backward(ctx, dy):  # noqa: ANN001
         y, lse, sink_t = ctx.saved_tensors
         sink_b = ctx.sink if sink_t is None else sink_t
-        total = torch.logaddexp(lse, torch.as_tensor(sink_b, dtype=lse.dtype, device=lse.device))
+        total = lse
+        if ctx.has_sink:
+            total = torch.logaddexp(lse, torch.as_tensor(sink_b, dtype=lse.dtype, device=lse.device))
         dq, dk, dv = ctx.kernel_backward(dy, y, total)
         dsink = None
         if ctx.needs_input_grad[3]:
             p_sink = torch.exp(sink_b - total)
             dsink = -(p_sink * (dy * y).sum(-1).to(p_sink.dtype)).sum(dim=(0, 2))
-        return dq, dk, dv, dsink, None, None, None
+        return dq, dk, dv, dsink, None
+
+
+def attend_with_sink(q: Tensor, k: Tensor, v: Tensor, sink: Tensor | float, run: Pass) -> Tensor:
+    """Differentiable softmax attention from one kernel pass `run`, with a virtual key of logit `sink`
+    (per head, or one float; -inf for none) and value 0, by the sink identity."""
+    return _SinkAttention.apply(q, k, v, sink, run)
 
 
 def sink_attention(p: Problem, sink_logits: Tensor | float) -> Tensor:
@@ -272,7 +285,7 @@ def sink_attention(p: Problem, sink_logits: Tensor | float) -> Tensor:
         v = F.pad(v, (0, d - dv))
     elif dv > d:
         q, k = F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d))
-    out = _SinkAttention.apply(q, k, v, sink, p.bias, p.is_causal, p.scale)
+    out = attend_with_sink(q, k, v, sink, lambda q, k, v: fused_pass(q, k, v, p.bias, p.is_causal, p.scale))
     return out if dv == d else out[..., :dv]
 
 

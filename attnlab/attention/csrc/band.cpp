@@ -122,7 +122,7 @@ void forward(const T* q, const T* k, const T* v, T* out, T* lse, const Shape& s,
              gemm_fn<T> f, threads_local_fn local) {
   const Gemm<T> gemm{f};
   const int64_t D = s.D, g = s.H / s.Hk, nk_max = s.max_keys();
-  const size_t scratch = sizeof(T) * (s.bq * nk_max + 2 * s.bq);
+  const size_t scratch = sizeof(T) * (s.bq * nk_max + s.bq);
   // Every (batch, query head) is independent here: more tasks than kv heads balance the workers better.
   for_tasks(s.B * s.H, threads, local, scratch, [&](int64_t bh, char* buf) {
     T* S = reinterpret_cast<T*>(buf);
