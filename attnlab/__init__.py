@@ -1,33 +1,90 @@
-"""attnlab: a laboratory for the attention mechanism."""
+"""attnlab: a laboratory for the attention mechanism.
 
-__version__ = "0.1.0"
+The public names below load on first use (a module `__getattr__`, PEP 562): `import attnlab` and
+`attnlab --help` stay fast because torch is imported only when something that needs it is touched
+(`attnlab.attention(...)`, `attnlab.Sinks`, `attnlab.load_model(...)`).
+"""
 
-from attnlab.attention import (  # noqa: E402
-    Adaptive,
-    Causal,
-    Chunked,
-    Clipped,
-    Full,
-    Normalizer,
-    ScalableSoftmax,
-    Sinks,
-    SinkWindow,
-    Softmax,
-    Softmax1,
-    Span,
-    Window,
-    attention,
-)
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+from attnlab._version import __version__
+
+# public name -> the module that defines it
+_LAZY: dict[str, str] = {
+    **{name: "attnlab.attention" for name in (
+        "Adaptive", "Causal", "Chunked", "Clipped", "Full", "Normalizer", "ScalableSoftmax", "SinkWindow",
+        "Sinks", "Softmax", "Softmax1", "Span", "Window", "attention", "normalizer_names",
+        "register_normalizer")},
+    "retrofit": "attnlab.models.retrofit",
+    "load_model": "attnlab.models.loading",
+    "report": "attnlab.diagnose.report",
+    "attention_pattern": "attnlab.diagnose.pattern",
+}
+
+if TYPE_CHECKING:  # what static tools and IDEs see; at run time `__getattr__` resolves these
+    from attnlab.attention import (
+        Adaptive,
+        Causal,
+        Chunked,
+        Clipped,
+        Full,
+        Normalizer,
+        ScalableSoftmax,
+        Sinks,
+        SinkWindow,
+        Softmax,
+        Softmax1,
+        Span,
+        Window,
+        attention,
+        normalizer_names,
+        register_normalizer,
+    )
+    from attnlab.diagnose.pattern import attention_pattern
+    from attnlab.diagnose.report import report
+    from attnlab.models.loading import load_model
+    from attnlab.models.retrofit import retrofit
 
 
-def load_model(name_or_path: str = "smollm2-135m", **kwargs):  # noqa: ANN201
-    """Load a model for diagnostics and streaming; see `attnlab.models.loading.load_model`."""
-    from attnlab.models.loading import load_model as _load
+_SUBPACKAGES = ("attention", "data", "diagnose", "experiments", "explorer", "io", "models", "present",
+                "stream", "train", "errors")
 
-    return _load(name_or_path, **kwargs)
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is not None:
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
+    if name in _SUBPACKAGES:  # `import attnlab; attnlab.models.gpt...` worked when the root imported them
+        return importlib.import_module(f"attnlab.{name}")
+    raise AttributeError(f"module 'attnlab' has no attribute {name!r}")
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        # `attnlab.attention` is both a subpackage and the function users call. Importing the subpackage
+        # (which any model code does) binds the module here; keep the public function in its place, as the
+        # eager `from attnlab.attention import attention` of earlier versions did.
+        if name == "attention" and isinstance(value, types.ModuleType):
+            value = value.attention
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = [
     "Adaptive", "Causal", "Chunked", "Clipped", "Full", "Normalizer", "ScalableSoftmax", "SinkWindow",
-    "Sinks", "Softmax", "Softmax1", "Span", "Window", "attention", "load_model", "__version__",
+    "Sinks", "Softmax", "Softmax1", "Span", "Window", "attention", "attention_pattern", "load_model",
+    "normalizer_names", "register_normalizer", "report", "retrofit", "__version__",
 ]

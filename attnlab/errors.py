@@ -19,3 +19,8 @@ class DataError(AttnlabError, ValueError):
 
 class ModelNotFoundError(AttnlabError, FileNotFoundError):
     """A model name or path that cannot be loaded."""
+
+
+class OutputError(AttnlabError, OSError):
+    """An output path or cache folder that cannot be written (a file where a folder should be, read-only,
+    full). An OSError too, so code that handles write failures keeps working."""

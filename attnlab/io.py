@@ -12,29 +12,106 @@ import time
 from pathlib import Path
 from typing import Any
 
+from attnlab.errors import OutputError
+
 
 def cache_dir() -> Path:
     """attnlab's cache: $ATTNLAB_CACHE, else ~/.cache/attnlab. Created on first use."""
-    path = Path(os.environ.get("ATTNLAB_CACHE") or Path.home() / ".cache" / "attnlab")
-    path.mkdir(parents=True, exist_ok=True)
+    env = os.environ.get("ATTNLAB_CACHE")
+    path = Path(env).expanduser() if env else Path.home() / ".cache" / "attnlab"
+    fix = "point ATTNLAB_CACHE at a writable folder" + (" (or unset it)" if env else "")
+    where = f"ATTNLAB_CACHE={env}" if env else f"the cache folder {path}"
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{where} is a file, not a folder; {fix}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {where} ({_reason(exc)}); {fix}") from exc
     return path
 
 
+def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Create the output folder `path` (or find it) and prove it writable by creating and removing a
+    temporary file, so a bad `--out` fails before the work, not after it. Returns the path."""
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {path} is a file; pass a folder (it is created if missing)")
+    _ensure_writable(path, f"the {flag} folder {path}", "pass a writable folder")
+    return path
+
+
+def check_out_file(path: str | Path, flag: str = "--out") -> Path:
+    """`check_out_dir` for an output file: its folder must be writable and the path not a folder."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OutputError(f"{flag} {path} is a folder; pass a file name, e.g. {path / 'results.json'}")
+    folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{flag} {path}: {folder} is a file, not a folder; pass a path in a folder")
+    _ensure_writable(folder, f"{folder} (the folder of {flag} {path})", "pass a writable path")
+    return path
+
+
+def _ensure_writable(folder: Path, label: str, fix: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {label} ({_reason(exc)}); {fix}") from exc
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".attnlab-write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"cannot write in {label} ({_reason(exc)}); {fix}") from exc
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write to a temporary file in the same folder, fsync, then rename: a reader never sees half a file."""
+    """Write to a temporary file in the same folder, fsync, then rename: a reader never sees half a file.
+
+    The file gets the mode any other tool would give it (0666 less the umask), not mkstemp's private 0600.
+    An OSError becomes `OutputError`, naming the file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise OutputError(f"cannot write {path}: {path.parent} is a file, not a folder; choose another "
+                          f"location")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise OutputError(f"cannot write {path} ({_reason(exc)}); choose a writable location") from exc
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.chmod(tmp, 0o666 & ~_umask())
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise OutputError(f"cannot write {path} ({_reason(exc)}); choose a writable location with "
+                              f"free space") from exc
         raise
     return path
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _umask() -> int:
+    """The process umask. Read from /proc where it exists, because setting and restoring it (the only
+    portable way) briefly changes it for every thread."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -61,7 +138,7 @@ def versions() -> dict[str, str]:
     """Library versions that decide the numbers in a result file."""
     import torch
 
-    from attnlab import __version__
+    from attnlab._version import __version__
 
     out = {"attnlab": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
            "platform": platform.platform()}

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from attnlab.attention import ScalableSoftmax, Sinks, Window, attention, fused
+from attnlab.attention import ScalableSoftmax, Sinks, Softmax1, Window, attention, fused
 from attnlab.attention import band as band_mod
 from attnlab.attention.band import band_attention
 
@@ -162,7 +162,7 @@ def test_falls_back_when_unavailable(monkeypatch: pytest.MonkeyPatch, gen: torch
     q, k, v = _qkv(gen, 1, 2, 1, 70, 70, 8)
     with_kernel = attention(q, k, v, normalizer="softmax1", span=Window(20), backend="fused")
     monkeypatch.setattr(band_mod, "_state", {"lib": None, "why": "test"})
-    assert not fused._band_serves(q, k, v, fused.Softmax1(), Window(20))
+    assert not fused._band_serves(q, k, v, Softmax1(), Window(20))
     without = attention(q, k, v, normalizer="softmax1", span=Window(20), backend="fused")
     torch.testing.assert_close(with_kernel, without, rtol=1e-10, atol=1e-12)
 

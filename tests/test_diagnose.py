@@ -201,6 +201,16 @@ def _check_section(m: dict, lm_, n_tokens: int) -> None:
     assert len(m["sensitivity"]["norm"]) == n_tokens and m["collapse_probe"]["n"] == [4, 8]
     assert set(m["timings_s"]) >= {"load", "forward", "capture", "metrics", "sensitivity", "lipschitz_blocks"}
     assert m["summary"]["norm_growth_per_layer"] > 0
+    # The summary's activation keys are attnlab.diagnose.summary's, consistent with the per-layer entries:
+    from attnlab.diagnose.summary import summarize
+
+    s = m["summary"]
+    assert set(s) >= set(summarize(lm_.run_with_cache(lm_.encode("abc"))[1]))
+    assert s["kurtosis_max"] == pytest.approx(max(e["outliers"]["kurtosis_layer"] for e in m["layers"]))
+    heads = [a for e in m["layers"] for a in e["attention"]["first_token"]]
+    assert s["sink_rate"] == pytest.approx(sum(a > 0.3 for a in heads) / len(heads))
+    assert s["resid_norm"] == pytest.approx([e["residual"]["mean"] for e in m["layers"]])
+    assert s["null_sink_mass"] > -1e-5 and "summary" in m["timings_s"]
 
 
 def _check_page(page: str, min_figures: int) -> None:
@@ -223,6 +233,7 @@ def test_report_end_to_end_on_a_tiny_model(tmp_path):
     assert data["provenance"]["config"]["max_tokens"] == 24 and "torch" in data["provenance"]["versions"]
     assert data["text"]["source"] == "string" and len(data["text"]["sha256"]) == 64
     _check_section(data["models"][0], model, 24)
+    assert abs(data["models"][0]["summary"]["null_sink_mass"]) < 1e-5  # softmax: rows sum to 1
     page = (tmp_path / "report.html").read_text()
     _check_page(page, 12)
     assert "Side by side" not in page
@@ -337,3 +348,4 @@ def test_report_runs_on_attnlab_gpt():
                      progress=False, config=_tiny_config())
     _check_section(rep["models"][0], model, 24)
     assert rep["models"][0]["model"]["kind"] == "attnlab"
+    assert rep["models"][0]["summary"]["null_sink_mass"] > 0.01  # softmax1's zero logit takes weight off

@@ -16,48 +16,99 @@ from attnlab.experiments.base import (
     Parts,
     choose_preset,
     claim,
+    evidence,
+    recompute_verdict,
     seed_stats,
-    verdict,
 )
+from attnlab.experiments.stats import t_interval
 
 
-def test_verdict_held_when_interval_clears_threshold():
-    assert verdict([5.0, 5.2, 4.9], threshold=2.0, direction="above")["verdict"] == HELD
-    assert verdict([0.1, 0.12, 0.09], threshold=0.5, direction="below")["verdict"] == HELD
+def _seeds(values: list[float]) -> dict:
+    """Evidence of one value per seed (one item each): the interval is the t interval over seeds."""
+    return evidence("mean", ["x"], [{"x": [v]} for v in values], items="items")
 
 
-def test_verdict_not_held_when_interval_on_wrong_side():
-    assert verdict([1.0, 1.1, 0.9], threshold=2.0, direction="above")["verdict"] == NOT_HELD
-    assert verdict([0.9, 1.0, 1.1], threshold=0.5, direction="below")["verdict"] == NOT_HELD
+def _items(values: list[float], block: int | None = 1) -> dict:
+    """Evidence of one seed with per-item values: the interval is the bootstrap over items."""
+    return evidence("mean", ["x"], [{"x": values}], items="windows", block=block)
 
 
-def test_verdict_inconclusive_when_spread_straddles_threshold():
-    res = verdict([1.0, 3.0, 2.2], threshold=2.0, direction="above")
-    assert res["verdict"] == INCONCLUSIVE
-    lo, hi = res["interval"]
-    assert lo < 2.0 < hi
-
-
-def test_verdict_single_seed_uses_ten_percent_stand_in():
-    # m = 2.1: 2.1 ± 0.42 straddles 2.0; m = 3.0: 3.0 ± 0.6 clears it.
-    one = verdict([2.1], threshold=2.0, direction="above")
-    assert one["verdict"] == INCONCLUSIVE and not one["se_measured"]
-    assert verdict([3.0], threshold=2.0, direction="above")["verdict"] == HELD
-
-
-def test_verdict_no_finite_values_is_inconclusive_and_bad_direction_raises():
-    assert verdict([float("nan")], 1.0, "above")["verdict"] == INCONCLUSIVE
-    with pytest.raises(ValueError, match="direction must be"):
-        verdict([1.0], 1.0, "sideways")
-
-
-def test_claim_computes_its_verdict_from_values():
-    c = claim("x shrinks", "Someone 2024", "10 -> 1", "ratio", [4.0, 4.5, 5.0], threshold=2.0,
+def test_verdict_over_seeds_is_the_t_interval():
+    c = claim("x grows", "Someone 2024", "10 -> 1", "ratio", _seeds([5.0, 5.2, 4.9]), threshold=2.0,
               direction="above")
-    assert c["verdict"] == HELD and "ratio > 2" in c["rule"]
-    c2 = claim("x shrinks", "Someone 2024", "10 -> 1", "ratio", [0.5, 0.6, 0.55], threshold=2.0,
-               direction="above")
-    assert c2["verdict"] == NOT_HELD
+    assert c["verdict"] == HELD and c["result"]["se_measured"]
+    assert c["result"]["method"] == "t interval over 3 seeds" and "ratio > 2" in c["rule"]
+    iv = t_interval([5.0, 5.2, 4.9])
+    assert c["result"]["interval"] == [iv["lo"], iv["hi"]]
+    assert claim("x", "s", "p", "e", _seeds([1.0, 1.1, 0.9]), 2.0, "above")["verdict"] == NOT_HELD
+    assert claim("x", "s", "p", "e", _seeds([0.9, 1.0, 1.1]), 0.5, "below")["verdict"] == NOT_HELD
+    res = claim("x", "s", "p", "e", _seeds([1.0, 3.0, 2.2]), 2.0, "above")["result"]
+    assert res["verdict"] == INCONCLUSIVE and res["interval"][0] < 2.0 < res["interval"][1]
+
+
+def test_one_seed_bootstraps_over_items_instead_of_assuming_a_spread():
+    # The old rule took se = 10% of |m| with one seed: 2.1 would have been inconclusive against 2.0. Items
+    # that barely vary measure a narrow interval, and the verdict follows it.
+    tight = claim("x", "s", "p", "e", _items([2.1, 2.11, 2.09, 2.1, 2.12, 2.1]), 2.0, "above")
+    assert tight["verdict"] == HELD and tight["result"]["se_measured"]
+    assert "bootstrap over 6 windows (block 1, 2000 draws)" in tight["result"]["method"]
+    wide = claim("x", "s", "p", "e", _items([0.5, 4.0, 1.0, 3.5, 0.8, 3.0]), 2.0, "above")
+    assert wide["verdict"] == INCONCLUSIVE
+
+
+def test_paired_ratio_over_items_uses_the_same_resampled_items():
+    base = [1.0, 5.0, 2.0, 8.0, 3.0, 6.0, 4.0, 7.0]
+    ev = evidence("ratio", ["a", "b"], [{"a": [2.02 * x for x in base], "b": base}], items="windows", block=1)
+    c = claim("a is twice b", "s", "p", "a / b", ev, 2.0, "above")
+    assert c["verdict"] == HELD and c["result"]["interval"][1] - c["result"]["interval"][0] < 1e-9
+
+
+def test_equivalence_claim_is_two_sided():
+    inside = claim("close", "s", "p", "d", _seeds([0.01, -0.01, 0.0]), (-0.05, 0.05), "within")
+    assert inside["verdict"] == HELD and "(equivalence)" in inside["test"]
+    # A large improvement is not "costs nothing" either: the one-sided "< 0.05" would have held here.
+    far_below = claim("close", "s", "p", "d", _seeds([-0.3, -0.31, -0.29]), (-0.05, 0.05), "within")
+    assert far_below["verdict"] == NOT_HELD
+    straddle = claim("close", "s", "p", "d", _seeds([0.0, 0.1, 0.05]), (-0.05, 0.05), "within")
+    assert straddle["verdict"] == INCONCLUSIVE
+    with pytest.raises(ValueError, match="lo < hi"):
+        claim("close", "s", "p", "d", _seeds([0.0, 0.1]), (0.05, -0.05), "within")
+
+
+def test_unmeasurable_interval_is_inconclusive_with_the_reason():
+    one_item = claim("x", "s", "p", "e", _items([3.0]), 2.0, "above")
+    assert one_item["verdict"] == INCONCLUSIVE and not one_item["result"]["se_measured"]
+    assert "need 2" in one_item["result"]["reason"]
+    assert claim("x", "s", "p", "e", _seeds([float("nan"), 1.0]), 1.0, "above")["verdict"] == INCONCLUSIVE
+    with pytest.raises(ValueError, match="direction must be"):
+        claim("x", "s", "p", "e", _seeds([1.0, 2.0]), 1.0, "sideways")
+
+
+def test_premise_not_met_makes_the_claim_inconclusive():
+    c = claim("x", "s", "p", "e", _seeds([5.0, 5.1]), 2.0, "above",
+              premise=("baseline has outliers", _seeds([1.0, 1.1]), 10.0, "above"))
+    assert c["verdict"] == INCONCLUSIVE and "premise not met" in c["ours"]
+    assert recompute_verdict(c) == INCONCLUSIVE
+
+
+def test_recompute_verdict_from_the_json_alone():
+    claims = [claim("x", "s", "p", "e", _items([2.1, 2.11, 2.09, 2.1, 2.12, 2.1]), 2.0, "above"),
+              claim("x", "s", "p", "e", _seeds([0.9, 1.0, 1.1]), 0.5, "below"),
+              claim("x", "s", "p", "e", _items([0.5, 4.0, 1.0, 3.5], block=None), 2.0, "above")]
+    for c in claims:
+        stored = json.loads(json.dumps(c))
+        assert recompute_verdict(stored) == c["verdict"]
+    # The stored values decide: editing them changes the recomputed verdict.
+    stored = json.loads(json.dumps(claims[0]))
+    stored["data"]["per_seed"][0]["x"] = [1.0] * 6
+    assert recompute_verdict(stored) == NOT_HELD
+
+
+def test_evidence_rounds_values_and_rejects_missing_columns():
+    ev = evidence("diff", ["a", "b"], [{"a": [1.23456789, 2.0], "b": [1.0, 1.0]}], items="windows")
+    assert ev["per_seed"][0]["a"] == [1.23457, 2.0]
+    with pytest.raises(ValueError, match="columns \\['b'\\] missing"):
+        evidence("diff", ["a", "b"], [{"a": [1.0, 2.0]}], items="windows")
 
 
 def test_seed_stats_mean_std_and_nonfinite():
@@ -89,6 +140,17 @@ def test_parts_reuse_same_config_and_recompute_changed(tmp_path):
     assert p3.get("seed0/softmax", work) == {"v": 2} and p3.computed == ["seed0/softmax"]
     stored = json.loads(next((tmp_path / "parts").glob("*.json")).read_text())
     assert stored["key"] == "seed0/softmax"
+
+
+def test_parts_written_in_an_older_format_are_recomputed(tmp_path, monkeypatch):
+    from attnlab.experiments import base
+
+    calls = []
+    Parts(tmp_path, _Cfg()).get("k", lambda: calls.append(1) or {"v": 1})
+    monkeypatch.setattr(base, "PART_FORMAT", base.PART_FORMAT + 1)
+    p = Parts(tmp_path, _Cfg())
+    p.get("k", lambda: calls.append(1) or {"v": 2})
+    assert p.computed == ["k"] and len(calls) == 2
 
 
 def test_choose_preset_errors_and_seed_override():

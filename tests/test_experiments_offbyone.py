@@ -37,6 +37,20 @@ def test_smoke_writes_results_with_provenance_and_claims(smoke_run):
     assert saved["timings"]["total"] > 0
 
 
+def test_smoke_claims_are_measured_and_recompute_from_the_file(smoke_run):
+    from attnlab.experiments.base import recompute_verdict
+
+    out, _ = smoke_run
+    saved = json.loads((out / "results.json").read_text())
+    for c in saved["claims"]:
+        assert c["result"]["se_measured"] is True, (c["claim"], c["result"].get("reason"))
+        assert "bootstrap over" in c["result"]["method"]  # one seed: items, never an assumed spread
+        assert recompute_verdict(c) == c["verdict"], c["claim"]
+    cost = next(c for c in saved["claims"] if c["claim"].startswith("softmax1 costs no"))
+    assert cost["direction"] == "within" and cost["threshold"] == list(offbyone.NO_COST_MARGINS)
+    assert len(cost["data"]["per_seed"][0]["softmax"]) == offbyone.PRESETS["smoke"].eval_windows
+
+
 def test_smoke_writes_pages_and_plots(smoke_run):
     out, _ = smoke_run
     page = (out / "compare.html").read_text()

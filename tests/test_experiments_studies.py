@@ -39,6 +39,37 @@ def test_smoke_results_are_valid_json_with_provenance_and_claims(smoke):
         assert (out / fig["file"]).stat().st_size > 1000
 
 
+def test_smoke_claims_have_measured_intervals_that_recompute_from_the_file(smoke):
+    from attnlab.experiments.base import recompute_verdict
+
+    name, out, _ = smoke
+    saved = json.loads((out / "results.json").read_text())
+    for c in saved["claims"]:
+        res = c["result"]
+        assert res["se_measured"] is True, (name, c["claim"], res.get("reason"))
+        assert "t interval over" in res["method"] or "bootstrap over" in res["method"], res["method"]
+        assert res["n"] >= 2 and res["interval"][0] <= res["interval"][1], c
+        assert recompute_verdict(c) == c["verdict"], (name, c["claim"])
+        if c["direction"] == "within":  # "close to" / "costs nothing": margins fixed in code, two-sided
+            assert len(c["threshold"]) == 2 and c["threshold"][0] < c["threshold"][1]
+
+
+def test_streaming_keeps_per_window_nlls_of_every_policy(smoke):
+    name, out, _ = smoke
+    if name != "streaming":
+        pytest.skip("streaming only")
+    saved = json.loads((out / "results.json").read_text())
+    cfg = study_module(name).PRESETS["smoke"]
+    windows = saved["results"]["window_nll"]["matched"]
+    assert {"window(32)", "sinks(1,31)", "sinks(4,28)", "chunked(32)", "memory(16,16)",
+            "recompute(32)"} <= set(windows)
+    assert all(len(v) == cfg.streams * (cfg.tokens // cfg.eval_window) for v in windows.values())
+    starts = saved["results"]["text_starts"]
+    assert len(set(starts)) == cfg.streams >= 2
+    sink_table = saved["tables"][1]
+    assert sink_table["columns"] == ["sinks"] + [str(s) for s in cfg.sink_counts]
+
+
 def test_smoke_rerun_skips_finished_parts(smoke):
     name, out, first = smoke
     module = study_module(name)

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from attnlab.attention import normalizer_names
 from attnlab.explorer import directions as dirs
 from attnlab.explorer.engine import Explorer, default_params
 from attnlab.explorer.layer_metrics import layer_metrics
@@ -69,7 +70,10 @@ def test_info_describes_the_model(server):
     status, info = call(server, "GET", "/api/info")
     assert status == 200
     assert (info["n_layers"], info["n_heads"], info["d_model"]) == (3, 4, 32)
-    assert info["normalizers"] == ["softmax", "softmax1", "sinks", "adaptive", "ssmax"]
+    # The menu is the registry: every built-in, clipped included, and the variants.
+    assert info["normalizers"] == normalizer_names()
+    assert info["normalizers"][:6] == ["softmax", "softmax1", "sinks", "clipped", "adaptive", "ssmax"]
+    assert info["sink_normalizers"] == ["sinks"]
     assert info["limits"]["max_tokens"] == 256
     assert len(info["explained"]) == 3 and len(info["explained"][0]) == info["n_directions"]
     assert 0 < len(info["default_text"]) and info["default_text"].startswith("Shall I compare")

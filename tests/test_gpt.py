@@ -49,7 +49,7 @@ def _perturb(model: GPT) -> GPT:
     """Move the learned normalizer parameters off their init so the tests see them."""
     with torch.no_grad():
         for block in model.blocks:
-            for name in ("sink_logits", "ssmax_s", "gate_bias"):
+            for name in ("normalizer_logits", "normalizer_s", "gate_bias"):
                 if hasattr(block.attn, name):
                     getattr(block.attn, name).add_(torch.linspace(-0.5, 0.7, block.attn.n_heads))
     return model
@@ -155,7 +155,8 @@ def test_hidden_states_and_embeds_path():
 
 
 def test_learned_parameters_get_gradients():
-    for kw, names in [({"normalizer": "sinks"}, ["sink_logits"]), ({"normalizer": "ssmax"}, ["ssmax_s"]),
+    for kw, names in [({"normalizer": "sinks"}, ["normalizer_logits"]),
+                      ({"normalizer": "ssmax"}, ["normalizer_s"]),
                       ({"gated_attention": True}, ["gate_weight", "gate_bias"]),
                       ({"sigma_reparam": True}, ["q_proj.gamma", "o_proj.gamma"])]:
         model = GPT(tiny(**kw))
@@ -227,6 +228,27 @@ def test_save_and_load_roundtrip(tmp_path):
     assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "attnlab-gpt"
 
 
+@pytest.mark.parametrize("normalizer, old, new", [("sinks", "sink_logits", "normalizer_logits"),
+                                                  ("ssmax", "ssmax_s", "normalizer_s")])
+def test_checkpoints_from_before_the_registry_load(tmp_path, normalizer, old, new):
+    """Models saved before the normalizer registry kept these tensors under other names; they still load,
+    through from_pretrained and through load_state_dict (training resume)."""
+    from safetensors.torch import save_file
+
+    model = _perturb(GPT(tiny(normalizer=normalizer))).eval()
+    model.save(tmp_path / "m")
+    state = {k.replace(new, old): v.contiguous() for k, v in model.state_dict().items()}
+    assert f"blocks.0.attn.{old}" in state
+    save_file(state, str(tmp_path / "m" / "model.safetensors"))
+    idx = torch.randint(0, 64, (2, 7))
+    with torch.no_grad():
+        expected = model(idx)[0]
+        torch.testing.assert_close(GPT.from_pretrained(tmp_path / "m")(idx)[0], expected, rtol=0, atol=0)
+        fresh = GPT(tiny(normalizer=normalizer)).eval()
+        fresh.load_state_dict(state)
+        torch.testing.assert_close(fresh(idx)[0], expected, rtol=0, atol=0)
+
+
 def test_load_fails_clearly(tmp_path):
     with pytest.raises(ModelNotFoundError, match="no attnlab model in .*attnlab train"):
         GPT.from_pretrained(tmp_path / "nothing")
@@ -245,7 +267,8 @@ def test_load_fails_clearly(tmp_path):
     ({"norm": "batchnorm"}, "norm='batchnorm'.*rmsnorm"),
     ({"score": "l2", "n_kv_heads": 2}, "score='l2'.*n_kv_heads"),
     ({"n_kv_heads": 3}, "n_kv_heads=3 must divide"),
-    ({"normalizer": "clipped", "clip_gamma": 1.0, "clip_zeta": 0.5}, "clip_gamma < clip_zeta"),
+    ({"normalizer": "clipped", "clip_gamma": 1.0, "clip_zeta": 0.5},
+     r"clip_gamma=1.0, clip_zeta=0.5\).*gamma < zeta"),
     ({"n_layers": 0}, "n_layers must be a positive integer"),
 ])
 def test_config_fails_clearly(kw, match):

@@ -107,10 +107,10 @@ def test_cli_trains_with_config_file_and_flags_win(text_file, tmp_path, capsys):
 
 def test_resume_into_another_config_fails_clearly(text_file, tmp_path):
     train(cfg(text_file, tmp_path / "x", steps=2), progress=False)
-    expected = r"another config \(normalizer: checkpoint 'softmax', now 'ssmax'.*lr: "
+    expected = r"another config \(normalizer: checkpoint 'softmax', now 'ssmax'.*batch_size: .*only steps, lr"
     with pytest.raises(ConfigError, match=expected):
-        train(cfg(text_file, tmp_path / "x", steps=4, lr=1e-3, resume=True, model={"normalizer": "ssmax"}),
-              progress=False)
+        train(cfg(text_file, tmp_path / "x", steps=4, batch_size=2, resume=True,
+                  model={"normalizer": "ssmax"}), progress=False)
     with pytest.raises(ConfigError, match="already holds a training run; pass --resume"):
         train(cfg(text_file, tmp_path / "x"), progress=False)
     with pytest.raises(ConfigError, match="no checkpoint in .*without --resume"):

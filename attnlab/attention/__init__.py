@@ -1,8 +1,8 @@
 """Attention with pluggable normalizers and spans; imports nothing else of attnlab."""
 
+from attnlab.attention import variants  # noqa: F401  (each variant registers itself on import)
 from attnlab.attention.api import BACKENDS, attention
 from attnlab.attention.normalizers import (
-    NORMALIZER_NAMES,
     Adaptive,
     Clipped,
     Normalizer,
@@ -11,7 +11,17 @@ from attnlab.attention.normalizers import (
     Softmax,
     Softmax1,
     adaptive_beta,
+)
+from attnlab.attention.registry import (
+    NORMALIZER_NAMES,
+    create_normalizer,
+    is_normalizer,
+    learned_parameters,
+    normalizer_keywords,
+    normalizer_names,
+    register_normalizer,
     resolve_normalizer,
+    unregister_normalizer,
 )
 from attnlab.attention.spans import (
     SPAN_NAMES,
@@ -28,5 +38,7 @@ from attnlab.attention.spans import (
 __all__ = [
     "BACKENDS", "NORMALIZER_NAMES", "SPAN_NAMES", "Adaptive", "Causal", "Chunked", "Clipped", "Full",
     "MaskSpan", "Normalizer", "ScalableSoftmax", "SinkWindow", "Sinks", "Softmax", "Softmax1", "Span",
-    "Window", "adaptive_beta", "attention", "resolve_normalizer", "resolve_span",
+    "Window", "adaptive_beta", "attention", "create_normalizer", "is_normalizer", "learned_parameters",
+    "normalizer_keywords", "normalizer_names", "register_normalizer", "resolve_normalizer", "resolve_span",
+    "unregister_normalizer",
 ]

@@ -8,6 +8,7 @@ key position kv_len - q_len + i (bottom-right alignment, as when decoding with a
 from __future__ import annotations
 
 import math
+import numbers
 
 from torch import Tensor
 
@@ -41,11 +42,26 @@ def _validate(q: Tensor, k: Tensor, v: Tensor) -> None:
                          f"sequence length")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"attention: q and k head_dim differ ({q.shape[-1]} vs {k.shape[-1]})")
+    if q.shape[-1] == 0:
+        raise ValueError(f"attention: head_dim is 0 (q {tuple(q.shape)}); queries and keys need at least one "
+                         f"feature")
     if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
         raise ValueError(f"attention: {q.shape[1]} query heads are not divisible by {k.shape[1]} key/value "
                          f"heads; grouped-query attention needs heads % kv_heads == 0")
     if k.shape[2] == 0:
         raise ValueError("attention: k and v have no keys (kv_len == 0)")
+
+
+def _check_scale(scale: object) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"attention: scale must be a number (or None for 1/sqrt(head_dim)), "
+                        f"got {type(scale).__name__}")
+    if not (math.isfinite(scale) and scale > 0):
+        # The stock CPU kernel scales after applying its causal mask: -inf * 0 and -inf * (negative) are
+        # NaN rows where the reference is finite. Constant or inverted scores are a mistake anyway.
+        raise ValueError(f"attention: scale must be a finite number > 0, got {scale}; pass None for "
+                         f"1/sqrt(head_dim), or divide by a temperature > 0")
+    return float(scale)
 
 
 def attention(
@@ -66,7 +82,7 @@ def attention(
             (Sinks(logits), Clipped(gamma, zeta), ScalableSoftmax(s), ...).
         span: "causal", "full", Window(w), SinkWindow(s, w), Chunked(c), their names
             ("window(512)", ...), or a bool mask broadcastable to (batch, heads, q_len, kv_len).
-        scale: score scale, default 1/sqrt(head_dim).
+        scale: score scale, a finite number > 0; default 1/sqrt(head_dim).
         backend: "auto" (fused, or reference when weights are asked for), "reference", "fused".
         return_weights: also return the (batch, heads, q_len, kv_len) weights (reference backend).
 
@@ -82,8 +98,7 @@ def attention(
     if return_weights and backend == "fused":
         raise ValueError("the fused backend never builds the weight matrix; use backend='reference' "
                          "(or 'auto') with return_weights=True")
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else _check_scale(scale)
     if backend == "reference" or return_weights:
         out, weights = reference_attention(q, k, v, norm, sp, scale)
         return (out, weights) if return_weights else out

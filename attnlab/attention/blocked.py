@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from attnlab.attention.kernels import fused_pass
+from attnlab.attention.kernels import Backward, attend_with_sink, fused_pass
 
 CHUNK_BYTES = 16 * 2**20
 
@@ -53,59 +53,52 @@ class BlockedKV:
 
 def blocked_sink_attention(q: Tensor, blocks: BlockedKV, sink: Tensor | float | None, scale: float) -> Tensor:
     """q (B * n, H, bq, D) -> (B * n, H, bq, Dv): softmax attention over each block's keys, with a virtual
-    key of logit `sink` (per head, or one float) and value 0 when `sink` is not None."""
+    key of logit `sink` (per head, or one float) and value 0 when `sink` is not None. The sink and its
+    gradient are kernels.py's sink identity (the one copy); this module supplies the kernel pass."""
     if sink is None:
         sink = float("-inf")
-    return _BlockedAttention.apply(q, blocks.k, blocks.v, sink, blocks, scale)
+    # Without a backward to come, one call per batch row is fastest (no gradient buffers to bound).
+    # (On CUDA the caching allocator already reuses buffers: no chunks there either.)
+    backward = torch.is_grad_enabled() and any(
+        isinstance(t, Tensor) and t.requires_grad for t in (q, blocks.k, blocks.v, sink))
+    chunked = backward and q.device.type == "cpu"
+    return attend_with_sink(q, blocks.k, blocks.v, sink,
+                            lambda q, k, v: _blocked_pass(q, k, v, blocks, scale, chunked))
 
 
-class _BlockedAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, sink, blocks, scale):  # noqa: ANN001
-        batch, heads, n = k.shape[0], q.shape[1], blocks.n
-        qv = q.view(batch, n, *q.shape[1:])
-        y = q.new_empty(*q.shape[:-1], v.shape[-1])
-        yv = y.view(batch, n, *y.shape[1:])
-        lse = torch.empty(batch, n, heads, blocks.bq, dtype=torch.promote_types(q.dtype, torch.float32),
-                          device=q.device)
-        runs = []
-        # Without a backward to come, one call per batch row is fastest (no gradient buffers to bound).
-        # (On CUDA the caching allocator already reuses buffers: no chunks there either.)
-        chunked = any(ctx.needs_input_grad[:4]) and q.device.type == "cpu"
-        chunks = blocks.chunks(heads, q.shape[-1], q.element_size()) if chunked else [(0, n)]
-        for b in range(batch):
-            for lo, hi in chunks:
-                kb, vb = blocks.keys(k, b, lo, hi), blocks.keys(v, b, lo, hi)
-                out, lse_c, backward = fused_pass(qv[b, lo:hi], kb, vb, blocks.bias, False, scale)
-                if isinstance(sink, Tensor) or sink != float("-inf"):
-                    sink_b = sink.to(lse_c.dtype).view(1, -1, 1) if isinstance(sink, Tensor) else sink
-                    out = out * torch.sigmoid(lse_c - sink_b).unsqueeze(-1).to(out.dtype)
-                yv[b, lo:hi] = out
-                lse[b, lo:hi] = lse_c
-                runs.append((b, lo, hi, backward))
-        ctx.runs, ctx.blocks = runs, blocks
-        ctx.k_shape, ctx.v_shape, ctx.kv_dtype = k.shape, v.shape, k.dtype
-        ctx.save_for_backward(y, lse, sink if isinstance(sink, Tensor) else None)
-        ctx.sink = sink
-        return y
+def _blocked_pass(q: Tensor, k: Tensor, v: Tensor, blocks: BlockedKV, scale: float,
+                  chunked: bool) -> tuple[Tensor, Tensor, Backward]:
+    """`kernels.fused_pass`'s contract over the interior blocks: output (B * n, H, bq, Dv), row log-sum-exp
+    (B * n, H, bq), and the backward, which folds each chunk's key gradients into one (B, Hk, L, D) buffer."""
+    batch, heads, n = k.shape[0], q.shape[1], blocks.n
+    qv = q.view(batch, n, *q.shape[1:])
+    y = q.new_empty(*q.shape[:-1], v.shape[-1])
+    yv = y.view(batch, n, *y.shape[1:])
+    lse = torch.empty(batch, n, heads, blocks.bq, dtype=torch.promote_types(q.dtype, torch.float32),
+                      device=q.device)
+    runs = []
+    chunks = blocks.chunks(heads, q.shape[-1], q.element_size()) if chunked else [(0, n)]
+    for b in range(batch):
+        for lo, hi in chunks:
+            kb, vb = blocks.keys(k, b, lo, hi), blocks.keys(v, b, lo, hi)
+            out, lse_c, pass_backward = fused_pass(qv[b, lo:hi], kb, vb, blocks.bias, False, scale)
+            yv[b, lo:hi] = out
+            lse[b, lo:hi] = lse_c
+            runs.append((b, lo, hi, pass_backward))
+    k_shape, v_shape, kv_dtype = k.shape, v.shape, k.dtype
 
-    @staticmethod
-    def backward(ctx, dy):  # noqa: ANN001
-        y, lse, sink_t = ctx.saved_tensors
-        blocks: BlockedKV = ctx.blocks
-        sink = ctx.sink if sink_t is None else sink_t.to(lse.dtype).view(1, 1, -1, 1)
-        batch, n = lse.shape[:2]
-        total = torch.logaddexp(lse, torch.as_tensor(sink, dtype=lse.dtype, device=lse.device))
+    def backward(dy: Tensor, y: Tensor, total: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         dy = dy.contiguous().view(batch, n, *dy.shape[1:])
-        yv = y.view(batch, n, *y.shape[1:])
+        yv = y.contiguous().view(batch, n, *y.shape[1:])
+        total = total.contiguous().view(batch, n, *total.shape[1:])
         dq = torch.empty_like(dy)
         tiles = -(-blocks.extent // blocks.bq)
         # Exactly k's shape, contiguous and not a view: autograd can then add another path's gradient
         # (the edge blocks') into it in place instead of allocating a third full-size tensor.
-        dk = torch.zeros(ctx.k_shape, dtype=ctx.kv_dtype, device=dy.device)
-        dv = torch.zeros(ctx.v_shape, dtype=ctx.kv_dtype, device=dy.device)
-        for b, lo, hi, backward in ctx.runs:
-            dq_c, dk_c, dv_c = backward(dy[b, lo:hi], yv[b, lo:hi], total[b, lo:hi])
+        dk = torch.zeros(k_shape, dtype=kv_dtype, device=dy.device)
+        dv = torch.zeros(v_shape, dtype=kv_dtype, device=dy.device)
+        for b, lo, hi, pass_backward in runs:
+            dq_c, dk_c, dv_c = pass_backward(dy[b, lo:hi], yv[b, lo:hi], total[b, lo:hi])
             dq[b, lo:hi] = dq_c
             for acc, grad in ((dk, dk_c), (dv, dv_c)):
                 for t in range(tiles):
@@ -117,9 +110,6 @@ class _BlockedAttention(torch.autograd.Function):
                     dst = dst.as_strided((dst.shape[0], hi - lo, width, dst.shape[-1]),
                                          (dst.stride(0), blocks.bq * step, step, dst.stride(2)))
                     dst += grad[:, :, t * blocks.bq:t * blocks.bq + width].transpose(0, 1).to(acc.dtype)
-        dsink = None
-        if ctx.needs_input_grad[3]:
-            p_sink = torch.exp(sink - total)
-            dsink = -(p_sink * (dy * yv).sum(-1).to(p_sink.dtype)).sum(dim=(0, 1, 3))
-        return (dq.view(-1, *dq.shape[2:]), dk, dv, dsink,
-                None, None)
+        return dq.view(-1, *dq.shape[2:]), dk, dv
+
+    return y, lse.view(batch * n, heads, blocks.bq), backward

@@ -25,9 +25,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnlab.attention import band
+from attnlab.attention.base import Normalizer
 from attnlab.attention.blocked import BlockedKV
 from attnlab.attention.kernels import Problem
-from attnlab.attention.normalizers import Normalizer, ScalableSoftmax, Sinks, Softmax, Softmax1
+from attnlab.attention.nonfinite import all_finite, poison, select_finite
 from attnlab.attention.reference import as_4d
 from attnlab.attention.spans import CAUSAL, Causal, Full, MaskSpan, Span, Window
 
@@ -54,6 +55,43 @@ def _unblock_empty_rows(bias: Tensor, row_valid: Tensor) -> tuple[Tensor, Tensor
 def fused_attention(q: Tensor, k: Tensor, v: Tensor, normalizer: Normalizer, span: Span,
                     scale: float) -> Tensor:
     """Shapes as in `attnlab.attention`; k and v may have fewer heads than q."""
+    if not _hides_keys(span, q.shape[2], k.shape[2]) or all_finite(k, v):
+        return _fused(q, k, v, normalizer, span, scale)
+    # The kernels add their masks and multiply zero weights into V: hidden non-finite entries would leak
+    # (nonfinite.py). Run on finite K and V, then mark the outputs that could see a non-finite entry.
+    (k_sel, bad_k), (v_sel, bad_v) = select_finite(k), select_finite(v)
+    out = _fused(q, k_sel, v_sel, normalizer, span, scale)
+    with torch.no_grad():
+        # Which outputs see a marked key or value: with every score 0, each visible key weighs 1/n > 0.
+        marks = torch.cat([bad_k.any(-1, keepdim=True), bad_v], dim=-1).to(q.dtype)  # (B, Hk, Lk, 1 + Dv)
+        reach = _fused(q.new_zeros(*q.shape[:-1], 1), k.new_zeros(*k.shape[:-1], 1), marks, _VISIBLE, span,
+                       1.0) > 0
+    return poison(out, reach[..., :1], reach[..., 1:])
+
+
+class _Visible(Normalizer):
+    """Plain softmax on the stock kernel, for the reach pass above (never a band: q and v sizes differ)."""
+
+    name = "visible"
+
+    def attend(self, p: Problem) -> Tensor:
+        return F.scaled_dot_product_attention(p.q, p.k, p.v, attn_mask=p.bias, is_causal=p.is_causal,
+                                              scale=p.scale, enable_gqa=p.k.shape[1] != p.q.shape[1])
+
+
+_VISIBLE = _Visible()
+
+
+def _hides_keys(span: Span, q_len: int, kv_len: int) -> bool:
+    """False only where every query surely sees every key (cheap to tell: no mask is read)."""
+    if isinstance(span, Full):
+        return False
+    if q_len == 1 and (isinstance(span, Causal) or (span.local and span.reduces_to_causal(kv_len))):
+        return False  # one query at the last position (decoding): causal hides nothing from it
+    return True
+
+
+def _fused(q: Tensor, k: Tensor, v: Tensor, normalizer: Normalizer, span: Span, scale: float) -> Tensor:
     q_len, kv_len = q.shape[2], k.shape[2]
     if span.local and span.reduces_to_causal(kv_len):
         span = CAUSAL  # the window reaches every key: one unblocked causal call is exact and faster
@@ -81,13 +119,10 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, normalizer: Normalizer, spa
     return out if row_valid is None or bool(row_valid.all()) else out * row_valid
 
 
-# Normalizers whose fast path is the softmax kernel, optionally with a sink or rescaled queries.
-_BAND_NORMALIZERS = (Softmax, Softmax1, Sinks, ScalableSoftmax)
-
-
 def _band_serves(q: Tensor, k: Tensor, v: Tensor, normalizer: Normalizer, span: Span) -> bool:
-    """Plain windows of a softmax-kernel normalizer on CPU float32/64 run on band.py's compiled kernel."""
-    return type(span) is Window and type(normalizer) in _BAND_NORMALIZERS and band.serves(q, k, v)
+    """Plain windows on CPU float32/64 run on band.py's compiled kernel, for the normalizers whose fast path
+    is the softmax kernel with a sink or rescaled queries (they declare `supports_band`)."""
+    return type(span) is Window and normalizer.supports_band and band.serves(q, k, v)
 
 
 def _blocked(q: Tensor, k: Tensor, v: Tensor, normalizer: Normalizer, span: Span, scale: float) -> Tensor:

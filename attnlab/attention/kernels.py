@@ -2,7 +2,8 @@
 
 `Problem` is one call of the stock kernel: queries, keys and values with equal head counts, an optional
 additive bias (0 where a key is visible, -inf where not) or a top-left causal flag, and the number of keys
-each query sees. The blocked runner in `fused.py` builds Problems; normalizers consume them.
+each query sees. The blocked runner in `fused.py` builds Problems; normalizers consume them, through
+`paths.py`, which picks the kernel (this one, band.py's or blocked.py's: all three build on this module).
 
 The sink identity (DESIGN.md): with a virtual key of logit `s` per head and value 0, the sink-inclusive
 log-sum-exp is L = logaddexp(lse, s), and the output is the plain softmax output times exp(lse - L) =
@@ -68,22 +69,6 @@ class Problem:
         if self.is_causal:
             return torch.ones(lq, lk, dtype=torch.bool, device=self.q.device).tril()
         return torch.ones(lq, lk, dtype=torch.bool, device=self.q.device)
-
-
-def sdpa(p: Problem, q: Tensor | None = None, v: Tensor | None = None) -> Tensor:
-    """The stock differentiable kernel on a Problem (optionally with other queries or values)."""
-    if p.band is not None:
-        from attnlab.attention.band import band_attention
-
-        return band_attention(p.q if q is None else q, p.k, p.v if v is None else v, p.band, p.scale)
-    if p.blocks is not None and v is None and p.q.shape[-1] == p.v.shape[-1]:
-        from attnlab.attention.blocked import blocked_sink_attention  # blocked.py builds on this module
-
-        return blocked_sink_attention(p.q if q is None else q, p.blocks, None, p.scale)
-    return F.scaled_dot_product_attention(
-        p.q if q is None else q, p.k, p.v if v is None else v,
-        attn_mask=p.bias, is_causal=p.is_causal, scale=p.scale, enable_gqa=p.k.shape[1] != p.q.shape[1],
-    )
 
 
 def flash_forward(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, is_causal: bool,
@@ -256,37 +241,6 @@ def attend_with_sink(q: Tensor, k: Tensor, v: Tensor, sink: Tensor | float, run:
     """Differentiable softmax attention from one kernel pass `run`, with a virtual key of logit `sink`
     (per head, or one float; -inf for none) and value 0, by the sink identity."""
     return _SinkAttention.apply(q, k, v, sink, run)
-
-
-def sink_attention(p: Problem, sink_logits: Tensor | float) -> Tensor:
-    """Softmax attention with one extra virtual key of logit `sink_logits[h]` (or one float for every head)
-    and value 0 per head."""
-    sink = sink_logits
-    if isinstance(sink, Tensor):
-        if sink.dim() == 0 and not sink.requires_grad:
-            sink = float(sink)  # no per-call host-to-device copy for a constant logit
-        else:
-            sink = sink.to(device=p.q.device)
-            if sink.dim() == 0:
-                sink = sink.expand(p.q.shape[1])
-    q, k, v = p.q, p.k, p.v
-    d, dv = q.shape[-1], v.shape[-1]
-    if p.band is not None:
-        from attnlab.attention.band import band_attention
-
-        return band_attention(q, k, v, p.band, p.scale, sink)
-    if p.blocks is not None and d == dv:
-        from attnlab.attention.blocked import blocked_sink_attention
-
-        return blocked_sink_attention(q, p.blocks, sink, p.scale)
-    # The flash kernels want one head size for q, k and v; zero columns change neither scores nor
-    # outputs (the scale is passed explicitly), so pad the smaller side and slice the output back.
-    if dv < d:
-        v = F.pad(v, (0, d - dv))
-    elif dv > d:
-        q, k = F.pad(q, (0, dv - d)), F.pad(k, (0, dv - d))
-    out = attend_with_sink(q, k, v, sink, lambda q, k, v: fused_pass(q, k, v, p.bias, p.is_causal, p.scale))
-    return out if dv == d else out[..., :dv]
 
 
 def row_entropy(p: Problem) -> Tensor:

@@ -1,11 +1,8 @@
-"""Normalizers: how scores become weights.
+"""The built-in normalizers: how scores become weights (the contract is in base.py).
 
-Each normalizer is one small object with two methods that must agree:
-- `weights(scores, allowed)`: the reference, plain eager code on the full (…, Lq, Lk) score matrix;
-- `attend(problem)`: the fast path on the stock fused kernel (see kernels.py), never materialising Lq x Lk
-  (Clipped materialises one block of query rows at a time).
-
-Disallowed keys get weight 0, and a query that may see no key at all gets an all-zero row.
+Each is one small object with `weights(scores, allowed)` (the reference) and `attend(problem)` (the fast
+path on the stock fused kernel, never materialising Lq x Lk; Clipped materialises one block of query rows
+at a time). They register themselves at the bottom of this file, the same way a user's normalizer does.
 """
 
 from __future__ import annotations
@@ -16,8 +13,11 @@ import torch
 from torch import Tensor
 
 from attnlab.attention.adaptive import adaptive_attention, dense_pays
+from attnlab.attention.base import Normalizer
 from attnlab.attention.clipped import clipped_attention
-from attnlab.attention.kernels import Problem, row_entropy, sdpa, sink_attention
+from attnlab.attention.kernels import Problem, row_entropy
+from attnlab.attention.paths import sdpa, sink_attention
+from attnlab.attention.registry import NORMALIZER_NAMES, register_normalizer, resolve_normalizer
 
 
 def _masked(scores: Tensor, allowed: Tensor) -> Tensor:
@@ -31,24 +31,9 @@ def _softmax(scores: Tensor, allowed: Tensor) -> Tensor:
     return torch.where(allowed, w, torch.zeros_like(w))  # NaN rows (nothing visible) become zeros
 
 
-class Normalizer:
-    name: str = "normalizer"
-
-    def weights(self, scores: Tensor, allowed: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def attend(self, p: Problem) -> Tensor:
-        raise NotImplementedError
-
-    def check_heads(self, heads: int) -> None:
-        """Raise ValueError if per-head parameters do not match `heads` query heads."""
-
-    def __repr__(self) -> str:
-        return self.name
-
-
 class Softmax(Normalizer):
     name = "softmax"
+    supports_band = True
 
     def weights(self, scores: Tensor, allowed: Tensor) -> Tensor:
         return _softmax(scores, allowed)
@@ -63,6 +48,11 @@ class Sinks(Normalizer):
     Pass an `nn.Parameter` to learn the logits; gradients flow through both backends."""
 
     name = "sinks"
+    supports_band = True
+
+    @classmethod
+    def learned_parameters(cls, heads: int) -> dict[str, Tensor]:
+        return {"logits": torch.zeros(heads)}  # starts as softmax1
 
     def __init__(self, logits: Tensor | float) -> None:
         if not isinstance(logits, Tensor):
@@ -99,6 +89,10 @@ class Softmax1(Sinks):
     """Off-by-one softmax (Evan Miller, "Attention Is Off By One"): exp(s_i) / (1 + sum_j exp(s_j))."""
 
     name = "softmax1"
+
+    @classmethod
+    def learned_parameters(cls, heads: int) -> dict[str, Tensor]:
+        return {}  # the sink logit is the constant 0
 
     def __init__(self) -> None:
         super().__init__(torch.tensor(0.0))
@@ -164,6 +158,14 @@ class ScalableSoftmax(Normalizer):
     (i + 1 under a causal mask, not the sequence length). `s` is a float or one value per head; the
     default keeps a query that sees 512 keys at temperature 1."""
 
+    supports_band = True
+
+    @classmethod
+    def learned_parameters(cls, heads: int, context: int = 512) -> dict[str, Tensor]:
+        """One s per head, 1/log(context): a query that sees the whole (training) context starts at
+        temperature 1."""
+        return {"s": torch.full((heads,), 1.0 / math.log(max(context, 2)))}
+
     def __init__(self, s: Tensor | float = _SSMAX_DEFAULT_S) -> None:
         if isinstance(s, Tensor) and s.dim() > 1:
             raise ValueError(f"ScalableSoftmax: s must be a scalar or shape (heads,), got {tuple(s.shape)}")
@@ -190,23 +192,11 @@ class ScalableSoftmax(Normalizer):
 
 
 SOFTMAX = Softmax()
-NORMALIZER_NAMES = ("softmax", "softmax1", "adaptive", "ssmax", "clipped", "Sinks(logits)")
 
+# The built-ins, registered as a user's normalizer is. Order is the menus' order.
+for _name, _factory in (("softmax", Softmax), ("softmax1", Softmax1), ("sinks", Sinks), ("clipped", Clipped),
+                        ("adaptive", Adaptive), ("ssmax", ScalableSoftmax)):
+    register_normalizer(_name, _factory)
 
-def resolve_normalizer(normalizer: object) -> Normalizer:
-    """A Normalizer from a name ('softmax', 'softmax1', 'adaptive', 'ssmax', 'clipped') or an object."""
-    if isinstance(normalizer, Normalizer):
-        return normalizer
-    if isinstance(normalizer, str):
-        key = normalizer.strip().lower()
-        table = {"softmax": Softmax, "softmax1": Softmax1, "adaptive": Adaptive,
-                 "ssmax": ScalableSoftmax, "clipped": Clipped}
-        if key in table:
-            return table[key]()
-        if key == "sinks":
-            raise ValueError("the 'sinks' normalizer needs its logits: pass attnlab.Sinks(logits) "
-                             "with one logit per head")
-        raise ValueError(f"unknown normalizer {normalizer!r}; "
-                         f"valid normalizers: {', '.join(NORMALIZER_NAMES)}")
-    raise TypeError(f"normalizer must be a name or a Normalizer object, got {type(normalizer).__name__}; "
-                    f"valid normalizers: {', '.join(NORMALIZER_NAMES)}")
+__all__ = ["NORMALIZER_NAMES", "SOFTMAX", "Adaptive", "Clipped", "Normalizer", "ScalableSoftmax", "Sinks",
+           "Softmax", "Softmax1", "adaptive_beta", "resolve_normalizer"]

@@ -185,7 +185,10 @@ def read_text(path: str | Path) -> str:
 
 
 def _read_utf8(path: Path) -> str:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read {path} ({exc.strerror or exc}); pass a readable text file") from exc
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -116,9 +116,9 @@ def _load_hf_folder(path: Path) -> Any:
 
     try:
         return AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # a malformed tokenizer.json: KeyError, or the Rust library's bare Exception
         raise DataError(
-            f"{path} does not hold a Hugging Face tokenizer ({exc}); pass 'byte', 'smollm2', or a folder "
+            f"{path} does not hold a Hugging Face tokenizer ({exc!r}); pass 'byte', 'smollm2', or a folder "
             "with tokenizer.json"
         ) from exc
 

@@ -10,6 +10,9 @@ original embeddings, but nothing depends on their result).
 (`_scaled_dot_product_flash_attention_for_cpu`) has neither forward-mode AD nor a derivative of its
 backward, both of which the Lipschitz power iteration needs. It uses `record_attention()`, the one
 documented switch to the eager path (it also keeps the detached weights, which we drop).
+
+`residual_stream(lm, ids)` reads the stream through `LoadedModel.capture()`, the one capture path; the
+block input/output helpers are the adapter's (`hook_input`, `hook_output`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from attnlab.models.adapter import hook_input, hook_output
 from attnlab.models.hooks import record_attention
+
+# ablate.py reads a block's residual input/output through these names.
+_first_input = hook_input
+_first_output = hook_output
 
 
 class _Stop(Exception):
@@ -31,15 +39,11 @@ class _Stop(Exception):
 def _replace_first_tensor(args: tuple, kwargs: dict, x: Tensor) -> tuple[tuple, dict]:
     if args and isinstance(args[0], Tensor):
         return (x,) + tuple(args[1:]), kwargs
-    _first_input(args, kwargs)  # raises the clear error when there is no residual input
+    hook_input(args, kwargs)  # raises the clear error when there is no residual input
     for key in ("hidden_states", "x", "hidden"):
         if isinstance(kwargs.get(key), Tensor):
             return args, {**kwargs, key: x}
     raise AssertionError("unreachable")
-
-
-def _first_output(out: Any) -> Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def block_output(lm: Any, embeds: Tensor, stop: int, start: int | None = None,
@@ -62,7 +66,7 @@ def block_output(lm: Any, embeds: Tensor, stop: int, start: int | None = None,
         handles.append(blocks[start].register_forward_pre_hook(pre, with_kwargs=True))
 
     def post(_m: nn.Module, _args: tuple, out: Any) -> None:
-        store["out"] = _first_output(out)
+        store["out"] = hook_output(out)
         raise _Stop
 
     handles.append(blocks[stop].register_forward_hook(post))
@@ -102,28 +106,10 @@ def frozen(model: nn.Module) -> Iterator[None]:
 
 @torch.no_grad()
 def residual_stream(lm: Any, ids: Tensor) -> list[Tensor]:
-    """[input of block 0, output of block 0, ..., output of block L-1], each (B, T, d), detached, from
-    hooks registered now (after any ablation hooks, so they see ablated outputs); skips the final norm
-    and the vocabulary projection."""
-    blocks: list[nn.Module] = lm.blocks()
-    out: list[Tensor] = []
-    handles = [blocks[0].register_forward_pre_hook(
-        lambda _m, args, kwargs: out.append(_first_input(args, kwargs).detach()), with_kwargs=True)]
-    for block in blocks:
-        handles.append(block.register_forward_hook(lambda _m, _a, o: out.append(_first_output(o).detach())))
-    try:
-        block_output(lm, lm.embed(ids), stop=len(blocks) - 1)
-    finally:
-        for h in handles:
-            h.remove()
-    return out
-
-
-def _first_input(args: tuple, kwargs: dict) -> Tensor:
-    if args and isinstance(args[0], Tensor):
-        return args[0]
-    for key in ("hidden_states", "x", "hidden"):
-        if isinstance(kwargs.get(key), Tensor):
-            return kwargs[key]
-    raise TypeError("cannot find the residual-stream input of a block; this architecture passes it "
-                    "neither first nor as hidden_states/x")
+    """[input of block 0, output of block 0, ..., output of block L-1], each (B, T, d), detached, captured
+    by `lm.capture()` entered now (after any ablation hooks, so it sees ablated outputs); skips the final
+    norm and the vocabulary projection."""
+    n = len(lm.blocks())
+    with lm.capture(attention=False) as cache:
+        block_output(lm, lm.embed(ids), stop=n - 1)
+    return [cache["blocks.0.hook_resid_pre"]] + [cache[f"blocks.{i}.hook_resid_post"] for i in range(n)]

@@ -1,4 +1,4 @@
-"""`attnlab report [MODEL ...] [--text FILE] [--max-tokens 512] [--out DIR] [--quick]`.
+"""`attnlab report [MODEL ...] [--text FILE] [--max-tokens 512] [--out DIR] [--quick] [--device] [--dtype]`.
 
 Diagnoses one model (default smollm2-135m) or several side by side and writes DIR/report.json and
 DIR/report.html (see attnlab.diagnose.report and docs/diagnostics.md).
@@ -7,8 +7,9 @@ DIR/report.html (see attnlab.diagnose.report and docs/diagnostics.md).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from attnlab.cli_flags import add_device_flags, load_kwargs
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,8 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(residual norms, rank collapse and its ablations, attention entropy and sinks, outliers, "
         "over-squashing, Lipschitz constants, int8 quantization cost). Several models go side by side.")
     p.add_argument("models", nargs="*", metavar="MODEL",
-                   help="model name ('smollm2-135m'), Hugging Face folder, .gguf file or attnlab checkpoint; "
-                   "default smollm2-135m")
+                   help="model name ('smollm2-135m'), Hugging Face hub id in the local cache ('gpt2', "
+                   "'org/name'), Hugging Face folder, .gguf file or attnlab checkpoint; default smollm2-135m")
     p.add_argument("--model", dest="model_flags", action="append", default=[], metavar="MODEL",
                    help="same as a positional MODEL (repeatable)")
     p.add_argument("--text", type=Path, default=None, metavar="FILE",
@@ -29,17 +30,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=Path("report"), metavar="DIR",
                    help="output folder (default: report)")
     p.add_argument("--quick", action="store_true", help="a small, fast preset (fewer probes and lengths)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device_flags(p, what="the models run")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress (default: a bar on a terminal, a plain line now and then in a log)")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from attnlab.advice import check_cpu_half
     from attnlab.diagnose.report import DEFAULT_MODEL, run_report
+    from attnlab.io import check_out_dir
 
     models = list(args.models) + list(args.model_flags) or [DEFAULT_MODEL]
-    progress = not args.no_progress and sys.stderr.isatty()
-    report = run_report(models, text=args.text, max_tokens=args.max_tokens, out=args.out, progress=progress,
-                        quick=args.quick)
+    check_out_dir(args.out)  # before the models load and run, not after
+    check_cpu_half(args.device, args.dtype)
+    report = run_report(models, text=args.text, max_tokens=args.max_tokens, out=args.out,
+                        progress=not args.no_progress, quick=args.quick, **load_kwargs(args))
     for section in report["models"]:
         s = section["summary"]
         print(f"{section['model']['name']}: {section['tokens']['n']} tokens, loss {s['loss_nats']:.3f} nats, "

@@ -1,16 +1,18 @@
 """report.html: one self-contained page (inline CSS, plots as inline base64 PNG, no scripts, no external
 resources), so it opens offline and can be mailed as one file. Every figure has a one-line caption that
-says how to read it; one model gets its own section, several get an overlaid comparison first.
+says how to read it; one model gets its own section, several get an overlaid comparison first. The page
+style, tables and number formats are `attnlab.present`'s.
 """
 
 from __future__ import annotations
 
-import html
-import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from attnlab.diagnose import plots
+from attnlab.present import Raw, details, esc, figure_html, fmt_num, grid, page, para, section, table
+from attnlab.present.plots import has_data, png_data_uri
 
 # (summary key, label, how to read it)
 SUMMARY_ROWS = (
@@ -21,6 +23,8 @@ SUMMARY_ROWS = (
      ">> 1: position 0 carries massive activations (an attention sink)"),
     ("sink_rate", "sink rate",
      "share of heads putting > 0.3 of their attention on token 0 (Gu et al. 2024)"),
+    ("null_sink_mass", "weight on the null sink",
+     "1 - row sum, mean over layers, heads, queries: what softmax1 / learned sinks take off the tokens"),
     ("uniformity_last", "uniformity ratio, last block",
      "Dong et al. 2021: near 0 = all tokens alike (rank collapse); may exceed 1 when token 0 "
      "dominates"),
@@ -39,196 +43,150 @@ SUMMARY_ROWS = (
      "local Lipschitz constant ~ n^b over the lengths measured (Castin et al. 2024)"),
 )
 
-# Two-panel (and wide) figures take a full row of the grid.
-WIDE = (plots.ranks, plots.sink_compare, plots.outliers, plots.lipschitz, plots.massive_map)
+# The report shows four significant digits (a loss of 3.457 nats, not 3.46).
+num = partial(fmt_num, digits=4)
+WIDE_INCHES = 8.0  # a figure at least this wide (two panels, the activation map) takes a whole grid row
 
-CSS = """
-body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;margin:0;
-background:#f6f7f9;color:#1d2330}
-header{background:#1d2330;color:#fff;padding:22px 36px}
-header h1{margin:0 0 6px 0;font-size:24px} header p{margin:2px 0;color:#c9d1e0;font-size:13px}
-main{padding:12px 36px 40px 36px;max-width:1500px}
-h2{margin:30px 0 6px 0;font-size:20px;border-bottom:2px solid #d9dee7;padding-bottom:4px}
-h3{margin:18px 0 6px 0;font-size:15px;color:#384152}
-.meta{font-size:13px;color:#555;margin:4px 0 12px 0}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:16px}
-.card{background:#fff;border:1px solid #dde2ea;border-radius:8px;padding:12px 14px}
-.card h4{margin:0 0 6px 0;font-size:14px}
-.card img{max-width:100%;height:auto;display:block;margin:auto}
-.card.wide{grid-column:1 / -1}
-.cap{font-size:12.5px;color:#4a5466;margin:6px 0 0 0}
-table{border-collapse:collapse;background:#fff;font-size:13px;margin:6px 0 12px 0}
-th,td{border:1px solid #dde2ea;padding:5px 9px;text-align:left;vertical-align:top}
-th{background:#eef1f6} td.num{text-align:right;font-variant-numeric:tabular-nums}
-td.read{color:#4a5466;font-size:12px;max-width:520px}
-details{margin:14px 0;font-size:13px} summary{cursor:pointer;font-weight:600;color:#384152}
-"""
+Sections = Sequence[dict[str, Any]]
+Figure = tuple[str, Callable[[Sections], Any], str]  # (title, draw(sections) -> figure, caption)
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "–"
-        a = abs(v)
-        if a != 0 and (a >= 1e5 or a < 1e-3):
-            return f"{v:.3g}"
-        return f"{v:,.3f}" if a < 100 else f"{v:,.1f}"
-    return html.escape(str(v))
+def _first(fn: Callable[..., Any], *args: Any) -> Callable[[Sections], Any]:
+    """A figure of one model's section (the first of `sections`), with the further arguments given."""
+    return lambda sections: fn(sections[0], *args)
 
 
-def _card(title: str, png: str, caption: str, wide: bool = False) -> str:
-    return (f'<div class="card{" wide" if wide else ""}"><h4>{html.escape(title)}</h4>'
-            f'<img alt="{html.escape(title)}" src="data:image/png;base64,{png}">'
-            f'<p class="cap">{html.escape(caption)}</p></div>')
-
-
-def _safe(fn: Callable[..., str], *args: Any) -> str | None:
-    """A figure, or None when the section lacks what it needs (the report is still written)."""
+def _card(title: str, draw: Callable[[Sections], Any], caption: str, sections: Sections) -> Raw:
+    """The figure inlined as PNG, or a note when the report lacks its data or the data hold no finite value
+    (the rest of the report is still written)."""
     try:
-        return fn(*args)
+        fig = draw(sections)
     except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError):
-        return None
+        return figure_html(None, caption, title=title, empty="Not drawn: report.json lacks the data for this "
+                                                             "figure.")
+    wide = fig.get_figwidth() >= WIDE_INCHES
+    return figure_html(png_data_uri(fig) if has_data(fig) else None, caption, title=title, wide=wide)
 
 
-def _cards(items: Sequence[tuple[str, Callable[..., str], tuple, str]]) -> str:
-    out = []
-    for title, fn, args, caption in items:
-        png = _safe(fn, *args)
-        if png is not None:
-            out.append(_card(title, png, caption, wide=fn in WIDE))
-    return '<div class="grid">' + "".join(out) + "</div>"
+def _cards(figures: Sequence[Figure], sections: Sections) -> Raw:
+    return grid(_card(title, draw, caption, sections) for title, draw, caption in figures)
 
 
-def _summary_table(sections: Sequence[dict[str, Any]]) -> str:
-    head = "".join(f"<th>{html.escape(s['model']['name'])}</th>" for s in sections)
+_ENTROPY_MAP = _first(plots.heatmap, "entropy_normalized", "entropy / log(keys seen)", 0.0, 1.0, "viridis")
+_SINK_MAP = _first(plots.heatmap, "first_token", "mean attention on token 0", 0.0, 1.0, "magma")
+
+# One model's figures, in page order.
+MODEL_FIGURES: tuple[Figure, ...] = (
+    ("Residual-stream norm by depth", plots.norms,
+     "Solid: mean norm of tokens 1..T; dashed: token 0. A straight rising line on this log axis is "
+     "exponential growth."),
+    ("Growth factor per block", plots.growth,
+     "Each block's norm out / norm in; dotted: the fitted geometric rate. Above 1 the stream grows."),
+    ("Token uniformity with ablations", _first(plots.uniformity),
+     "Dong et al.'s ratio (log axis): near 1 tokens differ, near 0 they collapse to one vector; the "
+     "ablated curves show what skips and MLPs prevent."),
+    ("Representational collapse probe", plots.collapse,
+     "Distance between the final states of '1...1 0' and '1...1 1 0' relative to their size; falling "
+     "toward 0 means the two inputs become indistinguishable."),
+    ("Effective rank and cosine similarity", plots.ranks,
+     "Left: how many directions the tokens 1..T span (Roy & Vetterli); right: their mean cosine, 1 = "
+     "all alike."),
+    ("Attention entropy (layer x head)", _ENTROPY_MAP,
+     "1 (bright) = a head spreads its attention evenly; 0 (dark) = it looks at one token."),
+    ("Attention sinks (layer x head)", _SINK_MAP,
+     "Bright heads send most of their attention to token 0; above 0.3 they count as sinks (Gu et al.)."),
+    ("Dispersion: largest attention weight", _first(plots.dispersion),
+     "Mean max weight of a query against the keys it sees; following the dotted 1/n line means the "
+     "head cannot stay sharp as context grows (Velickovic et al.)."),
+    ("Over-squashing: sensitivity by position", plots.sensitivity,
+     "How strongly the last token's final state depends on each input token (share of the total, log "
+     "axis); dips are positions the model barely hears."),
+    ("Outliers by depth", plots.outliers,
+     "Left: max |h| (solid) vs median |h| (dotted); right: kurtosis, mean (solid) and max (dashed) over "
+     "tokens; Gaussian = 3."),
+    ("Where the largest activations are", _first(plots.massive_map),
+     "Top activations of each layer by feature dimension; ringed dots sit on token 0. A row of big "
+     "dots = a massive-activation dimension."),
+    ("Local Lipschitz constants", plots.lipschitz,
+     "Left: spectral norm of each block's Jacobian at this input; right: the whole model's against "
+     "length, with its power-law fit."),
+)
+
+# Several models overlaid, before their own sections.
+COMPARISON_FIGURES: tuple[Figure, ...] = (
+    ("Residual-stream norm by depth", plots.norms,
+     "One colour per model; solid = tokens 1..T, dashed = token 0 (log axis)."),
+    ("Token uniformity by depth", plots.uniformity_compare,
+     "Solid: each model; dashed: its pure-attention ablation. Lower = closer to rank collapse."),
+    ("Attention sinks by layer", plots.sink_compare,
+     "Left: mean attention on token 0; right: share of heads above 0.3 (sinks)."),
+    ("Outliers by depth", plots.outliers,
+     "Max |h| and kurtosis per layer; lower curves quantize better."),
+    ("Over-squashing", plots.sensitivity,
+     "Sensitivity of the last state to each input position, positions scaled to [0, 1]."),
+    ("Representational collapse", plots.collapse,
+     "Relative distance of '1^n 0' and '1^(n+1) 0'; the model whose curve stays higher counts better."),
+    ("Local Lipschitz constants", plots.lipschitz,
+     "Per block (left) and for the whole model against length (right)."),
+    ("Effective rank and cosine", plots.ranks,
+     "Directions spanned by tokens 1..T and their mean cosine."),
+)
+
+
+def _summary_table(sections: Sequence[dict[str, Any]]) -> Raw:
     rows = []
     for key, label, reading in SUMMARY_ROWS:
         vals = [s.get("summary", {}).get(key) for s in sections]
-        if all(v is None for v in vals):
-            continue
-        cells = "".join(f'<td class="num">{_fmt(v)}</td>' for v in vals)
-        rows.append(f"<tr><td>{html.escape(label)}</td>{cells}"
-                    f"<td class='read'>{html.escape(reading)}</td></tr>")
-    return f"<table><tr><th>headline</th>{head}<th>how to read it</th></tr>{''.join(rows)}</table>"
+        if any(v is not None for v in vals):
+            rows.append([label, *vals, Raw(f"<span class='read'>{esc(reading)}</span>")])
+    return table(rows, ["headline", *(s["model"]["name"] for s in sections), "how to read it"], num)
 
 
-def _quant_table(section: dict[str, Any]) -> str:
-    q = section.get("quantization") or {}
-    rows = []
-    for mode, label in (("fp32", "full precision"), ("w8a8", "int8 weights + activations"),
-                        ("w8", "int8 weights"), ("a8", "int8 activations")):
-        if mode in q:
-            r = q[mode]
-            rows.append(f"<tr><td>{label}</td><td class='num'>{_fmt(r['loss'])}</td>"
-                        f"<td class='num'>{_fmt(r['ppl'])}</td>"
-                        f"<td class='num'>{_fmt(r.get('delta_loss'))}</td>"
-                        f"<td class='num'>{_fmt(r.get('delta_ppl'))}</td></tr>")
+QUANT_MODES = (("fp32", "full precision"), ("w8a8", "int8 weights + activations"), ("w8", "int8 weights"),
+               ("a8", "int8 activations"))
+
+
+def _quant_table(section_: dict[str, Any]) -> Raw:
+    q = section_.get("quantization") or {}
+    rows = [[label, q[mode]["loss"], q[mode]["ppl"], q[mode].get("delta_loss"), q[mode].get("delta_ppl")]
+            for mode, label in QUANT_MODES if mode in q]
     if not rows:
-        return ""
-    return ("<h3>Quantization</h3><p class='meta'>" + html.escape(q.get("scheme", "")) + "</p><table><tr>"
-            "<th>weights / activations</th><th>loss (nats)</th><th>perplexity</th><th>+ loss</th>"
-            "<th>+ ppl</th></tr>" + "".join(rows) + "</table>")
+        return Raw("")
+    columns = ["weights / activations", "loss (nats)", "perplexity", "+ loss", "+ ppl"]
+    return section("Quantization", para(q.get("scheme", ""), "meta"), table(rows, columns, num), level=3)
 
 
-def _massive_table(section: dict[str, Any]) -> str:
+def _massive_table(section_: dict[str, Any]) -> Raw:
+    layers = sorted(section_["layers"], key=lambda e: -(e["outliers"]["massive"]["ratio"] or 0.0))
     rows = []
-    for e in section["layers"]:
+    for e in layers[:6]:
         m = e["outliers"]["massive"]
         t = m["top"][0]
-        rows.append((m["ratio"] or 0.0, e["index"], t, m))
-    rows.sort(key=lambda r: -r[0])
-    body = "".join(f"<tr><td>{i}</td><td class='num'>{_fmt(t['value'])}</td>"
-                   f"<td class='num'>{t['token']}</td>"
-                   f"<td class='num'>{t['dim']}</td><td class='num'>{_fmt(m['median_abs'])}</td>"
-                   f"<td class='num'>{_fmt(m['ratio'])}</td></tr>" for _, i, t, m in rows[:6])
-    return ("<h3>Largest activations</h3><table><tr><th>block</th><th>value</th><th>token</th><th>dim</th>"
-            "<th>median |h|</th><th>top / median</th></tr>" + body + "</table>")
+        rows.append([e["index"], t["value"], t["token"], t["dim"], m["median_abs"], m["ratio"]])
+    columns = ["block", "value", "token", "dim", "median |h|", "top / median"]
+    return section("Largest activations", table(rows, columns, num), level=3)
 
 
-def _timings_table(section: dict[str, Any]) -> str:
-    t = section.get("timings_s") or {}
-    cells = "".join(f"<tr><td>{html.escape(k)}</td><td class='num'>{_fmt(v)}</td></tr>" for k, v in t.items())
-    return ("<details><summary>Timings (seconds; capture_overhead is capture / forward)</summary><table>"
-            + cells + "</table></details>")
+def _timings_table(section_: dict[str, Any]) -> Raw:
+    t = section_.get("timings_s") or {}
+    return details("Timings (seconds; capture_overhead is capture / forward)",
+                   table(t.items(), ["part", "seconds"], num))
 
 
-def _model_section(s: dict[str, Any], single: bool) -> str:
+def _model_section(s: dict[str, Any], single: bool) -> Raw:
     m = s["model"]
-    name = html.escape(m["name"])
-    info = (f"{m['kind']} model from {html.escape(str(m['source']))}: {m['n_layers']} blocks, "
+    info = (f"{m['kind']} model from {m['source']}: {m['n_layers']} blocks, "
             f"{m['n_heads']} heads ({m['n_kv_heads']} key/value), d = {m['d_model']}, "
-            f"{m['n_params']:,} parameters; {s['tokens']['n']} tokens, loss {_fmt(s['loss']['nats'])} nats "
-            f"(perplexity {_fmt(s['loss']['ppl'])}). The passage begins: "
-            f"<i>{html.escape(repr(s['tokens'].get('first', ''))[1:-1])}</i> ...")
-    one = [s]
-    figures = [
-        ("Residual-stream norm by depth", plots.norms, (one,),
-         "Solid: mean norm of tokens 1..T; dashed: token 0. A straight rising line on this log axis is "
-         "exponential growth."),
-        ("Growth factor per block", plots.growth, (one,),
-         "Each block's norm out / norm in; dotted: the fitted geometric rate. Above 1 the stream grows."),
-        ("Token uniformity with ablations", plots.uniformity, (s,),
-         "Dong et al.'s ratio (log axis): near 1 tokens differ, near 0 they collapse to one vector; the "
-         "ablated curves show what skips and MLPs prevent."),
-        ("Representational collapse probe", plots.collapse, (one,),
-         "Distance between the final states of '1...1 0' and '1...1 1 0' relative to their size; falling "
-         "toward 0 means the two inputs become indistinguishable."),
-        ("Effective rank and cosine similarity", plots.ranks, (one,),
-         "Left: how many directions the tokens 1..T span (Roy & Vetterli); right: their mean cosine, 1 = "
-         "all alike."),
-        ("Attention entropy (layer x head)", plots.heatmap,
-         (s, "entropy_normalized", "entropy / log(keys seen)", 0.0, 1.0, "viridis"),
-         "1 (bright) = a head spreads its attention evenly; 0 (dark) = it looks at one token."),
-        ("Attention sinks (layer x head)", plots.heatmap,
-         (s, "first_token", "mean attention on token 0", 0.0, 1.0, "magma"),
-         "Bright heads send most of their attention to token 0; above 0.3 they count as sinks (Gu et al.)."),
-        ("Dispersion: largest attention weight", plots.dispersion, (s,),
-         "Mean max weight of a query against the keys it sees; following the dotted 1/n line means the "
-         "head cannot stay sharp as context grows (Velickovic et al.)."),
-        ("Over-squashing: sensitivity by position", plots.sensitivity, (one,),
-         "How strongly the last token's final state depends on each input token (share of the total, log "
-         "axis); dips are positions the model barely hears."),
-        ("Outliers by depth", plots.outliers, (one,),
-         "Left: max |h| (solid) vs median |h| (dotted); right: kurtosis, mean (solid) and max (dashed) over "
-         "tokens; Gaussian = 3."),
-        ("Where the largest activations are", plots.massive_map, (s,),
-         "Top activations of each layer by feature dimension; ringed dots sit on token 0. A row of big "
-         "dots = a massive-activation dimension."),
-        ("Local Lipschitz constants", plots.lipschitz, (one,),
-         "Left: spectral norm of each block's Jacobian at this input; right: the whole model's against "
-         "length, with its power-law fit."),
-    ]
-    title = "" if single else f"<h2>{name}</h2>"
-    return (title + f"<p class='meta'>{info}</p>" + _cards(figures) + _quant_table(s) + _massive_table(s)
-            + _timings_table(s))
+            f"{m['n_params']:,} parameters; {s['tokens']['n']} tokens, loss {num(s['loss']['nats'])} nats "
+            f"(perplexity {num(s['loss']['ppl'])}). The passage begins: ")
+    passage = Raw(f"{esc(info)}<i>{esc(repr(s['tokens'].get('first', ''))[1:-1])}</i> ...")
+    return section(None if single else m["name"], para(passage, "meta"), _cards(MODEL_FIGURES, [s]),
+                   _quant_table(s),
+                   _massive_table(s), _timings_table(s))
 
 
-def _comparison(sections: Sequence[dict[str, Any]]) -> str:
-    figures = [
-        ("Residual-stream norm by depth", plots.norms, (sections,),
-         "One colour per model; solid = tokens 1..T, dashed = token 0 (log axis)."),
-        ("Token uniformity by depth", plots.uniformity_compare, (sections,),
-         "Solid: each model; dashed: its pure-attention ablation. Lower = closer to rank collapse."),
-        ("Attention sinks by layer", plots.sink_compare, (sections,),
-         "Left: mean attention on token 0; right: share of heads above 0.3 (sinks)."),
-        ("Outliers by depth", plots.outliers, (sections,),
-         "Max |h| and kurtosis per layer; lower curves quantize better."),
-        ("Over-squashing", plots.sensitivity, (sections,),
-         "Sensitivity of the last state to each input position, positions scaled to [0, 1]."),
-        ("Representational collapse", plots.collapse, (sections,),
-         "Relative distance of '1^n 0' and '1^(n+1) 0'; the model whose curve stays higher counts better."),
-        ("Local Lipschitz constants", plots.lipschitz, (sections,),
-         "Per block (left) and for the whole model against length (right)."),
-        ("Effective rank and cosine", plots.ranks, (sections,),
-         "Directions spanned by tokens 1..T and their mean cosine."),
-    ]
-    return "<h2>Side by side</h2>" + _cards(figures)
+def _comparison(sections: Sequence[dict[str, Any]]) -> Raw:
+    return section("Side by side", _cards(COMPARISON_FIGURES, sections))
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -238,21 +196,15 @@ def render_html(report: dict[str, Any]) -> str:
     text = report.get("text", {})
     prov = report.get("provenance", {})
     versions = prov.get("versions", {})
-    sub = (f"Text: {html.escape(str(text.get('source')))} from character {text.get('offset')}, "
+    sub = (f"Text: {text.get('source')} from character {text.get('offset')}, "
            f"sha256 {str(text.get('sha256', ''))[:12]}; tokens: "
-           + ", ".join(f"{html.escape(s['model']['name'])} {s['tokens']['n']}" for s in sections))
-    ver = (f"attnlab {html.escape(str(versions.get('attnlab')))}, "
-           f"torch {html.escape(str(versions.get('torch')))}, "
-           f"transformers {html.escape(str(versions.get('transformers')))}; created "
-           f"{html.escape(str(prov.get('created')))}; "
-           f"schema {html.escape(str(report.get('schema_version')))}; "
-           f"total {_fmt(report.get('timings_s', {}).get('total'))} s")
-    parts = [f"<h2>Summary</h2>{_summary_table(sections)}"]
+           + ", ".join(f"{s['model']['name']} {s['tokens']['n']}" for s in sections))
+    ver = (f"attnlab {versions.get('attnlab')}, torch {versions.get('torch')}, "
+           f"transformers {versions.get('transformers')}; created {prov.get('created')}; "
+           f"schema {report.get('schema_version')}; total {num(report.get('timings_s', {}).get('total'))} s")
+    parts = [section("Summary", _summary_table(sections))]
     single = len(sections) == 1
     if not single:
         parts.append(_comparison(sections))
     parts.extend(_model_section(s, single) for s in sections)
-    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>attnlab report: {html.escape(names)}</title><style>{CSS}</style></head><body>"
-            f"<header><h1>attnlab report: {html.escape(names)}</h1><p>{sub}</p><p>{ver}</p></header>"
-            f"<main>{''.join(parts)}</main></body></html>\n")
+    return page(f"attnlab report: {names}", parts, lead=[sub, ver])

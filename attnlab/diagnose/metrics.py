@@ -8,6 +8,8 @@ and papers):
     outliers.py         massive activations (Sun et al. 2024), kurtosis and max |h| (Bondarenko et al. 2023)
     attention_stats.py  entropy, first-token attention and sink rate (Gu et al. 2024), dispersion
                         (Velickovic et al. 2024)
+    summary.py          `summarize(cache)`: the headline numbers, one definition per key (the report's
+                        summary and the studies' probes; table in docs/diagnostics.md), null-sink mass
 
 `cache_metrics(cache, n_layers)` turns a cache with TransformerLens names (as `LoadedModel.run_with_cache`
 returns: `blocks.{i}.hook_resid_pre` / `hook_resid_post` (B, T, d), `blocks.{i}.attn.pattern`
@@ -31,8 +33,9 @@ from attnlab.diagnose.attention_stats import (
     normalized_entropy,
     sink_rate,
 )
-from attnlab.diagnose.outliers import kurtosis, massive_activations, max_abs, outlier_summary
+from attnlab.diagnose.outliers import kurtosis, layer_kurtosis, massive_activations, max_abs, outlier_summary
 from attnlab.diagnose.residual import fitted_growth, growth_factors, norm_summary, token_norms
+from attnlab.diagnose.summary import null_sink_mass, summarize
 from attnlab.diagnose.uniformity import (
     composite_norm,
     effective_rank,
@@ -45,9 +48,10 @@ from attnlab.diagnose.uniformity import (
 __all__ = [
     "SINK_THRESHOLD", "attention_entropy", "attention_summary", "cache_metrics", "composite_norm",
     "effective_rank", "first_token_attention", "fitted_growth", "growth_factors", "keys_seen", "kurtosis",
-    "layer_metrics", "massive_activations", "max_abs", "max_weight", "mean_pairwise_cosine", "norm_summary",
-    "normalized_entropy", "outlier_summary", "residual_metrics", "sink_rate", "stable_rank", "token_norms",
-    "uniformity_ratio", "uniformity_summary",
+    "layer_kurtosis", "layer_metrics", "massive_activations", "max_abs", "max_weight", "mean_pairwise_cosine",
+    "norm_summary",
+    "normalized_entropy", "null_sink_mass", "outlier_summary", "residual_metrics", "sink_rate", "stable_rank",
+    "summarize", "token_norms", "uniformity_ratio", "uniformity_summary",
 ]
 
 

@@ -14,6 +14,16 @@ Gaussian gives 3; population moments, as their code up to a (d - 1)/d factor):
     kurt_t = mean_j (h_tj - mu_t)^4 / (mean_j (h_tj - mu_t)^2)^2,   mu_t = mean_j h_tj
 
 A few huge entries in a token make kurt_t large (up to about d), which is what breaks per-tensor int8.
+
+The layer kurtosis the summary reports (`attnlab.diagnose.summary`) is Bondarenko et al.'s own measure:
+their code (`kurtosis(x.view(B, -1))` in outlier-free-transformers, validate_clm.py) takes each sequence's
+output of a layer as one sample of T * d numbers,
+
+    kurt(X) = mean_{t,j} (X_tj - mu)^4 / (mean_{t,j} (X_tj - mu)^2)^2,   mu = mean_{t,j} X_tj
+
+and averages it over the sequences (population moments; they divide by the unbiased std^4 plus 1e-6, a
+factor ((n - 1) / n)^2 ~ 1 with n = T * d). Pooled over tokens, a massive activation at token 0 counts
+against every other token's scale, which the per-token kurtosis above cannot see.
 Shapes: X (T, d), one layer's residual stream.
 """
 
@@ -35,6 +45,14 @@ def kurtosis(x: Tensor) -> Tensor:
     m2 = (c ** 2).mean(dim=-1)
     m4 = (c ** 4).mean(dim=-1)
     return torch.where(m2 > 0, m4 / m2.clamp_min(1e-300) ** 2, torch.zeros_like(m2))
+
+
+def layer_kurtosis(x: Tensor) -> Tensor:
+    """Pearson kurtosis of each sequence's T * d entries pooled (Bondarenko et al.'s layer measure):
+    (..., T, d) -> (...), float64. Zero variance gives 0."""
+    if x.dim() < 2:
+        raise ValueError(f"layer_kurtosis takes (..., tokens, features), got shape {tuple(x.shape)}")
+    return kurtosis(x.flatten(-2))
 
 
 def max_abs(x: Tensor) -> float:
@@ -63,10 +81,12 @@ def massive_activations(x: Tensor, k: int = 5) -> dict[str, object]:
 
 
 def outlier_summary(x: Tensor, k: int = 5) -> dict[str, object]:
-    """Outlier figures of one layer X (T, d): max |h|, kurtosis (mean over tokens t >= 1, max over all,
-    and token 0's), and the massive-activation record."""
+    """Outlier figures of one layer X (T, d): max |h|, the per-token kurtosis (mean over tokens t >= 1, max
+    over all, and token 0's), the layer kurtosis of all T * d entries pooled (`kurtosis_layer`, the
+    summary's definition), and the massive-activation record."""
     x = _as_2d(x, "x")
     kt = kurtosis(x)
     rest = kt[1:] if kt.shape[0] > 1 else kt
     return {"max_abs": max_abs(x), "kurtosis_mean": float(rest.mean()), "kurtosis_max": float(kt.max()),
-            "kurtosis_first": float(kt[0]), "massive": massive_activations(x, k)}
+            "kurtosis_first": float(kt[0]), "kurtosis_layer": float(layer_kurtosis(x)),
+            "massive": massive_activations(x, k)}

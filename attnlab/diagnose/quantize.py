@@ -33,11 +33,25 @@ from attnlab.diagnose.sensitivity import _check_ids
 QMAX = 127
 
 
-def fake_quantize(x: Tensor, bits: int = 8) -> Tensor:
-    """Symmetric per-tensor fake quantization to `bits` bits (levels -(2^(b-1) - 1) ... 2^(b-1) - 1)."""
+GRANULARITIES = ("tensor", "token")
+
+
+def fake_quantize(x: Tensor, bits: int = 8, granularity: str = "tensor") -> Tensor:
+    """Symmetric fake quantization to `bits` bits (levels -(2^(b-1) - 1) ... 2^(b-1) - 1).
+
+    granularity "tensor": one scale max|x| / qmax for the whole tensor; "token": one scale per row of the
+    last dimension (per token, for activations (..., T, d)), so an outlier token only coarsens its own row.
+    """
     if not isinstance(bits, int) or not 2 <= bits <= 16:
         raise ValueError(f"bits must be an int in 2..16, got {bits!r}")
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"unknown quantization granularity {granularity!r}; use one of "
+                         f"{', '.join(GRANULARITIES)}")
     qmax = 2 ** (bits - 1) - 1
+    if granularity == "token":
+        scale = x.detach().abs().amax(dim=-1, keepdim=True) / qmax
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero row stays zero
+        return torch.clamp(torch.round(x / safe), -qmax, qmax) * safe
     scale = x.detach().abs().max() / qmax
     if scale == 0:
         return x.clone()
@@ -46,11 +60,15 @@ def fake_quantize(x: Tensor, bits: int = 8) -> Tensor:
 
 @contextmanager
 def fake_quant(model: nn.Module, weights: bool = True, activations: bool = True,
-               bits: int = 8) -> Iterator[int]:
-    """Quantize every nn.Linear of `model` (weights and/or inputs) while open; yields how many Linears.
+               bits: int = 8, granularity: str = "tensor") -> Iterator[int]:
+    """Quantize every nn.Linear of `model` (weights per tensor and/or inputs at `granularity`, see
+    `fake_quantize`) while open; yields how many Linears.
 
     Restores the original Parameters and removes the hooks on exit, even after an error.
     """
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"unknown quantization granularity {granularity!r}; use one of "
+                         f"{', '.join(GRANULARITIES)}")
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layers to quantize")
@@ -65,7 +83,7 @@ def fake_quant(model: nn.Module, weights: bool = True, activations: bool = True,
                                                              requires_grad=lin.weight.requires_grad)
         if activations:
             def pre(_m: nn.Module, args: tuple) -> tuple:
-                return (fake_quantize(args[0], bits),) + tuple(args[1:])
+                return (fake_quantize(args[0], bits, granularity),) + tuple(args[1:])
 
             handles = [lin.register_forward_pre_hook(pre) for lin in linears]
         yield len(linears)

@@ -11,7 +11,8 @@ The JSON schema (version SCHEMA_VERSION) is documented key by key in docs/diagno
      "timings_s": {"total": ...}}
 
 Numbers that are undefined (nan) or infinite are written as null. Analyses of activations are functions
-of the cache that `LoadedModel.run_with_cache` returns (see attnlab.diagnose.metrics); the model-level
+of the cache that `LoadedModel.run_with_cache` returns (per-layer entries: attnlab.diagnose.metrics; the
+summary's activation keys: attnlab.diagnose.summary.summarize, shared with the studies); the model-level
 probes (sensitivity, collapse, Lipschitz, quantization, ablations) need the model and run after it.
 """
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -30,12 +30,13 @@ import torch
 
 from attnlab.diagnose.ablate import ABLATIONS, ablation_curves
 from attnlab.diagnose.lipschitz import block_lipschitz, lipschitz_vs_length
-from attnlab.diagnose.metrics import cache_metrics, fitted_growth
+from attnlab.diagnose.metrics import cache_metrics
 from attnlab.diagnose.quantize import next_token_loss, perplexity, quantization_cost
 from attnlab.diagnose.sensitivity import collapse_probe, default_probe_lengths, sensitivity_profile
+from attnlab.diagnose.summary import summarize
 from attnlab.errors import ConfigError, DataError
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "2.0"  # 2.0: summary.kurtosis_max is the pooled layer kurtosis (docs/diagnostics.md)
 DEFAULT_MODEL = "smollm2-135m"
 # The default passage: Hamlet's soliloquy, found by this line in the Shakespeare corpus (first occurrence in
 # sorted file order), so the report reads a passage a person recognises.
@@ -116,42 +117,44 @@ def choose_passage(text: str | Path | None, max_tokens: int) -> Passage:
 
 # -- one model --------------------------------------------------------------------------------------------
 class _Steps:
-    """A tqdm bar over the report's steps (stderr; silent when progress is off), timing each step."""
+    """Progress over the report's steps (`attnlab.train.progress.Progress`: a tqdm bar on a terminal, a
+    plain line now and then in a log or notebook; nothing when progress is off), timing each step."""
 
     def __init__(self, total: int, desc: str, progress: bool) -> None:
-        self.bar = None
-        if progress:
-            from tqdm.auto import tqdm
+        from attnlab.train.progress import Progress
 
-            self.bar = tqdm(total=total, desc=desc, file=sys.stderr, leave=True, dynamic_ncols=True)
+        self.bar = Progress(total, desc=desc, enabled=progress)
+        self.done = 0
         self.timings: dict[str, float] = {}
 
     def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self.bar is not None:
-            self.bar.set_postfix_str(name)
         start = time.perf_counter()
         out = fn(*args, **kwargs)
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - start
-        self.tick()
+        self.tick(name)
         return out
 
-    def tick(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
+    def tick(self, name: str | None = None) -> None:
+        self.done += 1
+        self.bar.update(self.done, finished=name)
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.bar.close()
 
 
-def _load(model: Any) -> Any:
+def _load(model: Any, **placement: Any) -> Any:
+    """A LoadedModel from itself, a name, a hub id or a path; `placement` (device, dtype) for load_model."""
     if hasattr(model, "run_with_cache") and hasattr(model, "blocks"):
+        if placement:
+            raise ConfigError(f"device/dtype apply to models the report loads, and {model.name} is loaded "
+                              f"already: pass its name instead, or load it with "
+                              f"attnlab.load_model(..., device=, dtype=)")
         return model
     if not isinstance(model, (str, Path)):
         raise TypeError(f"a model is a name, a path or a LoadedModel, got {type(model).__name__}")
     from attnlab.models.loading import load_model
 
-    return load_model(str(model))
+    return load_model(str(model), **placement)
 
 
 def _model_info(lm: Any) -> dict[str, Any]:
@@ -182,7 +185,7 @@ def report_model(lm: Any, passage: Passage, cfg: ReportConfig, progress: bool = 
     collapse_lengths = default_probe_lengths(min(cfg.collapse_max, max(4, (lm.max_context or n_tok) - 2)),
                                              start=4)
     n_ablations = len([a for a in cfg.ablations if a != "full"])
-    steps = _Steps(7 + n_ablations + len(cfg.quant_modes) + lm.n_layers + len(lengths), f"report {lm.name}",
+    steps = _Steps(8 + n_ablations + len(cfg.quant_modes) + lm.n_layers + len(lengths), f"report {lm.name}",
                    progress)
     try:
         with torch.no_grad():
@@ -192,6 +195,7 @@ def report_model(lm: Any, passage: Passage, cfg: ReportConfig, progress: bool = 
             _, cache = steps.run("capture", lm.run_with_cache, ids)
         metric_times: dict[str, float] = {}
         metrics = steps.run("metrics", cache_metrics, cache, lm.n_layers, cfg.top_k, metric_times)
+        summary = steps.run("summary", summarize, cache, lm.n_layers)
         del cache  # the patterns are the largest thing the report holds; free them before the probes
         ablations = {}
         for mode in cfg.ablations:
@@ -235,7 +239,7 @@ def report_model(lm: Any, passage: Passage, cfg: ReportConfig, progress: bool = 
         "lipschitz": {"iterations": cfg.lipschitz_iters, "block_tokens": block_tokens,
                       "blocks": blocks, "vs_length": vs_len},
     }
-    section["summary"] = summarize(section)
+    section["summary"] = {**summary, **_model_level_summary(section)}
     return section
 
 
@@ -247,27 +251,12 @@ def _full_curves(metrics: dict[str, Any]) -> dict[str, list]:
             "norm": [r["residual"]["mean_all"] for r in rows]}
 
 
-def summarize(section: dict[str, Any]) -> dict[str, Any]:
-    """Headline numbers of one model's section (each documented in docs/diagnostics.md)."""
-    layers = section["layers"]
-    norms = [section["embeddings"]["residual"]["mean"]] + [e["residual"]["mean"] for e in layers]
-    growth = fitted_growth(norms, skip_first=1) if len(layers) >= 2 and min(norms[1:]) > 0 else None
-    firsts = [h for e in layers if e.get("attention") for h in e["attention"]["first_token"]]
-    from attnlab.diagnose.attention_stats import SINK_THRESHOLD
-
-    ratio = [e["uniformity"]["ratio"] for e in layers]
-    top = max(layers, key=lambda e: e["outliers"]["max_abs"])
+def _model_level_summary(section: dict[str, Any]) -> dict[str, Any]:
+    """The summary keys that need the model, not only the activations (loss, probes, quantization,
+    ablations); the activation keys come from `attnlab.diagnose.summary.summarize`. All in
+    docs/diagnostics.md."""
     out = {
         "loss_nats": section["loss"]["nats"],
-        "norm_growth_per_layer": growth,
-        "norm_first_over_rest_last": _div(layers[-1]["residual"]["first"], layers[-1]["residual"]["mean"]),
-        "sink_rate": (sum(a > SINK_THRESHOLD for a in firsts) / len(firsts)) if firsts else None,
-        "uniformity_last": ratio[-1],
-        "uniformity_excl_first_last": (layers[-1]["uniformity_excl_first"] or {}).get("ratio"),
-        "kurtosis_max": max(e["outliers"]["kurtosis_max"] for e in layers),
-        "max_abs": top["outliers"]["max_abs"],
-        "max_abs_where": {"layer": top["index"], **{k: top["outliers"]["massive"]["top"][0][k]
-                                                    for k in ("token", "dim")}},
         "lipschitz_exponent": section["lipschitz"]["vs_length"].get("exponent"),
         "lipschitz_model_max_len": section["lipschitz"]["vs_length"]["value"][-1],
     }
@@ -292,7 +281,7 @@ def _div(a: float | None, b: float | None) -> float | None:
 def run_report(model_name_or_path: str | Path | Any | Sequence[str | Path | Any] = DEFAULT_MODEL,
                text: str | Path | None = None, max_tokens: int | None = None,
                out: str | Path | None = "report", progress: bool = True, quick: bool = False,
-               config: ReportConfig | None = None,
+               config: ReportConfig | None = None, device: str | None = None, dtype: str | None = None,
                **overrides: Any) -> dict[str, Any]:
     """Diagnose one model, or several side by side, and write out/report.json and out/report.html.
 
@@ -304,7 +293,9 @@ def run_report(model_name_or_path: str | Path | Any | Sequence[str | Path | Any]
         out: output folder (created); None writes nothing and only returns the report.
         quick: the small preset (ReportConfig.quick); `config` or keyword overrides of ReportConfig
             fields size the heavy parts instead.
-    Returns the report dict (what report.json holds).
+        device, dtype: where and in which precision the named models load (see `load_model`; default
+            cpu, float32).
+    Returns the report dict (what report.json holds); `report(...)` wraps it for a notebook.
     """
     start = time.perf_counter()
     if config is None:
@@ -322,12 +313,19 @@ def run_report(model_name_or_path: str | Path | Any | Sequence[str | Path | Any]
     if not models:
         raise ConfigError("no model given; pass at least one model name or path")
     passage = choose_passage(text, config.max_tokens)
+    placement = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
     sections = []
     for m in models:
         t0 = time.perf_counter()
-        lm = _load(m)
+        lm = _load(m, **placement)
         load_s = time.perf_counter() - t0
         section = report_model(lm, passage, config, progress)
+        if max_tokens is not None and section["tokens"]["n"] < max_tokens:
+            from attnlab.advice import advise
+
+            advise(f"the text ({passage.source}) is only {section['tokens']['n']} tokens for {lm.name}, so "
+                   f"the report reads {section['tokens']['n']}, not --max-tokens {max_tokens}; pass a longer "
+                   f"text, or a --max-tokens it can fill")
         section["timings_s"] = {"load": load_s, **section["timings_s"]}
         sections.append(section)
     from attnlab.io import provenance
@@ -346,8 +344,9 @@ def run_report(model_name_or_path: str | Path | Any | Sequence[str | Path | Any]
     return report
 
 
-def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    """Write report.json and report.html into `out` atomically; returns their paths."""
+def write_report(report: dict[str, Any], out: Path, page: str | None = None) -> tuple[Path, Path]:
+    """Write report.json and report.html (`page`, drawn from the report when None) into `out` atomically;
+    returns their paths."""
     from attnlab.diagnose.html import render_html
     from attnlab.io import atomic_write_json, atomic_write_text
 
@@ -359,7 +358,7 @@ def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
     except OSError as exc:
         raise ConfigError(f"cannot create the output folder {out} ({exc.strerror}); pass a writable --out") \
             from None
-    html_path = atomic_write_text(out / "report.html", render_html(report))
+    html_path = atomic_write_text(out / "report.html", render_html(report) if page is None else page)
     json_path = atomic_write_json(out / "report.json", report)
     return json_path, html_path
 
@@ -375,3 +374,68 @@ def clean_json(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return clean_json(obj.tolist())
     return obj
+
+
+# -- in a notebook ----------------------------------------------------------------------------------------
+class Report:
+    """A finished report in Python (Jupyter): shown inline as the page `attnlab report` writes.
+
+    `to_json()` is the report dict (what report.json holds; `report["models"]` indexes it), `html()` the
+    self-contained page, `save(dir)` writes dir/report.json and dir/report.html atomically.
+    """
+
+    # The inline view is the page in an iframe: the page's stylesheet styles `body`, `h2`, `table`..., which
+    # would restyle the whole notebook if the page were pasted in directly.
+    FRAME_HEIGHT_PX = 720
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        if not isinstance(data, dict) or data.get("kind") != "attnlab.report":
+            raise TypeError("Report wraps the dict run_report returns (kind 'attnlab.report')")
+        self.data = data
+        self._html: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.data
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    @property
+    def summaries(self) -> dict[str, dict[str, Any]]:
+        """Each model's summary keys (docs/diagnostics.md), by model name."""
+        return {s["model"]["name"]: s["summary"] for s in self.data["models"]}
+
+    def html(self) -> str:
+        if self._html is None:
+            from attnlab.diagnose.html import render_html
+
+            self._html = render_html(self.data)
+        return self._html
+
+    def save(self, out: str | Path) -> Path:
+        """Write out/report.json and out/report.html (atomically); returns the folder."""
+        write_report(self.data, Path(out), page=self.html())
+        return Path(out)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        return (f"<iframe srcdoc=\"{html.escape(self.html(), quote=True)}\" title='attnlab report' "
+                f"style='width:100%;height:{self.FRAME_HEIGHT_PX}px;border:1px solid #dde2ea;"
+                f"resize:vertical'></iframe>")
+
+    def __repr__(self) -> str:
+        parts = [f"{s['model']['name']}: {s['tokens']['n']} tokens, loss {s['summary']['loss_nats']:.4g} nats"
+                 for s in self.data["models"]]
+        return f"Report({'; '.join(parts)})"
+
+
+def report(model: str | Path | Any | Sequence[str | Path | Any] = DEFAULT_MODEL,
+           text: str | Path | None = None, max_tokens: int | None = None, quick: bool = False, *,
+           progress: bool = True,
+           device: str | None = None, dtype: str | None = None, **overrides: Any) -> Report:
+    """`attnlab.report(...)`: `run_report` for a notebook. Writes nothing (call `.save(dir)`); the result
+    shows inline as the report page. `text` is the text itself (str), a file (Path) or None (the Shakespeare
+    passage); `model` a name, hub id, path, LoadedModel, or a list of them side by side."""
+    return Report(run_report(model, text=text, max_tokens=max_tokens, out=None, progress=progress,
+                             quick=quick, device=device, dtype=dtype, **overrides))

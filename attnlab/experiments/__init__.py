@@ -34,13 +34,18 @@ def study_module(name: str) -> ModuleType:
 
 
 def run_study(name: str, preset: str = "quick", out_dir: str | Path | None = None, seeds: int | None = None,
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True, device: str | None = None,
+              autocast: str | None = None) -> dict[str, Any]:
+    """device / autocast: where and how the study's models train (`common.study_training`); None keeps
+    the study's own choice (the CPU)."""
     from attnlab.experiments.base import choose_preset
+    from attnlab.experiments.common import study_training
 
     module = study_module(name)
     config = choose_preset(module.PRESETS, preset, seeds)
     out = Path(out_dir) if out_dir is not None else Path("runs") / name
-    return module.run(config, out, progress=progress)
+    with study_training(device=device, autocast=autocast):
+        return module.run(config, out, progress=progress)
 
 
 __all__ = ["STUDIES", "run_study", "study_module"]

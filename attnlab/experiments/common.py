@@ -1,17 +1,17 @@
-"""Shared pieces of the studies: the Shakespeare token split, a small in-memory training loop, evaluation.
+"""Shared pieces of the studies: the Shakespeare token split, `train_loop`, evaluation.
 
-The studies train many tiny models in one process and then probe them in memory, so they use this short
-loop (AdamW, linear warm-up then cosine decay, gradient clipping at 1.0, data order a pure function of the
-seed via `LMBatches.batch(step)`) rather than the checkpointing trainer of `attnlab train`. Resume happens
-at the granularity of a whole (seed, variant) part, see `base.Parts`.
+The studies train many tiny models in one process and then probe them in memory. `train_loop` runs them on
+the one training core, `attnlab.train.fit` (AdamW, linear warm-up then cosine decay to 10%, gradient
+clipping at 1.0; data order a pure function of the seed via `LMBatches.batch(step)`), without checkpoints:
+resume happens at the granularity of a whole (seed, variant) part, see `base.Parts`.
 """
 
 from __future__ import annotations
 
-import math
 import sys
-import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import lru_cache
 from typing import Any
 
@@ -40,50 +40,55 @@ def progress_bar(total: int, desc: str, enabled: bool) -> Any:
 
 def lr_at(step: int, steps: int, lr: float, warmup: int, schedule: str = "cosine") -> float:
     """Linear warm-up for `warmup` steps, then cosine decay to 10% of `lr` at `steps` (or constant)."""
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    if schedule == "constant":
-        return lr
-    t = (step - warmup) / max(1, steps - warmup)
-    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+    from attnlab.train.fit import lr_at as schedule_lr
+
+    return schedule_lr(step, steps=steps, lr=lr, warmup=warmup, schedule=schedule, min_lr_ratio=0.1)
+
+
+# What `attnlab run --device/--dtype` chose for every train_loop of the study, so a study's code need not pass
+# it through (and its config, whose hash keys the resumable parts, does not change).
+_STUDY_TRAINING: ContextVar[dict[str, Any] | None] = ContextVar("attnlab_study_training", default=None)
+
+
+@contextmanager
+def study_training(device: str | None = None, autocast: str | None = None) -> Iterator[None]:
+    """Inside: train_loop trains on `device` (where a study passes none) with `autocast`; None keeps each."""
+    chosen = {k: v for k, v in (("device", device), ("autocast", autocast)) if v is not None}
+    token = _STUDY_TRAINING.set(chosen)
+    try:
+        yield
+    finally:
+        _STUDY_TRAINING.reset(token)
 
 
 def train_loop(model: nn.Module, batch_fn: Callable[[int], tuple[Tensor, Tensor]],
                loss_fn: Callable[[nn.Module, Tensor, Tensor], Tensor], *, steps: int, lr: float,
                warmup: int = 50, weight_decay: float = 0.1, schedule: str = "cosine", log_every: int = 25,
-               desc: str = "train", progress: bool = True) -> dict[str, Any]:
-    """Train `model` for `steps` steps; batch_fn(step) -> (x, y); returns the logged loss curve and timing."""
-    decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.requires_grad and p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
-    model.train()
-    curve: list[list[float]] = []
-    start = time.perf_counter()
-    running = None
-    bar = progress_bar(steps, desc, progress)
-    for step in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup, schedule)
-        x, y = batch_fn(step)
-        loss = loss_fn(model, x, y)
-        if not torch.isfinite(loss):
-            bar.close()
-            seconds = time.perf_counter() - start
-            return {"curve": curve, "diverged_at": step, "seconds": seconds, "steps": step}
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        value = loss.item()
-        running = value if running is None else 0.95 * running + 0.05 * value
-        if step % log_every == 0 or step == steps - 1:
-            curve.append([step, value])
-        bar.update(1)
-        bar.set_postfix(loss=f"{running:.3f}", refresh=False)
-    bar.close()
+               desc: str = "train", progress: bool = True, device: str | torch.device | None = None,
+               autocast: str | bool | None = "auto") -> dict[str, Any]:
+    """Train `model` for `steps` steps on `attnlab.train.fit` (AdamW 0.9/0.95, clip 1.0, the schedule of
+    `lr_at`); batch_fn(step) -> (x, y) on the CPU; returns the logged loss curve and timing.
+
+    device: None trains where the model is; "cuda"/"auto" trains there (bf16 autocast on CUDA unless
+    autocast=None) and moves the model back afterwards, so the study's probes run where they expect.
+    Under torchrun each process trains on its share of the batch (DDP). A non-finite loss or gradient norm
+    stops the loop before the update (`diverged_at` = that 0-based step); so does an update that made the
+    weights non-finite (those weights stay in the model: the study records the divergence).
+    """
+    from attnlab.train.fit import fit
+
+    chosen = _STUDY_TRAINING.get() or {}
+    device = chosen.get("device", device) if device is None else device
+    autocast = chosen.get("autocast", autocast)
+    home = next(model.parameters()).device
+    run = fit(model, loss_fn, batch_fn, steps=steps, lr=lr, warmup=warmup, schedule=schedule,
+              min_lr_ratio=0.1, weight_decay=weight_decay, betas=(0.9, 0.95), grad_clip=1.0, device=device,
+              autocast=autocast, seed=None, on_nonfinite="stop", log_every=log_every, progress=progress,
+              desc=desc, catch_signals=False)
+    model.to(home)
     model.eval()
-    return {"curve": curve, "diverged_at": None, "seconds": time.perf_counter() - start, "steps": steps}
+    return {"curve": run["curve"], "diverged_at": run["diverged_at"], "seconds": run["seconds"],
+            "steps": run["steps"], "tokens_per_s": run["tokens_per_s"], "device": run["device"]}
 
 
 def lm_loss(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from attnlab.experiments.base import Parts, check_fields, claim, finish, fmt_stat, seed_stats
+from attnlab.experiments.base import Parts, check_fields, claim, evidence, finish, fmt_stat, seed_stats
 from attnlab.experiments.common import train_loop
 
 
@@ -66,7 +66,7 @@ def width(config: Config, depth: int) -> int:
 
 def _part(config: Config, depth: int, seed: int, progress: bool) -> dict[str, Any]:
     from attnlab.data import passkey
-    from attnlab.data.synthetic import accuracy
+    from attnlab.data.synthetic import sample_correct
     from attnlab.models.gpt import GPT, GPTConfig
 
     vocab = passkey(1, max(config.contexts), seed=0).vocab_size
@@ -83,13 +83,15 @@ def _part(config: Config, depth: int, seed: int, progress: bool) -> dict[str, An
     log = train_loop(model, batch, lambda m, x, y: m(x, y)[1], steps=config.steps, lr=config.lr, warmup=50,
                      desc=f"depth {depth} (d={d}) seed {seed}", progress=progress)
     model.eval()
-    acc = {}
+    acc, correct = {}, {}
     with torch.no_grad():
         for n in config.contexts:
-            data = passkey(config.test_samples, n, seed=-1 - seed)
-            acc[str(n)] = accuracy(model(data.inputs)[0], data)
+            data = passkey(config.test_samples, n, seed=-1 - seed)  # the same samples for every depth
+            hits = sample_correct(model(data.inputs)[0], data)
+            acc[str(n)] = hits.float().mean().item()
+            correct[str(n)] = hits.int().tolist()  # per sample: the items of the claims' intervals
     params = sum(p.numel() for name, p in model.named_parameters() if "wte" not in name)
-    return {"depth": depth, "width": d, "params": params, "accuracy": acc,
+    return {"depth": depth, "width": d, "params": params, "accuracy": acc, "correct": correct,
             "final_train_loss": log["curve"][-1][1] if log["curve"] else None}
 
 
@@ -125,26 +127,25 @@ def make_claims(config: Config, runs: dict[int, list[dict[str, Any]]]) -> list[d
     longest = str(max(config.contexts))
     depths = sorted(runs)
     deepest = depths[-1]
-    # Per seed: the best accuracy of the shallower models minus the deepest model's, at the longest context.
-    def acc(d: int, i: int) -> float:
-        return runs[d][i]["accuracy"][longest]
+    # Items: the passkey test samples at the longest context, the same samples for every depth (paired).
+    per_seed = [{f"{d} layers": runs[d][i]["correct"][longest] for d in depths}
+                for i in range(len(config.seeds))]
+    cols = [f"{d} layers" for d in depths]
 
-    seeds = range(len(config.seeds))
-    margin = [max(acc(d, i) for d in depths[:-1]) - acc(deepest, i) for i in seeds]
-    learned = ("best accuracy at the longest context (the task is learned at all)",
-               [max(runs[d][i]["accuracy"][longest] for d in depths) for i in range(len(config.seeds))], 0.2,
+    def ev(op: str, args: list[str]) -> dict[str, Any]:
+        return evidence(op, args, per_seed, items="passkey samples", block=1)
+
+    learned = ("best accuracy at the longest context (the task is learned at all)", ev("max", cols), 0.2,
                "above")
-    shallow = [runs[depths[1]][i]["accuracy"][longest] - runs[depths[0]][i]["accuracy"][longest]
-               for i in range(len(config.seeds))]
     return [
         claim(f"past a width-dependent depth, more layers stop paying ({deepest} layers vs fewer)",
               "Levine et al. 2020", "deeper-and-narrower is worse beyond the depth threshold",
-              f"best shallower accuracy - {deepest}-layer accuracy at context {longest}", margin,
-              threshold=0.0, direction="above", premise=learned),
+              f"best shallower accuracy - {deepest}-layer accuracy at context {longest}",
+              ev("best_minus_last", cols), threshold=0.0, direction="above", premise=learned),
         claim(f"below the threshold, depth helps ({depths[1]} vs {depths[0]} layers)", "Levine et al. 2020",
               "depth efficiency below the threshold",
-              f"accuracy {depths[1]} layers - {depths[0]} layers at context {longest}", shallow,
-              threshold=0.0, direction="above", premise=learned),
+              f"accuracy {depths[1]} layers - {depths[0]} layers at context {longest}",
+              ev("diff", [cols[1], cols[0]]), threshold=0.0, direction="above", premise=learned),
     ]
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from attnlab.errors import ConfigError
-from attnlab.experiments.base import Parts, check_fields, claim, finish, fmt_stat, seed_stats
+from attnlab.experiments.base import Parts, check_fields, claim, evidence, finish, fmt_stat, seed_stats
 from attnlab.experiments.common import train_loop
 
 NORMALIZERS = ("softmax", "adaptive", "ssmax")
@@ -45,12 +45,12 @@ class Config:
     batch_size: int = 64
     lr: float = 3e-3  # constant, no weight decay (with decay 0.1 and cosine decay it stayed at chance)
     test_samples: int = 256
-    weight_samples: int = 4  # samples whose attention weights are recorded per size
+    weight_samples: int = 16  # samples whose attention weights are recorded per size (>= 2: an interval)
 
 
 PRESETS: dict[str, Config] = {
     "smoke": Config(normalizers=("softmax", "ssmax"), d_model=16, n_heads=2, test_items=(16, 64), steps=4,
-                    batch_size=8, test_samples=8, weight_samples=1),
+                    batch_size=8, test_samples=8, weight_samples=2),
     "quick": Config(),
     "full": Config(seeds=(0, 1, 2), test_items=(16, 64, 256, 1024, 4096), steps=2000, test_samples=512),
 }
@@ -67,7 +67,8 @@ def validate(config: Config) -> None:
                           f"{', '.join(NORMALIZERS)}")
     check_fields(config, seeds=lambda s: len(s) >= 1, steps=lambda s: s >= 1,
                  test_items=lambda t: len(t) >= 2 and all(n >= 1 for n in t),
-                 train_items=lambda n: n >= 2)
+                 train_items=lambda n: n >= 2, test_samples=lambda n: n >= 2,
+                 weight_samples=lambda n: 2 <= n <= config.test_samples)
 
 
 def _task(n_samples: int, n_items: int, seed: int) -> Any:
@@ -102,33 +103,38 @@ def _train(config: Config, normalizer: str, seed: int, progress: bool) -> Any:
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, config: Config, n_items: int, seed: int) -> dict[str, float]:
-    """Accuracy on fresh sets of n_items, and the largest weight of the query row (max over heads)."""
-    from attnlab.data.synthetic import accuracy
+def evaluate(model: torch.nn.Module, config: Config, n_items: int, seed: int) -> dict[str, Any]:
+    """Accuracy on fresh sets of n_items, and the largest weight of the query row (max over heads), with
+    the per-set values ("correct", "weights": the items of the claims' intervals)."""
+    from attnlab.data.synthetic import sample_correct
     from attnlab.models.hooks import record_attention
 
-    data = _task(config.test_samples, n_items, seed=-1 - seed)  # test seeds never meet training seeds
+    # The same test sets for every normalizer (paired); test seeds never meet training seeds.
+    data = _task(config.test_samples, n_items, seed=-1 - seed)
     T = data.seq_len
     chunk = max(1, 16384 // T)
-    hits = []
+    correct: list[int] = []
     for i in range(0, len(data), chunk):
         part = data.subset(slice(i, i + chunk))
         logits = model(part.inputs, positions=_positions(T))[0]
-        hits.append(accuracy(logits, part) * len(part))
+        correct += sample_correct(logits, part).int().tolist()
     weights = []
     for i in range(min(config.weight_samples, len(data))):
         with record_attention(layers=[config.n_layers - 1]) as store:
             model(data.inputs[i:i + 1], positions=_positions(T))
         p = store[f"blocks.{config.n_layers - 1}.attn.pattern"][0, :, -1, :]  # (H, T) the query row
         weights.append(float(p.amax(dim=-1).max()))
-    return {"accuracy": sum(hits) / len(data), "max_weight": sum(weights) / len(weights)}
+    return {"accuracy": sum(correct) / len(correct), "max_weight": sum(weights) / len(weights),
+            "correct": correct, "weights": weights}
 
 
 def _part(config: Config, normalizer: str, seed: int, progress: bool) -> dict[str, Any]:
     model, log = _train(config, normalizer, seed, progress)
     model.eval()
     curve = {str(n): evaluate(model, config, n, seed) for n in config.test_items}
-    return {"curve": curve, "final_train_loss": log["curve"][-1][1] if log["curve"] else None,
+    # per-item values sit next to the curve, out of the table aggregation below
+    items = {n: {"correct": c.pop("correct"), "weights": c.pop("weights")} for n, c in curve.items()}
+    return {"curve": curve, "items": items, "final_train_loss": log["curve"][-1][1] if log["curve"] else None,
             "train_seconds": log["seconds"]}
 
 
@@ -158,8 +164,14 @@ def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str,
                   command=f"attnlab run dispersion --out {out_dir}")
 
 
-def _at(rs: list[dict[str, Any]], n: int, metric: str) -> list[float]:
-    return [r["curve"][str(n)][metric] for r in rs]
+def _items(runs: dict[str, list[dict[str, Any]]], key: str, cols: list[tuple[str, int]]
+           ) -> list[dict[str, list[float]]]:
+    """Per seed: column "normalizer @n" -> that part's per-set values `key` ("correct" or "weights")."""
+    seeds = len(next(iter(runs.values())))
+    return [{f"{norm} @{n}": runs[norm][i]["items"][str(n)][key] for norm, n in cols} for i in range(seeds)]
+
+
+OOD_DROP = 0.1  # accuracy lost from the trained size to the largest: "fails out of distribution"
 
 
 def make_claims(config: Config, runs: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -167,25 +179,27 @@ def make_claims(config: Config, runs: dict[str, list[dict[str, Any]]]) -> list[d
     lo, hi = config.test_items[0], config.test_items[-1]
     src = "Velickovic et al. 2024"
     if "softmax" in runs:
-        soft = runs["softmax"]
+        # Items: the test sets (query rows for the weights), drawn independently: block 1.
+        w = _items(runs, "weights", [("softmax", lo), ("softmax", hi)])
         claims.append(claim(
             f"softmax disperses: the sharpest weight falls as the set grows ({lo} -> {hi} items)", src,
             "max weight -> 0 as n grows", f"max weight at {hi} / at {lo}, softmax",
-            [a / b for a, b in zip(_at(soft, hi, "max_weight"), _at(soft, lo, "max_weight"))],
+            evidence("ratio", [f"softmax @{hi}", f"softmax @{lo}"], w, items="query rows", block=1),
             threshold=0.5, direction="below"))
-        learned = (f"softmax accuracy at {lo} items (learned in distribution)", _at(soft, lo, "accuracy"),
-                   0.5, "above")
+        acc = _items(runs, "correct", [("softmax", lo), ("softmax", hi)])
+        learned = (f"softmax accuracy at {lo} items (learned in distribution)",
+                   evidence("mean", [f"softmax @{lo}"], acc, items="test sets", block=1), 0.5, "above")
         claims.append(claim(
             "max retrieval fails out of distribution", src, "accuracy collapses on larger sets",
-            f"accuracy at {hi} / at {lo}, softmax",
-            [a / b if b else 0.0 for a, b in zip(_at(soft, hi, "accuracy"), _at(soft, lo, "accuracy"))],
-            threshold=0.9, direction="below", premise=learned))
+            f"accuracy at {hi} - at {lo}, softmax",  # a difference: defined even when nothing is learned
+            evidence("diff", [f"softmax @{hi}", f"softmax @{lo}"], acc, items="test sets", block=1),
+            threshold=-OOD_DROP, direction="below", premise=learned))
         for other, source, paper in (("adaptive", src, "adaptive temperature improves OOD accuracy"),
                                      ("ssmax", "Nakanishi 2025", "scalable softmax keeps attention sharp")):
             if other in runs:
-                gain = [sum(_at(runs[other], n, "accuracy")[i] - _at(soft, n, "accuracy")[i]
-                            for n in config.test_items[1:]) / (len(config.test_items) - 1)
-                        for i in range(len(config.seeds))]
+                cols = [(name, n) for n in config.test_items[1:] for name in (other, "softmax")]
+                gain = evidence("mean_pair_diff", [f"{name} @{n}" for name, n in cols],
+                                _items(runs, "correct", cols), items="test sets", block=1)
                 claims.append(claim(
                     f"{other} beats softmax on larger sets", source, paper,
                     f"mean accuracy gain over sizes > {lo}, {other} - softmax", gain, threshold=0.0,

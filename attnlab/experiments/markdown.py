@@ -1,7 +1,8 @@
 """Markdown for EXPERIMENTS.md from committed results files (numbers are never typed in by hand).
 
 `study_markdown(results_dir)` renders one study's results.json: the command that reproduces it, the claims
-table (paper next to ours, with the computed verdict), the study's tables and its plots.
+table (paper next to ours, with the computed verdict), the study's tables and its plots (a plot the study
+did not draw, for want of finite values, is named in a note instead of a broken image link).
 `python -m attnlab.experiments.markdown results/offbyone results/rankcollapse ...` prints the sections.
 """
 
@@ -60,7 +61,11 @@ def study_markdown(results_dir: str | Path, heading_level: int = 3) -> str:
         if t.get("note"):
             out += [f"_{t['note']}_", ""]
     for fig in doc["figures"]:
-        out += [f"![{fig['caption']}]({(results_dir / fig['file']).as_posix()})", ""]
+        path = results_dir / fig["file"]
+        if path.exists():
+            out += [f"![{fig['caption']}]({path.as_posix()})", ""]
+        else:  # the study drew no plot: its data held no finite value (a link would show a broken image)
+            out += [f"_Not drawn ({fig['file']}): no finite values to plot. {fig['caption']}_", ""]
     return "\n".join(out)
 
 

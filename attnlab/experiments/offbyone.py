@@ -30,8 +30,9 @@ from typing import Any
 import torch
 
 from attnlab.errors import ConfigError
-from attnlab.experiments.base import Parts, check_fields, claim, finish, fmt, fmt_stat, seed_stats
-from attnlab.experiments.common import eval_lm, lm_loss, shakespeare_split, train_loop
+from attnlab.experiments.base import Parts, check_fields, claim, evidence, finish, fmt, fmt_stat, seed_stats
+from attnlab.experiments.common import lm_loss, shakespeare_split, train_loop
+from attnlab.present import LABELS
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "softmax": {"normalizer": "softmax"},
@@ -88,7 +89,10 @@ def validate(config: Config) -> None:
                           f"{', '.join(VARIANTS)}")
     check_fields(config, seeds=lambda s: len(s) >= 1, steps=lambda s: s >= 1,
                  lipschitz_lengths=lambda ls: all(1 < n <= config.context for n in ls),
-                 sensitivity_len=lambda n: 1 < n <= config.context)
+                 sensitivity_len=lambda n: 1 < n <= config.context,
+                 # >= 2 windows each: with one seed the claims' intervals are bootstraps over them
+                 eval_windows=lambda n: n >= 2, probe_windows=lambda n: n >= 2,
+                 quant_windows=lambda n: n >= 2)
 
 
 def gpt_config(config: Config, variant: str, seed: int) -> Any:
@@ -111,13 +115,50 @@ def _train_and_probe(config: Config, variant: str, seed: int, model_dir: Path, p
     log = train_loop(model, batches.batch, lm_loss, steps=config.steps, lr=config.lr, warmup=config.warmup,
                      desc=f"{label}{variant} seed {seed}", progress=progress)
     model.eval()
-    val = eval_batches(val_tokens, config.context, 16, max_batches=max(1, config.eval_windows // 16))
-    val_loss = eval_lm(model, val)
+    val = eval_batches(val_tokens, config.context, 16, max_batches=max(1, -(-config.eval_windows // 16)))
+    val_losses = window_losses(model, val)[:config.eval_windows]
     model.save(model_dir)  # lets a reader re-run `attnlab report` on exactly this model
     start = time.perf_counter()
     probes = probe_lm(model, val_tokens, config, progress=progress, name=f"{variant}/seed{seed}")
-    return {"variant": variant, "seed": seed, "val_loss": val_loss, "train": log,
-            "train_seconds": log["seconds"], "probe_seconds": time.perf_counter() - start, **probes}
+    items = {"val_loss": val_losses, **per_window_probes(model, val_tokens, config)}
+    return {"variant": variant, "seed": seed, "val_loss": sum(val_losses) / len(val_losses), "train": log,
+            "train_seconds": log["seconds"], "probe_seconds": time.perf_counter() - start, **probes,
+            "items": items}
+
+
+@torch.no_grad()
+def window_losses(model: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+    """Mean next-token cross-entropy (nats/byte) of each validation window (windows of one length, so their
+    mean is the token-weighted validation loss)."""
+    model.eval()
+    out: list[float] = []
+    for x, y in batches:
+        logits = model(x)[0]
+        nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), y, reduction="none")
+        out += nll.mean(dim=1).tolist()
+    return out
+
+
+def per_window_probes(model: torch.nn.Module, val_tokens: torch.Tensor, config: Config
+                      ) -> dict[str, list[float]]:
+    """The claims' diagnostics measured on each window alone (the items of their intervals): the activation
+    summary of each probe window (kurtosis_max, max_abs, sink_rate, first_token_attn) and the int8 W8A8
+    loss gap of each quantization window. Their means differ from the pooled probe (one capture of all
+    windows as a batch) that the tables show; the claims use these."""
+    from attnlab.diagnose.quantize import quantization_cost
+    from attnlab.experiments.probes import layer_probe, probe_windows, wrap
+
+    lm = wrap(model, "offbyone")
+    keys = ("kurtosis_max", "max_abs", "sink_rate", "first_token_attn")
+    out: dict[str, list[float]] = {k: [] for k in keys}
+    for w in probe_windows(val_tokens, config.context, config.probe_windows):
+        summary = layer_probe(lm, [w])
+        for k in keys:
+            out[k].append(summary[k])
+    with torch.no_grad():
+        out["quant_gap"] = [quantization_cost(lm, ids, modes=("w8a8",))["w8a8"]["delta_loss"]
+                            for ids in probe_windows(val_tokens, config.context, config.quant_windows)]
+    return out
 
 
 def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -134,7 +175,7 @@ def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str,
         runs[variant].append(res)
     timings = {"total": time.perf_counter() - t0, **{f"part {k}": v for k, v in parts.seconds.items()}}
     results = aggregate(config, runs)
-    claims = make_claims(config, results)
+    claims = make_claims(config, results, runs)
     tables = make_tables(config, results)
     figures = make_figures(config, runs, results, out_dir)
     answer = answer_text(config, results)
@@ -149,25 +190,13 @@ def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str,
 
 
 # ---------------------------------------------------------------------- aggregation over seeds
-SCALARS: dict[str, str] = {
-    # key -> label; every scalar a probe returns that the comparison shows
-    "val_loss": "validation loss (nats/byte)",
-    "quant_gap": "int8 W8A8 loss gap (nats)",
-    "kurtosis_max": "activation kurtosis (max over layers)",
-    "kurtosis_mean": "activation kurtosis (mean over layers)",
-    "max_abs": "max |activation|",
-    "massive_ratio": "top |activation| / median",
-    "first_token_attn": "attention to token 0 (mean over layers, heads)",
-    "sink_rate": "sink rate (share of heads, eps = 0.3)",
-    "entropy_norm": "attention entropy / log(keys)",
-    "resid_norm_last": "residual norm, last layer",
-    "norm_growth": "residual norm growth per layer",
-    "uniformity_last": "uniformity ratio, last layer",
-    "effective_rank_last": "effective rank, last layer",
-    "sensitivity_first_over_last": "sensitivity to token 0 / to last token",
-    "lipschitz_max_len": "local Lipschitz constant at the longest length",
-    "lipschitz_exponent": "Lipschitz growth exponent (L ~ n^a)",
-}
+# Every scalar a probe returns that the comparison shows, with its label (one map: attnlab.present.LABELS).
+SCALARS: dict[str, str] = {key: LABELS[key] for key in (
+    "val_loss", "quant_gap", "kurtosis_max", "kurtosis_mean", "max_abs", "massive_ratio",
+    "first_token_attn", "sink_rate", "null_sink_mass", "entropy_norm", "resid_norm_last",
+    "norm_growth_per_layer", "uniformity_last", "effective_rank_last", "sensitivity_first_over_last",
+    "lipschitz_max_len", "lipschitz_exponent",
+)}
 PER_LAYER = ("resid_norm", "uniformity", "effective_rank", "kurtosis", "max_abs_layer", "first_token_layer",
              "sink_rate_layer", "entropy_layer")
 
@@ -195,85 +224,85 @@ def aggregate(config: Config, runs: dict[str, list[dict[str, Any]]]) -> dict[str
     return out
 
 
-def _paired(results: dict[str, Any], a: str, b: str, key: str, op: str) -> list[float]:
-    """Per-seed a-vs-b effect: op "ratio" is a/b, "diff" is a - b (paired seeds: same data and init seed)."""
-    ps = results["per_seed"]
-    if a not in ps or b not in ps:
-        return []
-    out = []
-    for x, y in zip(ps[a][key], ps[b][key]):
-        if x is None or y is None:
-            continue
-        if op == "ratio":
-            out.append(x / y if y else float("inf"))
-        else:
-            out.append(x - y)
-    return out
-
-
 OUTLIER_PREMISE = 10.0  # softmax baseline kurtosis (Gaussian: 3) below which there are no outliers to remove
 QUANT_PREMISE = 0.01  # nats: softmax baseline W8A8 gap below which there is no gap to close
 SINK_PREMISE = 0.05  # softmax baseline sink rate below which there is no sink to remove
+# "softmax1 costs no language-modelling quality": equivalence margins on the validation-loss difference
+# softmax1 - softmax (nats/byte), fixed before any run: about 1% of a small byte model's loss.
+NO_COST_MARGINS = (-0.02, 0.02)
+# Items of each claim's interval: per-window values, the same windows for every variant (paired). Probe and
+# quantization windows are spread over the validation text (independent: block 1); the validation-loss
+# windows are consecutive (neighbours correlate: moving blocks of about n^(1/3)).
+ITEMS = {"val_loss": ("validation windows", None), "quant_gap": ("quantization windows", 1),
+         "kurtosis_max": ("probe windows", 1), "max_abs": ("probe windows", 1),
+         "sink_rate": ("probe windows", 1), "first_token_attn": ("probe windows", 1)}
 
 
-def make_claims(config: Config, results: dict[str, Any]) -> list[dict[str, Any]]:
+def _ev(runs: dict[str, list[dict[str, Any]]], op: str, variants: list[str], key: str) -> dict[str, Any]:
+    """Evidence for `op` of the variants' per-window `key` (see ITEMS)."""
+    per_seed = [{v: runs[v][i]["items"][key] for v in variants} for i in range(len(runs[variants[0]]))]
+    items, block = ITEMS[key]
+    return evidence(op, variants, per_seed, items=items, block=block)
+
+
+def make_claims(config: Config, results: dict[str, Any], runs: dict[str, list[dict[str, Any]]]
+                ) -> list[dict[str, Any]]:
     claims = []
     variants = results["variants"]
-    per_seed = results["per_seed"]
     if "softmax" not in variants:
         return claims
-    soft = per_seed["softmax"]
-    outliers = ("softmax kurtosis", soft["kurtosis_max"], OUTLIER_PREMISE, "above")
-    sinks = ("softmax sink rate", soft["sink_rate"], SINK_PREMISE, "above")
-    qgap = ("softmax W8A8 gap (nats)", soft["quant_gap"], QUANT_PREMISE, "above")
+    outliers = ("softmax kurtosis", _ev(runs, "mean", ["softmax"], "kurtosis_max"), OUTLIER_PREMISE, "above")
+    sinks = ("softmax sink rate", _ev(runs, "mean", ["softmax"], "sink_rate"), SINK_PREMISE, "above")
+    qgap = ("softmax W8A8 gap (nats)", _ev(runs, "mean", ["softmax"], "quant_gap"), QUANT_PREMISE, "above")
     if "gated" in variants:
         claims.append(claim(
             "gated attention shrinks activation outliers (kurtosis)", "Bondarenko et al. 2023, OPT-125m",
             "kurtosis 1778 -> 18.9 (softmax / gated = 94x)", "kurtosis softmax / gated",
-            _paired(results, "softmax", "gated", "kurtosis_max", "ratio"), threshold=2.0, direction="above",
+            _ev(runs, "ratio", ["softmax", "gated"], "kurtosis_max"), threshold=2.0, direction="above",
             premise=outliers))
         claims.append(claim(
             "gated attention shrinks max |activation|", "Bondarenko et al. 2023, OPT-125m",
             "max inf-norm 340 -> 8.2 (41x)", "max|act| softmax / gated",
-            _paired(results, "softmax", "gated", "max_abs", "ratio"), threshold=2.0, direction="above",
+            _ev(runs, "ratio", ["softmax", "gated"], "max_abs"), threshold=2.0, direction="above",
             premise=outliers))
         claims.append(claim(
             "gated attention closes the int8 W8A8 gap", "Bondarenko et al. 2023, OPT-125m",
             "W8A8 perplexity gap 5.3 -> 0.5", "W8A8 gap, gated / softmax",
-            _paired(results, "gated", "softmax", "quant_gap", "ratio"), threshold=0.5, direction="below",
+            _ev(runs, "ratio", ["gated", "softmax"], "quant_gap"), threshold=0.5, direction="below",
             premise=qgap))
     if "clipped" in variants:
         claims.append(claim(
             "clipped softmax shrinks activation outliers (kurtosis)", "Bondarenko et al. 2023",
             "large reduction on BERT and ViT", "kurtosis softmax / clipped",
-            _paired(results, "softmax", "clipped", "kurtosis_max", "ratio"), threshold=2.0, direction="above",
+            _ev(runs, "ratio", ["softmax", "clipped"], "kurtosis_max"), threshold=2.0, direction="above",
             premise=outliers))
     claims.append(claim(
         "softmax LMs develop attention sinks on token 0", "Gu et al. 2024",
         "sink rate 18% (eps = 0.3)", "sink rate, softmax",
-        [v for v in soft["sink_rate"] if v is not None], threshold=SINK_PREMISE, direction="above"))
+        _ev(runs, "mean", ["softmax"], "sink_rate"), threshold=SINK_PREMISE, direction="above"))
     for v in ("softmax1", "sinks"):
         if v in variants:
             claims.append(claim(
                 f"{v}: a sink with zero value removes the sink on token 0", "Gu et al. 2024",
                 "sink rate ~0%", f"sink rate, {v}",
-                [x for x in per_seed[v]["sink_rate"] if x is not None], threshold=SINK_PREMISE,
-                direction="below", premise=sinks))
+                _ev(runs, "mean", [v], "sink_rate"), threshold=SINK_PREMISE, direction="below",
+                premise=sinks))
     if "softmax1" in variants:
         claims.append(claim(
             "softmax1 removes first-token dominance", "Kaul et al. 2025",
             "first-token attention largely removed", "token-0 attention softmax1 / softmax",
-            _paired(results, "softmax1", "softmax", "first_token_attn", "ratio"), threshold=0.5,
+            _ev(runs, "ratio", ["softmax1", "softmax"], "first_token_attn"), threshold=0.5,
             direction="below", premise=sinks))
         claims.append(claim(
             "... but not the activation kurtosis", "Kaul et al. 2025",
             "kurtosis stays high with softmax1 alone", "kurtosis softmax / softmax1",
-            _paired(results, "softmax", "softmax1", "kurtosis_max", "ratio"), threshold=2.0,
+            _ev(runs, "ratio", ["softmax", "softmax1"], "kurtosis_max"), threshold=2.0,
             direction="below", premise=outliers))
         claims.append(claim(
             "softmax1 costs no language-modelling quality", "Miller 2023 (proposal); Kaul et al. 2025",
             "no perplexity loss", "val loss softmax1 - softmax (nats/byte)",
-            _paired(results, "softmax1", "softmax", "val_loss", "diff"), threshold=0.02, direction="below"))
+            _ev(runs, "diff", ["softmax1", "softmax"], "val_loss"), threshold=NO_COST_MARGINS,
+            direction="within"))
     return claims
 
 

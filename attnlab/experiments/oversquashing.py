@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from attnlab.errors import ConfigError
-from attnlab.experiments.base import Parts, check_fields, claim, finish, fmt_stat, seed_stats
+from attnlab.experiments.base import Parts, check_fields, claim, evidence, finish, fmt_stat, seed_stats
 from attnlab.experiments.common import train_loop
 
 TASKS = ("copy_first", "copy_last", "count_ones")
@@ -48,6 +48,9 @@ class Config:
     test_samples: int = 256
     probe_model: str = "smollm2-135m"  # or "tiny": an untrained 2-layer byte GPT (no files needed)
     collapse_lengths: tuple[int, ...] = (4, 16, 64, 256)
+    # (one, zero) digit pairs: each is one instance of the probe "one*n zero" vs "one*(n+1) zero", the items
+    # of the collapse claim's interval
+    collapse_pairs: tuple[str, ...] = ("10", "23", "45", "67", "89", "98")
     sensitivity_tokens: int = 128
     sensitivity_probes: int = 4
 
@@ -55,7 +58,7 @@ class Config:
 PRESETS: dict[str, Config] = {
     "smoke": Config(d_model=16, n_heads=2, n_layers=1, train_lengths=(4, 8), test_lengths=(8, 16), steps=4,
                     batch_size=8, test_samples=8, probe_model="tiny", collapse_lengths=(4, 8, 16),
-                    sensitivity_tokens=16, sensitivity_probes=2),
+                    collapse_pairs=("10", "23"), sensitivity_tokens=16, sensitivity_probes=2),
     "quick": Config(),
     "full": Config(seeds=(0, 1, 2), steps=2000, test_lengths=(8, 16, 32, 64, 128, 256), test_samples=512,
                    collapse_lengths=(4, 16, 64, 256, 1024), sensitivity_tokens=256, sensitivity_probes=8),
@@ -75,7 +78,8 @@ def validate(config: Config) -> None:
     check_fields(config, seeds=lambda s: len(s) >= 1, steps=lambda s: s >= 1,
                  train_lengths=lambda t: len(t) >= 1 and min(t) >= 2,
                  test_lengths=lambda t: len(t) >= 1 and min(t) >= 2,
-                 collapse_lengths=lambda t: len(t) >= 2)
+                 collapse_lengths=lambda t: len(t) >= 2, test_samples=lambda n: n >= 2,
+                 collapse_pairs=lambda ps: len(ps) >= 2 and all(len(p) == 2 and p[0] != p[1] for p in ps))
 
 
 def _data(task: str, n: int, length: int, seed: int, max_count: int) -> Any:
@@ -91,7 +95,7 @@ def _max_len(config: Config) -> int:
 
 
 def _part(config: Config, task: str, seed: int, progress: bool) -> dict[str, Any]:
-    from attnlab.data.synthetic import accuracy
+    from attnlab.data.synthetic import sample_correct
     from attnlab.models.gpt import GPT, GPTConfig
 
     max_len = _max_len(config)
@@ -109,12 +113,14 @@ def _part(config: Config, task: str, seed: int, progress: bool) -> dict[str, Any
                      desc=f"{task} seed {seed}", progress=progress)
     model.eval()
     lengths = config.train_lengths if task == "count_ones" else config.test_lengths
-    acc = {}
+    acc, correct = {}, {}
     with torch.no_grad():
         for length in lengths:
             d = _data(task, config.test_samples, length, -1 - seed, max_len)
-            acc[str(length)] = accuracy(model(d.inputs)[0], d)
-    return {"lengths": list(lengths), "accuracy": acc,
+            hits = sample_correct(model(d.inputs)[0], d)
+            acc[str(length)] = hits.float().mean().item()
+            correct[str(length)] = hits.int().tolist()  # per test sample: the items of the intervals
+    return {"lengths": list(lengths), "accuracy": acc, "correct": correct,
             "final_train_loss": log["curve"][-1][1] if log["curve"] else None}
 
 
@@ -135,11 +141,14 @@ def _real(config: Config) -> dict[str, Any]:
     from attnlab.diagnose.sensitivity import collapse_probe, sensitivity_profile
 
     lm = _probe_model(config)
-    collapse = collapse_probe(lm, list(config.collapse_lengths))
+    pairs = {p: collapse_probe(lm, list(config.collapse_lengths), one=p[0], zero=p[1])
+             for p in config.collapse_pairs}
+    collapse = pairs[config.collapse_pairs[0]]  # the table and plot show the first pair ("1..10" by default)
     text = load_text()[20_000:60_000]  # past the front matter
     ids = lm.encode(text)[:, :config.sensitivity_tokens]
     s = sensitivity_profile(lm, ids, n_probes=config.sensitivity_probes)
-    return {"model": lm.name, "collapse": collapse, "sensitivity": (s / s.sum()).tolist()}
+    return {"model": lm.name, "collapse": collapse, "sensitivity": (s / s.sum()).tolist(),
+            "collapse_relative": {p: c["relative"] for p, c in pairs.items()}}
 
 
 def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
@@ -165,37 +174,49 @@ def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str,
                   command=f"attnlab run oversquashing --out {out_dir}")
 
 
+COUNT_DROP = 0.1  # accuracy lost from the shortest to the longest trained length that counts as "fails"
+
+
 def make_claims(config: Config, runs: dict[str, list[dict[str, Any]]], real: dict[str, Any]
                 ) -> list[dict[str, Any]]:
     src = "Barbero et al. 2024"
     claims = []
     longest = str(max(config.test_lengths))
     if "copy_first" in runs and "copy_last" in runs:
-        gap = [b["accuracy"][longest] - a["accuracy"][longest]
-               for a, b in zip(runs["copy_first"], runs["copy_last"])]
         shortest = str(min(config.test_lengths))
+        # Items: the test samples of each task (drawn independently: block 1).
+        per_seed = [{f"{t} @{n}": runs[t][i]["correct"][n] for t in ("copy_first", "copy_last")
+                     for n in (shortest, longest)} for i in range(len(config.seeds))]
         learned = (f"copy-first and copy-last accuracy at length {shortest} (learned)",
-                   [min(a["accuracy"][shortest], b["accuracy"][shortest])
-                    for a, b in zip(runs["copy_first"], runs["copy_last"])], 0.75, "above")
+                   evidence("min", [f"copy_first @{shortest}", f"copy_last @{shortest}"], per_seed,
+                            items="test samples", block=1), 0.75, "above")
         claims.append(claim(
             f"copying the first token is harder than the last (length {longest})", src,
-            "copy-first fails where copy-last works", "accuracy copy-last - copy-first", gap, threshold=0.05,
-            direction="above", premise=learned))
+            "copy-first fails where copy-last works", "accuracy copy-last - copy-first",
+            evidence("diff", [f"copy_last @{longest}", f"copy_first @{longest}"], per_seed,
+                     items="test samples", block=1), threshold=0.05, direction="above", premise=learned))
     if "count_ones" in runs:
         lo, hi = str(min(config.train_lengths)), str(max(config.train_lengths))
-        rs = runs["count_ones"]
+        per_seed = [{f"@{n}": r["correct"][n] for n in (lo, hi)} for r in runs["count_ones"]]
         claims.append(claim(
             "counting degrades as sequences grow (trained lengths)", src, "counting fails as n grows",
-            f"counting accuracy at {hi} / at {lo}",
-            [r["accuracy"][hi] / max(r["accuracy"][lo], 1e-9) for r in rs], threshold=0.9, direction="below",
-            premise=(f"counting accuracy at length {lo} (learned)", [r["accuracy"][lo] for r in rs], 0.5,
-                     "above")))
-    rel = real["collapse"]["relative"]
+            f"counting accuracy at {hi} - at {lo}",  # a difference: defined even when nothing is learned
+            evidence("diff", [f"@{hi}", f"@{lo}"], per_seed, items="test samples", block=1),
+            threshold=-COUNT_DROP, direction="below",
+            premise=(f"counting accuracy at length {lo} (learned)",
+                     evidence("mean", [f"@{lo}"], per_seed, items="test samples", block=1), 0.5, "above")))
     n = real["collapse"]["n"]
+    # Items: the digit pairs (one, zero) of the probe, one model.
+    rel = {"far": [], "near": []}
+    for r in real["collapse_relative"].values():
+        rel["far"].append(r[-1])
+        rel["near"].append(r[0])
     claims.append(claim(
         f"representational collapse on {real['model']}: '1..10' vs '1..110' converge", src,
-        "||h_a - h_b|| -> 0 as n grows", f"relative distance at n={n[-1]} / at n={n[0]}",
-        [rel[-1] / rel[0]] if rel[0] else [], threshold=0.5, direction="below"))
+        "||h_a - h_b|| -> 0 as n grows",
+        f"relative distance at n={n[-1]} / at n={n[0]} (mean over {len(rel['far'])} digit pairs)",
+        evidence("ratio", ["far", "near"], [rel], items="digit pairs", block=1), threshold=0.5,
+        direction="below"))
     return claims
 
 

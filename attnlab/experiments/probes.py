@@ -3,17 +3,15 @@
 `probe_lm(gpt, val_tokens, config)` wraps attnlab's GPT as a `LoadedModel` and, on `probe_windows` held-out
 windows of `config.context` bytes spread evenly over the validation text, computes with `attnlab.diagnose`:
 
-- per layer (mean over windows): residual norm and growth, Dong et al.'s uniformity ratio, effective rank,
-  kurtosis (Pearson, per token over features, mean over tokens t >= 1; Bondarenko et al. 2023), max |h|
-  (max over windows), attention to token 0 (mean over heads), sink rate (Gu et al. 2024, eps = 0.3),
-  normalised attention entropy;
+- the activation summary: `attnlab.diagnose.summary.summarize` on one capture of all the windows as a
+  batch, the same function (and so the same definition of every key) as the report's summary; the keys
+  and formulas are the table "Summary keys" in docs/diagnostics.md (per layer: resid_norm, kurtosis,
+  max_abs_layer, first_token_layer, sink_rate_layer, null_sink_mass_layer, entropy_layer, uniformity,
+  effective_rank, ...; scalars: kurtosis_max, max_abs, sink_rate, first_token_attn, null_sink_mass,
+  norm_growth_per_layer, ...);
 - model level: int8 W8A8 fake-quantization loss gap (mean over `quant_windows` windows), the sensitivity
   profile ||d h_last / d e_i|| (Barbero et al. 2024) and the local Lipschitz constant vs length
   (Castin et al. 2024) with its fitted exponent.
-
-Scalars: kurtosis_max is the largest per-layer kurtosis, max_abs the largest |h| anywhere, sink_rate the
-share of all heads of all layers with mean token-0 attention > 0.3, first_token_attn the mean over layers
-and heads.
 """
 
 from __future__ import annotations
@@ -49,51 +47,15 @@ def _mean(xs: list[float]) -> float:
 
 @torch.no_grad()
 def layer_probe(lm: Any, windows: list[Tensor]) -> dict[str, Any]:
-    """Per-layer diagnostics averaged over windows (see module docstring)."""
-    from attnlab.diagnose.metrics import cache_metrics
+    """The activation summary of the windows, captured together as one batch (see module docstring)."""
+    from attnlab.diagnose.summary import summarize
 
-    L = lm.n_layers
-    acc: dict[str, list[list[float]]] = {k: [[] for _ in range(L)] for k in (
-        "resid_norm", "growth", "uniformity", "effective_rank", "kurtosis", "max_abs_layer", "massive_ratio",
-        "first_token_layer", "entropy_layer")}
-    heads: list[list[list[float]]] = [[] for _ in range(L)]  # per layer, per window, per head token-0 weight
-    for ids in windows:
-        _, cache = lm.run_with_cache(ids)
-        m = cache_metrics(cache, L)
-        for i, layer in enumerate(m["layers"]):
-            acc["resid_norm"][i].append(layer["residual"]["mean"])
-            acc["growth"][i].append(layer["residual"]["growth"])
-            acc["uniformity"][i].append(layer["uniformity"]["ratio"])
-            acc["effective_rank"][i].append(layer["uniformity"]["effective_rank"])
-            acc["kurtosis"][i].append(layer["outliers"]["kurtosis_mean"])
-            acc["max_abs_layer"][i].append(layer["outliers"]["max_abs"])
-            acc["massive_ratio"][i].append(layer["outliers"]["massive"]["ratio"])
-            att = layer["attention"]
-            acc["first_token_layer"][i].append(_mean(att["first_token"]))
-            acc["entropy_layer"][i].append(_mean(att["entropy_normalized"]))
-            heads[i].append(att["first_token"])
-    out: dict[str, Any] = {}
-    for key, per_layer in acc.items():
-        reduce = max if key in ("max_abs_layer", "massive_ratio") else _mean
-        out[key] = [reduce(v) for v in per_layer]
-    # A head's token-0 attention averaged over windows, then thresholded (Gu et al.'s eps = 0.3).
-    from attnlab.diagnose.attention_stats import SINK_THRESHOLD
-
-    head_means = [[_mean([w[h] for w in heads[i]]) for h in range(len(heads[i][0]))] for i in range(L)]
-    out["sink_rate_layer"] = [sum(a > SINK_THRESHOLD for a in row) / len(row) for row in head_means]
-    all_heads = [a for row in head_means for a in row]
-    out["sink_rate"] = sum(a > SINK_THRESHOLD for a in all_heads) / len(all_heads)
-    out["first_token_attn"] = _mean(all_heads)
-    out["kurtosis_max"] = max(out["kurtosis"])
-    out["kurtosis_mean"] = _mean(out["kurtosis"])
-    out["max_abs"] = max(out["max_abs_layer"])
-    out["massive_ratio"] = max(out["massive_ratio"])
-    out["entropy_norm"] = _mean(out["entropy_layer"])
-    out["resid_norm_last"] = out["resid_norm"][-1]
-    out["norm_growth"] = _mean(out["growth"])
-    out["uniformity_last"] = out["uniformity"][-1]
-    out["effective_rank_last"] = out["effective_rank"][-1]
-    return out
+    lengths = {w.shape[-1] for w in windows}
+    if len(lengths) != 1:
+        raise ValueError(f"layer_probe needs windows of one length to batch them, "
+                         f"got lengths {sorted(lengths)}")
+    _, cache = lm.run_with_cache(torch.cat([w.reshape(1, -1) for w in windows]))
+    return summarize(cache, lm.n_layers)
 
 
 def quant_gap(lm: Any, windows: list[Tensor]) -> float:

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 from attnlab.errors import ConfigError
-from attnlab.experiments.base import Parts, check_fields, claim, finish, fmt, fmt_stat, seed_stats
+from attnlab.experiments.base import Parts, check_fields, claim, evidence, finish, fmt, fmt_stat, seed_stats
 from attnlab.experiments.common import lm_loss, shakespeare_split, train_loop
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -62,14 +62,14 @@ class Config:
     context: int = 64
     batch_size: int = 16
     lr: float = 1e-3
-    windows: int = 2  # Shakespeare validation windows the ratio is averaged over
+    windows: int = 2  # Shakespeare validation windows the ratio is averaged over (the items with one seed)
     floor: float = 1e-12  # ratios below this are rounding noise (float64) and left out of the fits
     max_chars: int | None = None
 
 
 PRESETS: dict[str, Config] = {
     "smoke": Config(architectures=ABLATIONS, seeds=(0,), depth=4, train_depth=2, train_steps=3, d_model=32,
-                    n_heads=2, context=32, batch_size=4, windows=1, max_chars=200_000),
+                    n_heads=2, context=32, batch_size=4, windows=2, max_chars=200_000),
     "quick": Config(seeds=(0, 1), depth=24, train_depth=8, train_steps=150),
     # full is sized for ~40 min on a 2-core CPU: three seeds, depth 48 at init, 12 trained layers.
     "full": Config(seeds=(0, 1, 2), depth=48, train_depth=12, train_steps=250),
@@ -87,7 +87,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"rankcollapse: unknown architecture(s) {unknown or '(none)'}; choose from "
                           f"{', '.join(ARCHITECTURES)}")
     check_fields(config, seeds=lambda s: len(s) >= 1, depth=lambda d: d >= 2, train_depth=lambda d: d >= 1,
-                 train_steps=lambda s: s >= 1, windows=lambda w: w >= 1)
+                 train_steps=lambda s: s >= 1, windows=lambda w: w >= 1 + (len(config.seeds) == 1))
 
 
 def _gpt(config: Config, arch: str, depth: int, seed: int) -> Any:
@@ -99,20 +99,20 @@ def _gpt(config: Config, arch: str, depth: int, seed: int) -> Any:
 
 
 @torch.no_grad()
-def ratio_by_layer(model: torch.nn.Module, windows: list[torch.Tensor], dtype: torch.dtype) -> list[float]:
+def ratio_by_layer(model: torch.nn.Module, windows: list[torch.Tensor], dtype: torch.dtype
+                   ) -> tuple[list[float], list[list[float]]]:
     """Uniformity ratio (centre = column mean, as Dong et al.'s code) of the embeddings and every block's
-    output, averaged over windows."""
+    output: (mean over windows per layer, [per window: ratio per layer])."""
     from attnlab.diagnose.uniformity import uniformity_ratio
     from attnlab.experiments.probes import wrap
 
     model = model.to(dtype).eval()
     lm = wrap(model, "rankcollapse")
-    sums: list[float] = []
+    per_window = []
     for ids in windows:
         _, hidden = lm.forward_embeds(lm.embed(ids), output_hidden=True)
-        ratios = [uniformity_ratio(h[0].double(), "mean") for h in hidden]
-        sums = ratios if not sums else [a + b for a, b in zip(sums, ratios)]
-    return [s / len(windows) for s in sums]
+        per_window.append([uniformity_ratio(h[0].double(), "mean") for h in hidden])
+    return [sum(col) / len(per_window) for col in zip(*per_window)], per_window
 
 
 def doubly_exponential_fit(ratios: list[float], floor: float) -> dict[str, Any]:
@@ -143,8 +143,8 @@ def _at_init(config: Config, arch: str, seed: int) -> dict[str, Any]:
 
     _, val = shakespeare_split(max_chars=config.max_chars)
     windows = probe_windows(val, config.context, config.windows)
-    ratios = ratio_by_layer(_gpt(config, arch, config.depth, seed), windows, torch.float64)
-    return {"ratio": ratios, "fit": doubly_exponential_fit(ratios, config.floor)}
+    ratios, per_window = ratio_by_layer(_gpt(config, arch, config.depth, seed), windows, torch.float64)
+    return {"ratio": ratios, "ratio_windows": per_window, "fit": doubly_exponential_fit(ratios, config.floor)}
 
 
 def _trained(config: Config, arch: str, seed: int, progress: bool) -> dict[str, Any]:
@@ -159,7 +159,8 @@ def _trained(config: Config, arch: str, seed: int, progress: bool) -> dict[str, 
                      progress=progress)
     windows = probe_windows(val, config.context, config.windows)
     final_loss = log["curve"][-1][1] if log["curve"] else None
-    return {"ratio": ratio_by_layer(model, windows, torch.float32), "final_train_loss": final_loss,
+    ratios, per_window = ratio_by_layer(model, windows, torch.float32)
+    return {"ratio": ratios, "ratio_windows": per_window, "final_train_loss": final_loss,
             "diverged_at": log["diverged_at"]}
 
 
@@ -202,11 +203,19 @@ def _aggregate(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
-def _last(rs: list[dict[str, Any]]) -> list[float]:
-    return [r["ratio"][-1] for r in rs]
-
-
 Runs = dict[str, list[dict[str, Any]]]
+
+
+def _layers(rs: list[dict[str, Any]], layers: list[int] | None = None) -> list[dict[str, list[float]]]:
+    """Per seed: column "layer l" -> the ratio of each window at layer l (the items: Shakespeare windows
+    spread over the validation text, the same for every architecture)."""
+    layers = list(range(len(rs[0]["ratio_windows"][0]))) if layers is None else layers
+    return [{f"layer {l}": [w[l] for w in r["ratio_windows"]] for l in layers} for r in rs]
+
+
+def _last(rs: list[dict[str, Any]]) -> dict[str, Any]:
+    last = len(rs[0]["ratio_windows"][0]) - 1
+    return evidence("mean", [f"layer {last}"], _layers(rs, [last]), items="windows", block=1)
 
 
 def make_claims(config: Config, init: Runs, trained: Runs) -> list[dict[str, Any]]:
@@ -217,7 +226,9 @@ def make_claims(config: Config, init: Runs, trained: Runs) -> list[dict[str, Any
             f"pure attention collapses to rank one with depth (init, {config.depth} layers)", src,
             "residual -> 0 (rank one)", f"ratio after {config.depth} layers, pure attention, init",
             _last(init["pure attention"]), threshold=0.05, direction="below"))
-        rates = [r["fit"]["rate"] for r in init["pure attention"] if r["fit"]["rate"] is not None]
+        rs = init["pure attention"]
+        rates = evidence("double_exp_rate", [f"layer {l}" for l in range(len(rs[0]["ratio"]))], _layers(rs),
+                         items="windows", block=1, floor=config.floor)
         claims.append(claim(
             "... doubly exponentially: -log r grows geometrically per layer", src,
             "bound: rate up to 3 per layer (exponent 3^L)", "fitted rate k of -log r per layer",

@@ -30,12 +30,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attnlab.attention import Sinks, SinkWindow, Window
+from attnlab.attention import (
+    Normalizer,
+    SinkWindow,
+    Window,
+    create_normalizer,
+    learned_parameters,
+    normalizer_keywords,
+)
 from attnlab.explorer.directions import Directions, load_cached, model_key, pca_directions, save_cached
 from attnlab.explorer.layer_metrics import METRIC_NAMES, layer_metrics
-from attnlab.explorer.params import NORMALIZERS, Limits, Params, RequestError
+from attnlab.explorer.params import Limits, Params, RequestError, normalizer_menu
 from attnlab.explorer.passages import CORPUS, DEFAULT_TEXT
-from attnlab.models.hooks import attention_override, pattern_name, record_attention
+from attnlab.models.hooks import attention_override, pattern_name
 
 
 @dataclass
@@ -142,7 +149,9 @@ class Explorer:
             "n_heads": self.n_heads,
             "d_model": int(self.loaded.d_model),
             "limits": self.limits.to_json(),
-            "normalizers": list(NORMALIZERS),
+            "normalizers": normalizer_menu(),
+            # Those the sink-logit slider drives (a learned `logits`, one sink logit per head).
+            "sink_normalizers": [n for n in normalizer_menu() if _takes_sink(n)],
             "metrics": list(METRIC_NAMES),
             "default_text": self.default_text,
             "default_layer": min(self.n_layers - 1, max(0, self.n_layers // 2)),
@@ -229,7 +238,7 @@ class Explorer:
         # Layer and head pick what to show, not what to compute, unless the override is for one layer.
         layer = p.layer if (p.scope == "layer" and p.overriding) else None
         steer = (p.steer_layer, p.alphas) if p.steering else None
-        sink = p.sink_logit if p.normalizer == "sinks" else None
+        sink = p.sink_logit if _takes_sink(p.normalizer) else None
         sinks = p.sinks if p.window > 0 else None
         return (p.text, p.normalizer, sink, p.temperature, p.window, sinks, layer, steer)
 
@@ -239,28 +248,17 @@ class Explorer:
         if hit is not None:
             return hit, True
         t0 = time.perf_counter()
-        resid: dict[int, Tensor] = {}
-
-        def keep(i: int) -> Any:
-            def hook(_m: torch.nn.Module, _args: Any, out: Any) -> None:
-                resid[i] = (out[0] if isinstance(out, tuple | list) else out).detach()
-            return hook
-
-        # One forward gives everything: residual streams (hooks), every layer's pattern (record_attention;
-        # at <= 256 tokens the eager weights cost ~15% over the fused kernel) and the KV cache to continue.
+        # One forward gives everything: residual streams and every layer's pattern (LoadedModel.capture, the
+        # one capture path; at <= 256 tokens the eager weights cost ~15% over the fused kernel) and the KV
+        # cache to continue from.
         with torch.inference_mode(), self._override(p), self._steer(p):
-            # Registered after the steering hook, so the steered block's stream includes its delta.
-            handles = [b.register_forward_hook(keep(i)) for i, b in enumerate(self.loaded.blocks())]
-            try:
-                with record_attention() as rec:
-                    logits, kv = self._prompt_forward(ids)
-            finally:
-                for h in handles:
-                    h.remove()
-        patterns = torch.stack([rec[pattern_name(i)][0] for i in range(self.n_layers)])
+            # Entered after the steering hook, so the steered block's stream includes its delta.
+            with self.loaded.capture() as cache:
+                logits, kv = self._prompt_forward(ids)
+        patterns = torch.stack([cache[pattern_name(i)][0] for i in range(self.n_layers)])
         metrics: dict[str, list[float | None]] = {m: [] for m in METRIC_NAMES}
         for i in range(self.n_layers):
-            values = layer_metrics(resid[i][0], patterns[i])
+            values = layer_metrics(cache[f"blocks.{i}.hook_resid_post"][0], patterns[i])
             for m in METRIC_NAMES:
                 metrics[m].append(_finite(round(values[m], 6)))
         probs = torch.softmax(logits[0, -1].float(), dim=-1)
@@ -315,12 +313,20 @@ class Explorer:
     def _override(self, p: Params) -> Any:
         if not p.overriding:
             return nullcontext()
-        normalizer = Sinks(p.sink_logit) if p.normalizer == "sinks" else p.normalizer
+        normalizer = self._normalizer(p)
         span = None
         if p.window > 0:
             span = SinkWindow(p.sinks, p.window) if p.sinks > 0 else Window(p.window)
         layers = [p.layer] if p.scope == "layer" else None
         return attention_override(normalizer=normalizer, span=span, temperature=p.temperature, layers=layers)
+
+    def _normalizer(self, p: Params) -> Normalizer:
+        """The request's normalizer from the registry: learned tensors at their initial values, except a
+        sink logit, which the slider sets (one value for every head)."""
+        params = learned_parameters(p.normalizer, self.n_heads)
+        if _takes_sink(p.normalizer):
+            params["logits"] = torch.tensor(p.sink_logit)
+        return create_normalizer(p.normalizer, **params)
 
     @contextmanager
     def _steer(self, p: Params) -> Iterator[None]:
@@ -340,6 +346,10 @@ class Explorer:
             yield
         finally:
             handle.remove()
+
+
+def _takes_sink(name: str) -> bool:
+    return "logits" in normalizer_keywords(name)
 
 
 def default_params(explorer: Explorer, **changes: Any) -> Params:

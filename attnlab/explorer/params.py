@@ -11,9 +11,9 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from attnlab.attention import normalizer_names
 from attnlab.errors import ConfigError
 
-NORMALIZERS = ("softmax", "softmax1", "sinks", "adaptive", "ssmax")
 OVERRIDE_SCOPES = ("all", "layer")
 
 
@@ -71,6 +71,12 @@ class Params:
 _FIELDS = {f for f in Params.__dataclass_fields__}
 
 
+def normalizer_menu() -> list[str]:
+    """The normalizer menu: every registered normalizer, read from the registry on each call, so a
+    normalizer registered before the server starts (or while it runs) is offered."""
+    return normalizer_names()
+
+
 def _int(obj: dict[str, Any], key: str, lo: int, hi: int, default: int) -> int:
     value = obj.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int):
@@ -107,8 +113,10 @@ def parse_params(obj: object, limits: Limits, *, n_layers: int, n_heads: int, n_
         raise RequestError(f"'text' has {len(text)} characters; the limit is {limits.max_chars}: "
                            f"shorten the text")
     normalizer = obj.get("normalizer", "softmax")
-    if normalizer not in NORMALIZERS:
-        raise RequestError(f"unknown normalizer {normalizer!r}; choose one of {', '.join(NORMALIZERS)}")
+    menu = normalizer_menu()
+    # Registered names only: a request never makes the server import a 'module:Attr' name.
+    if not isinstance(normalizer, str) or normalizer not in menu:
+        raise RequestError(f"unknown normalizer {normalizer!r}; choose one of {', '.join(menu)}")
     scope = obj.get("scope", "all")
     if scope not in OVERRIDE_SCOPES:
         raise RequestError(f"'scope' must be 'all' (every layer) or 'layer' (the chosen layer), "

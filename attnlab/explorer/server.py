@@ -6,28 +6,50 @@ Routes (nothing else exists; in particular no route reads a file named by the cl
     POST /api/analyze                          JSON body -> attention pattern, curves, next tokens, ...
     POST /api/continue                         the same body -> greedy continuation (and the baseline's)
 
-Bad requests get HTTP 400 (413 for a body over 64 KiB) and `{"error": "<what is wrong and how to fix
-it>"}`. A request still waiting for the model when a newer one arrives is answered 409 without a
-forward (the page has aborted it anyway). The server binds to 127.0.0.1 unless told otherwise; while it
-is bound to a loopback address it also refuses requests whose Host header names another host (a
-DNS-rebinding page could otherwise drive it from a browser).
+Bad requests get HTTP 400 (413 for a body over 64 KiB, 415 for a POST that is not `application/json`) and
+`{"error": "<what is wrong and how to fix it>"}`. A request still waiting for the model when a newer one
+arrives is answered 409 without a forward (the page has aborted it anyway).
+
+Who may talk to it:
+- The server binds to 127.0.0.1 unless told otherwise. While bound to a loopback address it refuses
+  requests whose Host header names another host (a DNS-rebinding page could otherwise drive it).
+- Bound to any other address it needs an access token (made with `secrets`, or given), on every request:
+  `?token=...` in the printed URL (a page load with it sets an HttpOnly, SameSite=Lax cookie and
+  redirects to the bare URL), that cookie, or `Authorization: Bearer <token>`. Compared in constant time.
+- A request whose Origin header is present and is not the server's own origin is refused (403), and a POST
+  must be `application/json`: a page on another site can send neither without the browser asking first
+  (a CORS preflight, which this server never grants), so no web page can drive the model.
+- Sockets time out when idle (`request_timeout`), a body must arrive within `body_seconds`, JSON may nest
+  only `MAX_DEPTH` deep, and at most `max_connections` connections are served at once (more are closed at
+  once), so stalled or hostile clients cannot pile up threads.
 """
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import math
+import re
+import secrets
+import socket
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from attnlab.explorer.engine import Explorer, Superseded
 from attnlab.explorer.params import RequestError, parse_params
 
 MAX_BODY = 64 * 1024
+MAX_DEPTH = 16  # a request is an object holding a list of numbers at most: depth 2
+REQUEST_TIMEOUT = 15.0  # seconds a socket may sit idle mid-request
+BODY_SECONDS = 30.0  # seconds the whole body may take
+MAX_CONNECTIONS = 32
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~-]{16,256}")  # safe in a URL, a cookie and a header as is
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
@@ -60,25 +82,79 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def check_token(token: str) -> str:
+    """`token` if it is usable as an access token, else ValueError saying what a token must be."""
+    if not TOKEN_PATTERN.fullmatch(token):
+        raise ValueError("an access token must be 16 to 256 characters from A-Z a-z 0-9 . _ ~ -; "
+                         "leave it out to have one generated")
+    return token
+
+
 class ExplorerServer(ThreadingHTTPServer):
+    """`token`: required on every request when given; None means one is generated for a non-loopback
+    `host` and none is needed on loopback. `url` carries the token; `base_url` does not."""
+
     daemon_threads = True
 
-    def __init__(self, explorer: Explorer, host: str = "127.0.0.1", port: int = 8765) -> None:
+    def __init__(self, explorer: Explorer, host: str = "127.0.0.1", port: int = 8765,
+                 token: str | None = None) -> None:
         self.explorer = explorer
         self.static = load_static()
         self.info_body = json.dumps(_clean(explorer.info())).encode()
         self._tickets = 0
         self._ticket_lock = threading.Lock()
+        self.loopback = is_loopback(host)
+        if token is None and not self.loopback:
+            token = secrets.token_urlsafe(24)
+        self.token = None if token is None else check_token(token)
+        self.request_timeout, self.body_seconds = REQUEST_TIMEOUT, BODY_SECONDS
+        self.max_connections = MAX_CONNECTIONS
+        self._open = 0
+        self._open_lock = threading.Lock()
         super().__init__((host, port), ExplorerHandler)
-        try:
-            self.loopback = ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            self.loopback = host == "localhost"
+        self.cookie_name = f"attnlab_explorer_{self.server_address[1]}"  # cookies ignore ports: one each
+
+    @property
+    def base_url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{'[' + host + ']' if ':' in str(host) else host}:{port}/"
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{'[' + host + ']' if ':' in str(host) else host}:{port}/"
+        """The URL to open: with `?token=...` when the server needs one."""
+        return self.base_url if self.token is None else f"{self.base_url}?token={self.token}"
+
+    def process_request(self, request: socket.socket, client_address: Any) -> None:
+        # One thread per connection, at most max_connections of them: beyond that, close at once.
+        with self._open_lock:
+            full = self._open >= self.max_connections
+            if not full:
+                self._open += 1
+        if full:
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        with self._open_lock:
+            self._open -= 1
 
     def ticket(self) -> int:
         """Number model requests in arrival order, so a waiting one can tell it is no longer the newest."""
@@ -102,8 +178,14 @@ class ExplorerHandler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
         pass  # quiet: the CLI prints the URL; request logs would flood the terminal on every slider move
 
-    def _send(self, status: int, body: bytes, ctype: str) -> None:
+    def setup(self) -> None:
+        self.timeout = self.server.request_timeout  # StreamRequestHandler sets it on the socket
+        super().setup()
+
+    def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
         for k, v in _SECURITY_HEADERS.items():
@@ -124,14 +206,64 @@ class ExplorerHandler(BaseHTTPRequestHandler):
         host = (self.headers.get("Host") or "").lower()
         if host in self.server.allowed_hosts():
             return True
-        self._error(HTTPStatus.FORBIDDEN, f"unexpected Host header {host!r}; open {self.server.url} instead")
+        # base_url, never url: this answer may go to a foreign page, and url carries the token.
+        self._error(HTTPStatus.FORBIDDEN,
+                    f"unexpected Host header {host!r}; open {self.server.base_url} instead")
         return False
 
+    def _origin_ok(self) -> bool:
+        """No Origin (a same-origin GET, curl), or exactly this server's own, as the Host names it."""
+        origin = self.headers.get("Origin")
+        if origin is None:
+            return True
+        own = "http://" + (self.headers.get("Host") or "").lower()
+        if origin.strip().lower() == own:
+            return True
+        self._error(HTTPStatus.FORBIDDEN, f"requests from origin {origin[:100]!r} are refused: only this "
+                    f"server's own page may call it; open {self.server.base_url} instead")
+        return False
+
+    def _presented_tokens(self) -> list[str]:
+        found = []
+        auth = self.headers.get("Authorization") or ""
+        if auth[:7].lower() == "bearer ":
+            found.append(auth[7:].strip())
+        for part in (self.headers.get("Cookie") or "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == self.server.cookie_name:
+                found.append(value.strip())
+        found += parse_qs(urlsplit(self.path).query).get("token", [])
+        return found
+
+    def _token_ok(self) -> bool:
+        token = self.server.token
+        if token is None:
+            return True
+        want = token.encode()
+        # Bytes, not str: compare_digest refuses non-ASCII str, and a client may send anything.
+        if any(hmac.compare_digest(t.encode("utf-8", "surrogateescape"), want)
+               for t in self._presented_tokens()):
+            return True
+        self._error(HTTPStatus.UNAUTHORIZED, "this server needs its access token: open the URL it printed "
+                    "(ending in ?token=...), or send the header 'Authorization: Bearer <token>'")
+        return False
+
+    def _allowed(self) -> bool:
+        return self._host_ok() and self._origin_ok() and self._token_ok()
+
     def do_GET(self) -> None:  # noqa: N802
-        if not self._host_ok():
+        if not self._allowed():
             return
         path = self.path.split("?", 1)[0].split("#", 1)[0]
-        if path == "/api/info":
+        if self.server.token is not None and path in self.server.static and "token" in parse_qs(
+                urlsplit(self.path).query):
+            # The page load from the printed URL: keep the token in a cookie the page's own requests carry,
+            # and drop it from the address bar. HttpOnly: no script reads it. Lax, not Strict: Strict would
+            # drop it on this very redirect when the URL was clicked on another site; Lax still keeps it off
+            # every cross-site request but a top-level GET, and GETs change nothing here.
+            cookie = f"{self.server.cookie_name}={self.server.token}; Path=/; HttpOnly; SameSite=Lax"
+            self._send(HTTPStatus.SEE_OTHER, b"", "text/plain", {"Location": path, "Set-Cookie": cookie})
+        elif path == "/api/info":
             self._send(HTTPStatus.OK, self.server.info_body, "application/json")
         elif path in self.server.static:
             body, ctype = self.server.static[path]
@@ -148,12 +280,41 @@ class ExplorerHandler(BaseHTTPRequestHandler):
 
     do_HEAD = do_GET
 
+    def _read_body(self, length: int) -> bytes | None:
+        """The body, or None (answered, connection closed) if it stalls past body_seconds or ends early."""
+        deadline = time.monotonic() + self.server.body_seconds
+        chunks, got = [], 0
+        while got < length:
+            if time.monotonic() > deadline:
+                self.close_connection = True
+                self._error(HTTPStatus.REQUEST_TIMEOUT, f"the body did not arrive within "
+                            f"{self.server.body_seconds:g} s; send it at once")
+                return None
+            chunk = self.rfile.read1(length - got)  # one socket read; each may wait request_timeout
+            if not chunk:
+                self.close_connection = True
+                self._error(HTTPStatus.BAD_REQUEST, f"the body ended after {got} of {length} bytes "
+                            f"(Content-Length)")
+                return None
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks)
+
+    def _too_deep(self) -> None:
+        self._error(HTTPStatus.BAD_REQUEST, f"the JSON body nests deeper than {MAX_DEPTH} levels; a request "
+                    f"is one object of fields (see /api/info)")
+
     def do_POST(self) -> None:  # noqa: N802
-        if not self._host_ok():
+        if not self._allowed():
             return
         route = self.path.split("?", 1)[0]
         if route not in ("/api/analyze", "/api/continue"):
             self._error(HTTPStatus.NOT_FOUND, "POST only to /api/analyze or /api/continue")
+            return
+        ctype = (self.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+        if ctype != "application/json":
+            self._error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, f"Content-Type {ctype or 'missing'!r}: send the "
+                        f"body as JSON with the header 'Content-Type: application/json'")
             return
         try:
             length = int(self.headers.get("Content-Length") or "")
@@ -164,12 +325,20 @@ class ExplorerHandler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                         f"request body of {length} bytes; the limit is {MAX_BODY}: shorten the text")
             return
-        raw = self.rfile.read(length)
+        raw = self._read_body(length)
+        if raw is None:
+            return
         try:
             obj = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             self._error(HTTPStatus.BAD_REQUEST,
                         f"the body is not valid UTF-8 JSON ({exc}); send a JSON object")
+            return
+        except RecursionError:  # nested past what the decoder recurses through
+            self._too_deep()
+            return
+        if _depth(obj) > MAX_DEPTH:
+            self._too_deep()
             return
         ex = self.server.explorer
         try:
@@ -194,8 +363,21 @@ class ExplorerHandler(BaseHTTPRequestHandler):
         self._json(HTTPStatus.OK, result)
 
 
-def serve_in_thread(explorer: Explorer, host: str = "127.0.0.1", port: int = 0) -> ExplorerServer:
+def _depth(obj: Any) -> int:
+    """How deep lists and objects nest in decoded JSON, without recursion."""
+    deepest, stack = 0, [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if depth <= MAX_DEPTH:  # no need to look further down
+                stack.extend((x, depth + 1) for x in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def serve_in_thread(explorer: Explorer, host: str = "127.0.0.1", port: int = 0,
+                    token: str | None = None) -> ExplorerServer:
     """Start a server on a background thread (port 0 = any free port); stop it with .shutdown()."""
-    server = ExplorerServer(explorer, host, port)
+    server = ExplorerServer(explorer, host, port, token)
     threading.Thread(target=server.serve_forever, name="attnlab-explorer", daemon=True).start()
     return server

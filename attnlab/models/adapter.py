@@ -1,7 +1,9 @@
 """`LoadedModel`: one small interface over a Hugging Face causal LM or attnlab's own GPT.
 
 Diagnostics, streaming and the explorer only talk to this class, so they never branch on architecture.
-Activations are captured under TransformerLens names (Nanda & Bloom, TransformerLens, 2022):
+Activations are captured under TransformerLens names (Nanda & Bloom, TransformerLens, 2022), through one
+path, `LoadedModel.capture()` (a context manager around any forward) or `run_with_cache(ids)` (capture
+around one forward); the report, the studies' probes and the explorer all read this cache:
 
     name                          shape          what
     blocks.{i}.hook_resid_pre     (B, T, d)      residual stream entering block i (embeddings for i = 0)
@@ -10,9 +12,14 @@ Activations are captured under TransformerLens names (Nanda & Bloom, Transformer
     ln_final.hook_normalized      (B, T, d)      output of the final norm (when the model has one)
 
 Legend: B batch, T tokens, d d_model, H query heads, V vocabulary. Residual-stream tensors are taken
-with forward hooks on the blocks themselves, so they are the same for every architecture: the input of
-block 0 already includes learned position embeddings (GPT-2), and the last block's output is taken
-*before* the final norm (HF's own `hidden_states[-1]` is after it for most models).
+with forward hooks on the blocks themselves (the HF decoder-layer list, e.g. `model.model.layers`, or the
+GPT's `blocks`), never on a particular attention class, so they are the same for every architecture and
+for models whose attention `attnlab.retrofit` replaced: the input of block 0 already includes learned
+position embeddings (GPT-2), and the last block's output is taken *before* the final norm (HF's own
+`hidden_states[-1]` is after it for most models). Attention weights come from `attnlab.models.hooks.attend`,
+the door every attnlab attention call goes through, computed by the eager reference backend. They are the
+normalizer's own weights: rows of softmax1 and learned sinks sum to less than 1, the rest being the weight
+of the virtual (null) key.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.errors import AttnlabError, DataError
-from attnlab.models.hooks import record_attention
+from attnlab.models.hooks import pattern_name, record_attention
 
 # Where the stack of blocks and the final norm live in common HF causal LMs (base model attribute names).
 _BLOCK_LISTS = ("layers", "h", "blocks", "decoder_layers")
@@ -134,7 +141,7 @@ class LoadedModel:
                              f"got {tuple(embeds.shape)}")
         if not output_hidden:
             return self._forward_embeds(embeds)
-        with self._capture_resid(detach=False) as store:
+        with self.capture(attention=False, detach=False) as store:
             logits = self._forward_embeds(embeds)
         hidden = [store["blocks.0.hook_resid_pre"]] + [store[f"blocks.{i}.hook_resid_post"]
                                                          for i in range(self.n_layers)]
@@ -148,17 +155,40 @@ class LoadedModel:
     def run_with_cache(self, ids: Tensor, attention: bool = True,
                        layers: Iterable[int] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Logits (B, T, V) and a cache of detached activations under TransformerLens names (see module
-        docstring), for the given layers (all by default)."""
+        docstring), for the given layers (all by default): `capture()` around one forward."""
         ids = self._check_ids(ids)
-        wanted = None if layers is None else frozenset(self._check_layer(i) for i in layers)
-        with self._capture_resid(detach=True, layers=wanted) as store:
-            if attention:
-                with record_attention(layers=wanted) as patterns:
-                    logits = self.logits(ids)
-                store.update(patterns)
-            else:
-                logits = self.logits(ids)
+        with self.capture(attention=attention, layers=layers) as store:
+            logits = self.logits(ids)
+        if attention:
+            wanted = range(self.n_layers) if layers is None else layers
+            missing = [i for i in wanted if pattern_name(int(i)) not in store]
+            if missing:
+                raise AttnlabError(f"no attention weights were recorded for layer(s) {missing}: their "
+                                   f"attention does not go through attnlab.models.hooks.attend; route it "
+                                   f"there (as attn_implementation='attnlab' and attnlab.retrofit do) or "
+                                   f"pass attention=False")
         return logits, dict(store)
+
+    @contextmanager
+    def capture(self, *, attention: bool = True, layers: Iterable[int] | None = None,
+                detach: bool = True) -> Iterator[dict[str, Tensor]]:
+        """Record the activations of every forward run inside the block into the yielded dict (names and
+        shapes in the module docstring; a second forward overwrites the first's entries).
+
+        Hooks are registered on entry, so a hook registered earlier (an ablation, steering) has already
+        acted on what they see. `attention` also records `blocks.{i}.attn.pattern`, which routes attention
+        through the eager reference backend; `detach=False` keeps the residual tensors in the autograd graph.
+        """
+        wanted = None if layers is None else frozenset(self._check_layer(i) for i in layers)
+        with self._capture_resid(detach=detach, layers=wanted) as store:
+            if not attention:
+                yield store
+                return
+            with record_attention(layers=wanted) as patterns:
+                try:
+                    yield store
+                finally:
+                    store.update(patterns)
 
     @contextmanager
     def _capture_resid(self, detach: bool,
@@ -174,10 +204,10 @@ class LoadedModel:
                 continue
 
             def pre(_m: nn.Module, args: tuple, kwargs: dict, i: int = i) -> None:
-                keep(f"blocks.{i}.hook_resid_pre", _first_tensor(args, kwargs))
+                keep(f"blocks.{i}.hook_resid_pre", hook_input(args, kwargs))
 
             def post(_m: nn.Module, _args: tuple, out: Any, i: int = i) -> None:
-                keep(f"blocks.{i}.hook_resid_post", out[0] if isinstance(out, (tuple, list)) else out)
+                keep(f"blocks.{i}.hook_resid_post", hook_output(out))
 
             handles.append(block.register_forward_pre_hook(pre, with_kwargs=True))
             handles.append(block.register_forward_hook(post))
@@ -225,14 +255,21 @@ class LoadedModel:
 
 
 # -- helpers ----------------------------------------------------------------------------------------------
-def _first_tensor(args: tuple, kwargs: dict) -> Tensor:
+def hook_input(args: tuple, kwargs: dict) -> Tensor:
+    """The residual stream (B, T, d) a block receives, from its forward pre-hook's (args, kwargs): the first
+    positional tensor, else the keyword `hidden_states` / `x` / `hidden`."""
     if args and isinstance(args[0], Tensor):
         return args[0]
     for key in ("hidden_states", "x", "hidden"):
         if isinstance(kwargs.get(key), Tensor):
             return kwargs[key]
-    raise AttnlabError("could not find the residual-stream input of a block; "
-                       "this architecture is not supported")
+    raise AttnlabError("could not find the residual-stream input of a block (neither its first argument nor "
+                       "hidden_states/x); this architecture is not supported")
+
+
+def hook_output(out: Any) -> Tensor:
+    """The residual stream (B, T, d) a block returns (from a HF decoder layer's tuple, its first entry)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
 
 
 def _gpt_logits(out: Any) -> Tensor:

@@ -24,8 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnlab.attention import Normalizer, ScalableSoftmax, Sinks, resolve_normalizer, resolve_span
-from attnlab.attention.normalizers import Clipped
+from attnlab.attention import Normalizer, Sinks, create_normalizer, learned_parameters, resolve_span
 from attnlab.errors import ConfigError, ModelNotFoundError
 from attnlab.models.gpt_config import MODEL_TYPE, GPTConfig
 from attnlab.models.gpt_parts import (
@@ -42,6 +41,10 @@ from attnlab.models.hooks import attend
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+# A normalizer's learned tensor `key` is the attention module's parameter `normalizer_{key}`. Checkpoints
+# written before the normalizer registry named two of them otherwise; they load under the new names.
+LEARNED_PREFIX = "normalizer_"
+LEGACY_KEYS = {"sink_logits": "normalizer_logits", "ssmax_s": "normalizer_s"}
 
 
 class Attention(nn.Module):
@@ -62,25 +65,25 @@ class Attention(nn.Module):
             self.gate_bias = nn.Parameter(torch.zeros(self.n_heads))
         self.gated = cfg.gated_attention
         self.span = resolve_span(cfg.span)
+        # The normalizer's learned tensors (a sink logit per head, ...) are this layer's parameters; a
+        # normalizer without any is built once, one with them on every forward (gradients reach them).
         self.normalizer_name = cfg.normalizer
-        if cfg.normalizer == "sinks":
-            self.sink_logits = nn.Parameter(torch.zeros(self.n_heads))
-        elif cfg.normalizer == "ssmax":
-            # s = 1/log(context): a query that sees the whole training context starts at temperature 1.
-            self.ssmax_s = nn.Parameter(torch.full((self.n_heads,), 1.0 / math.log(max(cfg.context, 2))))
-        elif cfg.normalizer == "clipped":
-            self._fixed: Normalizer = Clipped(cfg.clip_gamma, cfg.clip_zeta)
-        else:
-            self._fixed = resolve_normalizer(cfg.normalizer)
+        self._normalizer_options = cfg.normalizer_options()
+        learned = learned_parameters(cfg.normalizer, self.n_heads, context=cfg.context)
+        self._learned = tuple(learned)
+        for key, init in learned.items():
+            self.register_parameter(LEARNED_PREFIX + key, nn.Parameter(init.detach().clone()))
+        self._fixed: Normalizer | None = None if learned else create_normalizer(cfg.normalizer,
+                                                                                **self._normalizer_options)
+        self.register_load_state_dict_pre_hook(_rename_legacy_keys)
         self.keep_heads = False  # set by GPT when the head-diversity loss needs each head's output
         self.head_outputs: Tensor | None = None
 
     def normalizer(self) -> Normalizer:
-        if self.normalizer_name == "sinks":
-            return Sinks(self.sink_logits)
-        if self.normalizer_name == "ssmax":
-            return ScalableSoftmax(self.ssmax_s)
-        return self._fixed
+        if self._fixed is not None:
+            return self._fixed
+        learned = {key: getattr(self, LEARNED_PREFIX + key) for key in self._learned}
+        return create_normalizer(self.normalizer_name, **self._normalizer_options, **learned)
 
     def forward(self, x: Tensor, rope_q: tuple[Tensor, Tensor], rope_k: tuple[Tensor, Tensor],
                 cache: KVCache | None = None) -> Tensor:
@@ -113,6 +116,12 @@ class Attention(nn.Module):
         self.head_outputs = y if self.keep_heads else None
         y = y.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D)
         return self.o_proj(y)
+
+
+def _rename_legacy_keys(module: nn.Module, state_dict: dict[str, Tensor], prefix: str, *_: Any) -> None:
+    for old, new in LEGACY_KEYS.items():
+        if prefix + old in state_dict and hasattr(module, new):
+            state_dict[prefix + new] = state_dict.pop(prefix + old)
 
 
 class MLP(nn.Module):
@@ -299,7 +308,7 @@ class GPT(nn.Module):
         """Write model.safetensors and config.json into `directory` (each atomically)."""
         from safetensors.torch import save
 
-        from attnlab import __version__
+        from attnlab._version import __version__
         from attnlab.io import atomic_write_bytes, atomic_write_json
 
         directory = Path(directory)

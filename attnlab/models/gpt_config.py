@@ -1,9 +1,11 @@
 """`GPTConfig`: every architecture switch of attnlab's small GPT, validated on construction.
 
 Each switch is one field with the paper it comes from (docs/training.md gives the formulas):
-- normalizer: softmax | softmax1 (Miller 2023) | sinks (learned per-head sink logit, gpt-oss; Xiao et al.
-  2024) | clipped (Bondarenko et al. 2023, clip_gamma / clip_zeta) | adaptive (Velickovic et al. 2024)
-  | ssmax (Nakanishi 2025, learned per-head s)
+- normalizer: any name in the normalizer registry (`attnlab.normalizer_names()`, or "module:Attr"):
+  softmax | softmax1 (Miller 2023) | sinks (learned per-head sink logit, gpt-oss; Xiao et al. 2024) |
+  clipped (Bondarenko et al. 2023, clip_gamma / clip_zeta) | adaptive (Velickovic et al. 2024) | ssmax
+  (Nakanishi 2025, learned per-head s) | softpick (Zuhri et al. 2025) | a user's registered normalizer.
+  Its learned per-layer tensors are what `learned_parameters(name, n_heads, context=context)` gives.
 - span: any name `attnlab.attention.resolve_span` accepts ("causal", "window(64)", "sinkwindow(4,60)", ...)
 - norm / norm_position: RMSNorm (Zhang & Sennrich 2019), LayerNorm (Ba et al. 2016), none; pre or post
   (Xiong et al. 2020)
@@ -18,13 +20,15 @@ Each switch is one field with the paper it comes from (docs/training.md gives th
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from attnlab.attention.registry import NORMALIZER_NAMES as NORMALIZERS  # a live view of the registry
+from attnlab.attention.registry import create_normalizer, learned_parameters, normalizer_keywords
 from attnlab.errors import ConfigError
 
-NORMALIZERS = ("softmax", "softmax1", "sinks", "clipped", "adaptive", "ssmax")
+# Config fields given to the normalizer's factory as these keywords when it takes them: Clipped(gamma, zeta).
+NORMALIZER_FIELDS = {"gamma": "clip_gamma", "zeta": "clip_zeta"}
 NORMS = ("rmsnorm", "layernorm", "none")
 NORM_POSITIONS = ("pre", "post")
 INITS = ("normal", "orthogonal")
@@ -84,7 +88,7 @@ class GPTConfig:
             if isinstance(kv, bool) or not isinstance(kv, int) or kv < 1 or self.n_heads % kv:
                 raise ConfigError(f"GPTConfig.n_kv_heads={kv!r} must divide n_heads={self.n_heads} "
                                   f"(or be None for one key/value head per query head)")
-        _choice("normalizer", self.normalizer, NORMALIZERS)
+        self._check_normalizer()
         _choice("norm", self.norm, NORMS)
         _choice("norm_position", self.norm_position, NORM_POSITIONS)
         _choice("init", self.init, INITS)
@@ -98,10 +102,6 @@ class GPTConfig:
             resolve_span(self.span)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"GPTConfig.span: {exc}") from None
-        finite = math.isfinite(self.clip_gamma) and math.isfinite(self.clip_zeta)
-        if self.normalizer == "clipped" and not (finite and self.clip_gamma < self.clip_zeta):
-            raise ConfigError(f"GPTConfig: clipped softmax needs finite clip_gamma < clip_zeta, got "
-                              f"{self.clip_gamma}, {self.clip_zeta}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout}")
         for name in ("aux_head_diversity", "aux_logdet"):
@@ -109,6 +109,27 @@ class GPTConfig:
                 raise ConfigError(f"GPTConfig.{name} must be >= 0 (a loss weight), got {getattr(self, name)}")
         if self.rope_theta <= 0:
             raise ConfigError(f"GPTConfig.rope_theta must be > 0, got {self.rope_theta}")
+
+    def _check_normalizer(self) -> None:
+        """The name is registered (or importable as 'module:Attr') and the normalizer builds from this
+        config's settings and initial learned parameters, so a bad clip_gamma fails here, not in training."""
+        try:
+            options = self.normalizer_options()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"GPTConfig.normalizer={self.normalizer!r} is not valid: {exc}") from None
+        try:
+            create_normalizer(self.normalizer, **options,
+                              **learned_parameters(self.normalizer, self.n_heads, context=self.context))
+        except (TypeError, ValueError) as exc:
+            given = ", ".join(f"{NORMALIZER_FIELDS[k]}={v}" for k, v in options.items())
+            raise ConfigError(f"GPTConfig: the {self.normalizer!r} normalizer rejects this config"
+                              f"{f' ({given})' if given else ''}: {exc}") from None
+
+    def normalizer_options(self) -> dict[str, Any]:
+        """The settings (not learned) this config hands the normalizer's factory: clip_gamma and clip_zeta
+        as gamma= and zeta= to a factory that takes them."""
+        takes = normalizer_keywords(self.normalizer)
+        return {kw: getattr(self, name) for kw, name in NORMALIZER_FIELDS.items() if kw in takes}
 
     @property
     def head_dim(self) -> int:
@@ -144,4 +165,5 @@ class GPTConfig:
         return cls.from_dict(data, source=str(path))
 
 
-__all__ = ["GPTConfig", "INITS", "MODEL_TYPE", "NORMALIZERS", "NORMS", "NORM_POSITIONS", "SCORES"]
+__all__ = ["GPTConfig", "INITS", "MODEL_TYPE", "NORMALIZERS", "NORMALIZER_FIELDS", "NORMS", "NORM_POSITIONS",
+           "SCORES"]

@@ -20,6 +20,8 @@ Sliding-window models (Mistral, Qwen2 with `use_sliding_window`) get their windo
 HF composes the window into `mask_function`; the `sliding_window` keyword each layer passes is then
 redundant and ignored. Learned sinks (`s_aux`, gpt-oss) map to `attnlab.Sinks`. Soft-capping (Gemma 2),
 attention dropout in training and additive attention biases (ALiBi) have no attnlab equivalent and raise.
+A layer retrofitted by `attnlab.retrofit` carries its own normalizer, span and gate in its `attnlab` child,
+which the attention function reads on every call.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from attnlab.errors import AttnlabError, ConfigError
 from attnlab.models.hooks import attend
 
 IMPLEMENTATION = "attnlab"
+RETROFIT_ATTR = "attnlab"  # the child `attnlab.retrofit` adds to each attention module (retrofit.py)
 
 _registered = False
 
@@ -72,7 +75,13 @@ def attnlab_attention_forward(
     sinks = kwargs.get("s_aux")
     if sinks is not None:
         normalizer = Sinks(sinks)
+    state = getattr(module, RETROFIT_ATTR, None)  # set by attnlab.retrofit: this layer's own choice
+    if state is not None:
+        normalizer = state.normalizer()
+        span = state.restrict(span, kwargs.get("position_ids"))
     out = attend(int(layer), query, key, value, normalizer=normalizer, span=span, scale=scaling)
+    if state is not None:
+        out = state.apply_gate(out)
     return out.transpose(1, 2).contiguous(), None
 
 

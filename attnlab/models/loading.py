@@ -9,7 +9,14 @@ Accepted:
   interrupted conversion never leaves a half-written cache.
 - a Hugging Face model folder (config.json + *.safetensors or pytorch_model.bin; the tokenizer if present);
 - a .gguf file (converted and cached the same way, keyed by path, size and modification time);
-- an attnlab checkpoint folder (config.json written by attnlab's GPT + model.safetensors).
+- an attnlab checkpoint folder (config.json written by attnlab's GPT + model.safetensors);
+- a Hugging Face hub id ("gpt2", "org/name") already in the local Hugging Face cache, found offline the way
+  `from_pretrained(id, local_files_only=True)` finds it: the cache is $HF_HUB_CACHE, else $HF_HOME/hub,
+  else ~/.cache/huggingface/hub; the id's folder `models--org--name` holds `refs/main` (a commit hash) and
+  `snapshots/<commit>/`. Nothing is downloaded; a path on disk with the same name wins.
+
+`device` is "cpu", "cuda", "cuda:N", "auto" (CUDA when there is a GPU) or a torch.device; `dtype` a floating
+torch.dtype or its name ("float32", "bfloat16", "float16", "float64").
 
 Every HF model is switched to `attn_implementation="attnlab"` (see `attnlab.models.hf`), put in eval mode,
 and wrapped in `attnlab.models.adapter.LoadedModel`; `LoadedModel.load_seconds` records the load time.
@@ -21,7 +28,10 @@ import hashlib
 import importlib.util
 import json
 import os
+import pickle
+import re
 import shutil
+import struct
 import sys
 import tempfile
 import time
@@ -30,35 +40,43 @@ from typing import Any
 
 import torch
 
-from attnlab.errors import AttnlabError, ModelNotFoundError
+from attnlab.errors import AttnlabError, ConfigError, ModelNotFoundError, OutputError
 from attnlab.models.adapter import LoadedModel, from_gpt, from_hf
 
 SMOLLM2 = "smollm2-135m"
 ALIASES = {"smollm2": SMOLLM2, "smollm2-135m": SMOLLM2, "smollm2-135m-instruct": SMOLLM2}
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SUPPORTED = ("'smollm2-135m' (alias 'smollm2'), a Hugging Face model folder (config.json + safetensors), "
-             "a .gguf file, or an attnlab checkpoint folder (config.json + model.safetensors)")
+             "a .gguf file, an attnlab checkpoint folder (config.json + model.safetensors), or a Hugging "
+             "Face hub id ('gpt2', 'org/name') already in the local Hugging Face cache")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+          "float64": torch.float64}
+DEVICES = ("auto", "cpu", "cuda")  # and "cuda:N"
+# What huggingface_hub accepts as a repo id: "name" or "namespace/name", no "--" or ".." inside.
+_HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 _MARKER = "attnlab-converted.json"  # written last into a converted cache folder
 
 
-def load_model(name_or_path: str | os.PathLike = SMOLLM2, *, dtype: torch.dtype = torch.float32,
+def load_model(name_or_path: str | os.PathLike = SMOLLM2, *, dtype: torch.dtype | str = torch.float32,
                device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a causal LM by name or path (see the module docstring), in eval mode, on `device`."""
+    """Load a causal LM by name, hub id or path (see the module docstring), in eval mode, on `device`."""
     start = time.perf_counter()
-    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
+    dtype = resolve_dtype(dtype)
+    device = resolve_device(device)
     key = str(name_or_path)
     if key.strip().lower() in ALIASES:
         lm = _load_hf_folder(smollm2_folder(), dtype=dtype, device=device, name=SMOLLM2,
                              source=str(smollm2_gguf_path()))
     else:
         path = Path(key).expanduser()
-        if not path.exists():
+        if not path.exists() and is_hub_id(name_or_path):
+            lm = _load_hub(key, dtype=dtype, device=device)
+        elif not path.exists():
             hint = "" if os.sep in key or key.endswith(".gguf") else \
                 f"; known names: {', '.join(sorted(ALIASES))}"
             raise ModelNotFoundError(f"no model named or at {key!r}{hint}. Supported: {SUPPORTED}")
-        if path.is_file():
+        elif path.is_file():
             if path.suffix.lower() != ".gguf":
                 raise ModelNotFoundError(f"{path} is a file but not a .gguf; pass a .gguf file or the folder "
                                          f"holding the model. Supported: {SUPPORTED}")
@@ -69,6 +87,99 @@ def load_model(name_or_path: str | os.PathLike = SMOLLM2, *, dtype: torch.dtype 
     lm.model.eval()
     lm.load_seconds = time.perf_counter() - start
     return lm
+
+
+# -- device and dtype -------------------------------------------------------------------------------------
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A floating torch.dtype from itself or its name ("float32", "bfloat16", "float16", "float64")."""
+    if isinstance(dtype, str):
+        name = dtype.strip().lower().removeprefix("torch.")
+        name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16",
+                "fp64": "float64", "double": "float64", "float": "float32"}.get(name, name)
+        if name not in DTYPES:
+            raise ConfigError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+        return DTYPES[name]
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
+    return dtype
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """'auto' (CUDA when a GPU is visible, else the CPU), 'cpu', 'cuda', 'cuda:N' or a torch.device; asking
+    for CUDA where there is none is a ConfigError, not a crash deep inside the first forward."""
+    if isinstance(device, str) and device.strip().lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device.strip().lower() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU (torch "
+                              f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device "
+                              f"cpu, or auto to take a GPU only when there is one")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"device {str(device)!r} asked for, but there are {torch.cuda.device_count()} "
+                              f"CUDA device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    return dev
+
+
+# -- the local Hugging Face cache ------------------------------------------------------------------------
+def is_hub_id(name: object) -> bool:
+    """True for a string shaped like a hub repo id ("gpt2", "org/name"), not like a path or a .gguf file."""
+    return (isinstance(name, str) and bool(_HUB_ID.match(name)) and "--" not in name and ".." not in name
+            and not name.lower().endswith(".gguf"))
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, read from the environment now (as huggingface_hub does at import):
+    $HF_HUB_CACHE (or the older $HUGGINGFACE_HUB_CACHE), else $HF_HOME/hub, else
+    $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub."""
+    env = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if env:
+        return Path(env).expanduser()
+    home = os.environ.get("HF_HOME")
+    if home:
+        return Path(home).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
+
+
+def hub_snapshot(repo_id: str, revision: str = "main") -> Path:
+    """The snapshot folder of `repo_id` in the local hub cache (offline; nothing is downloaded)."""
+    cache = hub_cache_dir()
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    fix = (f"download it once where there is network (`hf download {repo_id}`, or from_pretrained) into this "
+           f"cache, set HF_HUB_CACHE or HF_HOME to the cache that holds it, or pass the model's folder")
+    if not repo.is_dir():
+        raise ModelNotFoundError(f"no model named or at {repo_id!r}: no such file or folder, and the Hugging "
+                                 f"Face cache {cache} has no {repo.name} ({fix}); known names: "
+                                 f"{', '.join(sorted(ALIASES))}. Supported: {SUPPORTED}")
+    ref = repo / "refs" / revision
+    snapshots = repo / "snapshots"
+    if ref.is_file():
+        commit = ref.read_text(encoding="utf-8").strip()
+        snapshot = snapshots / commit
+        if not snapshot.is_dir():
+            raise ModelNotFoundError(f"{ref} names commit {commit[:12]}, but {snapshot} is missing (an "
+                                     f"interrupted download?); {fix}")
+        return snapshot
+    found = sorted(d for d in snapshots.iterdir() if d.is_dir()) if snapshots.is_dir() else []
+    if len(found) == 1:  # a hand-copied cache without refs: its only snapshot is unambiguous
+        return found[0]
+    raise ModelNotFoundError(f"{repo} has no refs/{revision} and {len(found)} snapshots, so which one is "
+                             f"{revision!r} is unknown; {fix}")
+
+
+def _load_hub(repo_id: str, *, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+    snapshot = hub_snapshot(repo_id)
+    config = _read_config(snapshot)
+    if is_attnlab_config(config):
+        lm = _load_attnlab(snapshot, config, dtype=dtype, device=device)
+        lm.name = repo_id
+        return lm
+    return _load_hf_folder(snapshot, dtype=dtype, device=device, name=repo_id, source=str(snapshot),
+                           config=config)
 
 
 # -- folders -----------------------------------------------------------------------------------------------
@@ -82,9 +193,16 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ModelNotFoundError(f"{path} has no config.json, so it is not a model folder. "
                                  f"Supported: {SUPPORTED}")
     try:
-        return json.loads(config_file.read_text(encoding="utf-8"))
+        config = json.loads(config_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelNotFoundError(f"{config_file} is not valid JSON ({exc}); re-save the model") from None
+    except OSError as exc:
+        raise ModelNotFoundError(f"cannot read {config_file} ({exc.strerror or exc}); check its permissions")\
+            from exc
+    if not isinstance(config, dict):
+        raise ModelNotFoundError(f"{config_file} holds a JSON {type(config).__name__}, not an object of "
+                                 f"config fields; re-save the model")
+    return config
 
 
 def is_attnlab_config(config: dict[str, Any]) -> bool:
@@ -114,12 +232,17 @@ def _load_attnlab(path: Path, config: dict[str, Any], *, dtype: torch.dtype,
                                  f"folder with both (a checkpoint written by `attnlab train`)")
     from attnlab.models.gpt import GPT
 
+    _check_safetensors([path / "model.safetensors"])
     gpt = GPT.from_pretrained(str(path)).to(device=device, dtype=dtype)
     # The tokenizer is a training choice, recorded next to the model by `attnlab train`.
     tokenizer = config.get("tokenizer")
     train_config = path / "train_config.json"
     if tokenizer is None and train_config.is_file():
-        tokenizer = json.loads(train_config.read_text(encoding="utf-8")).get("tokenizer")
+        try:
+            tokenizer = json.loads(train_config.read_text(encoding="utf-8")).get("tokenizer")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ModelNotFoundError(f"cannot read the tokenizer from {train_config} ({_one_line(exc)}); "
+                                     f"fix or delete that file (then the byte tokenizer is used)") from exc
     name = path.parent.name if path.name in ("checkpoint", ".checkpoint.old") else path.name
     return from_gpt(gpt, str(tokenizer or "byte"), name=name, source=str(path))
 
@@ -137,17 +260,30 @@ def _load_hf_folder(path: Path, *, dtype: torch.dtype, device: str | torch.devic
     if not any(path.glob("*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
         raise ModelNotFoundError(f"{path} has a config.json but no weights (*.safetensors or "
                                  f"pytorch_model.bin); copy the weight files next to it")
+    _check_hf_config(path, model_type)
+    _check_safetensors(sorted(path.glob("*.safetensors")))
     from attnlab.models.hf import check_causal, check_supported
 
     try:
         # Load with eager attention, check the class routes attention through the interface, then switch
         # (from_hf does): asking from_pretrained for "attnlab" on an unsupported class fails less clearly.
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="eager")
+        if "attnlab_retrofit" in config:  # saved after attnlab.retrofit: rebuild it, learned tensors included
+            from attnlab.models.retrofit import load_retrofitted
+
+            model = load_retrofitted(path, config["attnlab_retrofit"], dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="eager")
+    except AttnlabError:
+        raise  # already one clear line (a bad retrofit record, weights that do not match it)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
             raise AttnlabError(f"{model_type!r} is not a causal language model architecture; supported "
                                f"architectures: {', '.join(_supported())}") from None
-        raise
+        raise _unloadable(path, exc) from exc
+    except (OSError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError) as exc:
+        # The config and the safetensors headers were checked above, so what is left is the weights'
+        # content: a truncated pytorch_model.bin, or tensors whose shapes do not match config.json.
+        raise _unloadable(path, exc) from exc
     check_supported(model)
     check_causal(model)
     model.to(device)
@@ -165,7 +301,49 @@ def _hf_tokenizer(path: Path) -> Any:
         return None
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path))
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as exc:  # the Rust tokenizers library raises bare Exception for a malformed file
+        files = ", ".join(f for f in _TOKENIZER_FILES if (path / f).is_file())
+        raise ModelNotFoundError(f"cannot read the tokenizer in {path} ({files}: {_one_line(exc)}); copy "
+                                 f"the model's tokenizer files again, or delete them to load without one") \
+            from exc
+
+
+# -- checks of a folder's files, before transformers reads them -------------------------------------------
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _check_hf_config(path: Path, model_type: str) -> None:
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(str(path))
+    except Exception as exc:  # config classes raise anything on a bad value (ZeroDivisionError, strict
+        # dataclass errors, TypeError...); at this point the only input is the user's config.json
+        raise ModelNotFoundError(f"{path / 'config.json'} is not a valid {model_type!r} config "
+                                 f"({type(exc).__name__}: {_one_line(exc)}); fix that field or save the "
+                                 f"model again") from exc
+
+
+def _check_safetensors(files: list[Path]) -> None:
+    """Read each file's header (cheap: no tensor data), so a truncated or corrupt file is named."""
+    from safetensors import SafetensorError, safe_open
+
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise ModelNotFoundError(f"{file} is not a readable safetensors file ({_one_line(exc)}); it is "
+                                     f"truncated or corrupt: copy or save the model again") from exc
+
+
+def _unloadable(path: Path, exc: BaseException) -> ModelNotFoundError:
+    return ModelNotFoundError(f"transformers cannot load the model in {path} ({type(exc).__name__}: "
+                              f"{_one_line(exc)[:300]}); check that its weight files are complete and match "
+                              f"config.json, or save the model again")
 
 
 # -- GGUF --------------------------------------------------------------------------------------------------
@@ -203,11 +381,15 @@ def convert_gguf(gguf: Path, folder: Path) -> Path:
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the model cache {folder.parent} ({exc.strerror or exc}); set "
+                          f"ATTNLAB_CACHE to a writable folder") from exc
     start = time.perf_counter()
-    if sys.stderr.isatty():
-        print(f"attnlab: converting {gguf.name} to a cached Hugging Face folder (once, ~35 s)...",
-              file=sys.stderr, flush=True)
+    # Always said, in a log too: otherwise the first run sits silent for half a minute or more.
+    print(f"attnlab: converting {gguf.name} to a cached Hugging Face folder (once, ~35 s)...",
+          file=sys.stderr, flush=True)
     try:
         # dequantize=True: dense float32 weights even where a GGUF matmul kernel is installed, so the
         # converted folder is a plain HF model any code can read.
@@ -215,11 +397,17 @@ def convert_gguf(gguf: Path, folder: Path) -> Path:
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
             quantization_config=GgufConfig(gguf_file=str(gguf), dequantize=True))
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    except (ValueError, KeyError, OSError) as exc:
-        raise AttnlabError(f"transformers cannot load {gguf} ({exc}); GGUF files load for the architectures "
-                           f"transformers' GGUF support lists (llama, mistral, qwen2, gpt2, ...)") from None
+    except (ValueError, KeyError, IndexError, TypeError, OSError, EOFError, struct.error) as exc:
+        # struct.error, EOFError, reshape ValueErrors: transformers' GGUF reader on a truncated file
+        raise AttnlabError(f"transformers cannot load {gguf} ({_one_line(exc)}); check that the file is "
+                           f"complete (not truncated); GGUF files load for the architectures transformers' "
+                           f"GGUF support lists (llama, mistral, qwen2, gpt2, ...)") from None
     _drop_quantizer(model)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    except OSError as exc:
+        raise OutputError(f"cannot write in the model cache {folder.parent} ({exc.strerror or exc}); set "
+                          f"ATTNLAB_CACHE to a writable folder") from exc
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache is a plain readable folder
         model.save_pretrained(str(tmp))

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+from attnlab.cli_flags import add_device_flags, load_kwargs
+
+DEFAULT_OUT = "runs/stream"
+DEFAULT_CHUNK = 256
 
 
 def _policy_args(p: argparse.ArgumentParser, many: bool) -> None:
@@ -20,7 +27,10 @@ def _policy_args(p: argparse.ArgumentParser, many: bool) -> None:
                    help="recent tokens W kept by window/sinks/recompute, the query included (default 1020)")
     p.add_argument("--chunk-size", type=int, default=512, dest="chunk_size",
                    help="chunk C for --policy chunked (default 512)")
-    p.add_argument("--model", default="smollm2-135m", help="model name or path (default smollm2-135m)")
+    p.add_argument("--model", default="smollm2-135m",
+                   help="model name, Hugging Face hub id in the local cache ('gpt2', 'org/name') or path "
+                   "(default smollm2-135m)")
+    add_device_flags(p)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,13 +51,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("--mode", choices=("token", "chunked"), default="token",
                     help="token: one token per forward, as the paper (default); chunked: several at once, "
                     "same NLLs, faster")
-    ev.add_argument("--chunk", type=int, default=256,
-                    help="tokens per forward in --mode chunked (default 256)")
+    ev.add_argument("--chunk", type=int, default=None,
+                    help=f"tokens per forward in --mode chunked (default {DEFAULT_CHUNK})")
     ev.add_argument("--stride", type=int, default=1,
                     help="recompute only: score every k-th position (each exactly) to save time")
     ev.add_argument("--bin-size", type=int, default=1000, dest="bin_size", help="tokens per perplexity bin")
-    ev.add_argument("--out", metavar="FILE.json", required=True, help="results JSON (written atomically)")
-    ev.add_argument("--plot", metavar="FILE.png", default=None, help="NLL vs position, policies side by side")
+    ev.add_argument("--out", metavar="DIR|FILE.json", default=DEFAULT_OUT,
+                    help=f"a folder for results.json and nll.png (default {DEFAULT_OUT}), or a .json file "
+                    f"for the results alone (written atomically)")
+    ev.add_argument("--plot", metavar="FILE.png", default=None,
+                    help="NLL vs position, policies side by side (default: DIR/nll.png when --out is a "
+                    "folder)")
     ev.add_argument("--no-nll", action="store_true", help="leave per-token NLLs out of the JSON (smaller)")
     ev.set_defaults(func=_eval)
 
@@ -57,19 +71,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _policy_args(gen, many=False)
     gen.add_argument("--prompt", default=None,
                      help="one prompt (default: read turns from stdin, one per line)")
-    gen.add_argument("--max-new-tokens", type=int, default=128, dest="max_new_tokens")
-    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    gen.add_argument("--top-k", type=int, default=None, dest="top_k")
-    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--max-new-tokens", type=int, default=128, dest="max_new_tokens",
+                     help="most tokens per reply, >= 1 (default 128)")
+    gen.add_argument("--temperature", type=float, default=0.0,
+                     help="0 = greedy (default); a finite value > 0 samples")
+    gen.add_argument("--top-k", type=int, default=0, dest="top_k",
+                     help="when sampling, draw from the k most likely tokens only; 0 = no cut (default)")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed, 0 .. 2**64-1 (default 0)")
     gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                      help="wrap each turn in the tokenizer's chat template (default: when it has one)")
     gen.set_defaults(func=_generate)
 
 
 def _load(args: argparse.Namespace) -> Any:
-    import attnlab
+    from attnlab.advice import check_cpu_half
+    from attnlab.models.loading import load_model
 
-    return attnlab.load_model(args.model)
+    check_cpu_half(args.device, args.dtype)
+    return load_model(args.model, **load_kwargs(args))
+
+
+def _outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """(results file, plot file or None) from --out (a folder, or a .json file) and --plot."""
+    out = Path(args.out).expanduser()
+    if out.suffix.lower() == ".json":
+        return out, Path(args.plot) if args.plot else None
+    return out / "results.json", Path(args.plot) if args.plot else out / "nll.png"
 
 
 def _policies(args: argparse.Namespace, specs: list[str], context: int | None) -> list[Any]:
@@ -80,16 +107,42 @@ def _policies(args: argparse.Namespace, specs: list[str], context: int | None) -
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from attnlab.advice import advise
     from attnlab.data.corpus import load_text
+    from attnlab.errors import ConfigError
+    from attnlab.io import check_out_dir, check_out_file
     from attnlab.stream.eval import plot_nll, save_results, stream_eval
     from attnlab.stream.policies import RecomputePolicy
 
-    # Check the cheap things (policies, text) before loading the model.
+    # Check the cheap things (settings, policies, output paths, text) before loading the model, so a
+    # mistake fails in a second rather than after a long evaluation.
+    chunk_given = args.chunk is not None
+    args.chunk = DEFAULT_CHUNK if args.chunk is None else args.chunk
+    for flag, value in (("--tokens", args.tokens), ("--chunk", args.chunk), ("--stride", args.stride),
+                        ("--bin-size", args.bin_size)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
     _policies(args, args.policy, None)
+    out, plot = _outputs(args)
+    if out.name == "results.json" and out.parent == Path(args.out).expanduser():
+        check_out_dir(out.parent)  # --out names a folder: say so if it is a file
+    check_out_file(out, flag="--out")
+    if plot:
+        check_out_file(plot, flag="--plot")
+    _advise_eval(args, chunk_given)
     text = load_text(args.text)
     lm = _load(args)
     policies = _policies(args, args.policy, lm.max_context or None)
     ids = lm.encode(text)
+    if ids.shape[1] - 1 < args.tokens:
+        advise(f"the text is {ids.shape[1]} tokens for {lm.name}, so {ids.shape[1] - 1} are scored, not "
+               f"--tokens {args.tokens}; pass a longer --text (or a folder of texts)")
+    if lm.max_context and min(args.tokens + 1, ids.shape[1]) > lm.max_context:
+        for pol in policies:
+            if pol.capacity is None:
+                advise(f"--policy {pol.name} keeps every token, and the stream runs past {lm.name}'s context "
+                       f"of {lm.max_context} tokens: positions beyond it were never trained, so its "
+                       f"perplexity there measures that failure (StreamingLLM's baseline), not the policy")
     config = {k: v for k, v in vars(args).items() if k != "func"}
     config["text"] = args.text or "shakespeare"
     results = []
@@ -102,27 +155,55 @@ def _eval(args: argparse.Namespace) -> int:
               f"{res['tokens_per_s']:.1f} tok/s, cache {res['cache_bytes_final'] / 2**20:.2f} MiB",
               flush=True)
         # Written after every policy, so a long comparison keeps what it has finished.
-        save_results(args.out, results if len(args.policy) > 1 else results[0], config,
+        save_results(out, results if len(args.policy) > 1 else results[0], config,
                      keep_nll=not args.no_nll)
-    print(f"wrote {args.out}")
-    if args.plot:
-        plot_nll(results, args.plot, title=f"{lm.name}, {args.mode} mode")
-        print(f"wrote {args.plot}")
+    print(f"wrote {out}")
+    if plot:
+        plot_nll(results, plot, title=f"{lm.name}, {args.mode} mode")
+        print(f"wrote {plot}")
     return 0
 
 
-def _generate(args: argparse.Namespace) -> int:
-    from attnlab.stream.generate import StreamGenerator
+def _advise_eval(args: argparse.Namespace, chunk_given: bool) -> None:
+    """Settings that run but do nothing, or nothing useful (checked before the model loads)."""
+    from attnlab.advice import advise
 
+    if chunk_given and args.mode == "token":
+        advise("--chunk applies to --mode chunked; --mode token feeds one token per forward, so it is unused")
+    if args.stride > 1 and not any(p.strip().lower().startswith("recompute") for p in args.policy):
+        advise(f"--stride {args.stride} applies to the recompute policy only; the cache policies score every "
+               f"token")
+    if args.bin_size >= args.tokens:
+        advise(f"--bin-size {args.bin_size} is not smaller than --tokens {args.tokens}, so the perplexity "
+               f"per bin is one number; use a --bin-size of about a tenth of --tokens to see it change along "
+               f"the stream")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from attnlab.errors import DataError
+    from attnlab.stream.generate import StreamGenerator, check_sampling
+
+    check_sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   seed=args.seed)
+    if args.prompt is not None and not args.prompt.strip():
+        raise DataError("--prompt is empty; give it some text, or leave --prompt out to read turns from "
+                        "stdin")
     _policies(args, [args.policy], None)
+    _advise_generate(args)
     lm = _load(args)
     policy = _policies(args, [args.policy], lm.max_context or None)[0]
+    if policy.capacity is None and lm.max_context and args.max_new_tokens > lm.max_context:
+        from attnlab.advice import advise
+
+        advise(f"--max-new-tokens {args.max_new_tokens} with --policy {policy.name} runs past {lm.name}'s "
+               f"context of {lm.max_context} tokens, where its output degrades; use --policy sinks to stream "
+               f"past it")
     chat = args.chat
     if chat is None:
         chat = bool(getattr(getattr(lm.tokenizer, "hf", None), "chat_template", None))
     gen = StreamGenerator(lm, policy, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                           top_k=args.top_k, seed=args.seed, chat=chat)
-    turns = [args.prompt] if args.prompt is not None else (line.rstrip("\n") for line in sys.stdin)
+    turns = [args.prompt] if args.prompt is not None else _stdin_turns()
     for prompt in turns:
         if not prompt.strip():
             continue
@@ -138,3 +219,31 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"[{new} tokens in {secs:.1f} s, {new / secs:.1f} tok/s; stream {last.stream_tokens} tokens, "
               f"cache {last.cache_bytes / 2**20:.1f} MiB ({policy.name})]", file=sys.stderr)
     return 0
+
+
+def _advise_generate(args: argparse.Namespace) -> None:
+    from attnlab.advice import advise
+
+    if args.temperature == 0 and args.top_k:
+        advise(f"--top-k {args.top_k} applies when sampling; --temperature 0 is greedy, so it is unused "
+               f"(pass --temperature 0.7, say, to sample)")
+    if args.temperature == 0 and args.seed:
+        advise(f"--seed {args.seed} applies when sampling; --temperature 0 is greedy and deterministic")
+
+
+def _stdin_turns() -> Iterator[str]:
+    """stdin's lines, decoded as UTF-8 one at a time (so the error names the line), without newlines."""
+    from attnlab.errors import DataError
+
+    raw = getattr(sys.stdin, "buffer", None)
+    if raw is None:  # a text stream without bytes underneath (e.g. io.StringIO): already decoded
+        for line in sys.stdin:
+            yield line.rstrip("\r\n")
+        return
+    for number, data in enumerate(raw, 1):
+        try:
+            yield data.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"line {number} of stdin is not UTF-8 (invalid byte 0x{data[exc.start]:02x} at "
+                            f"byte {exc.start}); convert the input first, e.g. iconv -f latin1 -t utf-8") \
+                from None

@@ -26,10 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
 from attnlab.errors import ConfigError, DataError
 from attnlab.stream.policies import Policy, RecomputePolicy
@@ -107,8 +107,7 @@ def stream_eval(model: Any, text: str | Tensor, policy: Policy, tokens: int | No
     rss_bins: list[int] = []
     cache_peak = 0
     start = time.perf_counter()
-    bar = tqdm(total=n, desc=f"stream {policy.name}", unit="tok", disable=None if progress else True,
-               leave=False)
+    bar = _TokenProgress(n, f"stream {policy.name}", progress)
     if isinstance(policy, RecomputePolicy):
         scored = _eval_recompute(module, ids, policy.window, nll, mode, stride, batch, bar, bin_size,
                                  rss_bins)
@@ -133,16 +132,34 @@ def stream_eval(model: Any, text: str | Tensor, policy: Policy, tokens: int | No
         cache_final, cache_len = runner.cache_bytes(), runner.cache_length()
     bar.close()
     seconds = time.perf_counter() - start
-    return summarize(nll, policy=policy, mode=mode, chunk=chunk if mode == "chunked" else 1, stride=stride,
-                     bin_size=bin_size, seconds=seconds, scored=scored, stream_tokens=int(ids.shape[1]),
-                     cache_peak=cache_peak, cache_final=cache_final, cache_length=cache_len,
-                     rss_bins=rss_bins,
-                     model_name=getattr(model, "name", type(module).__name__))
+    result = summarize(nll, policy=policy, mode=mode, chunk=chunk if mode == "chunked" else 1, stride=stride,
+                       bin_size=bin_size, seconds=seconds, scored=scored, stream_tokens=int(ids.shape[1]),
+                       cache_peak=cache_peak, cache_final=cache_final, cache_length=cache_len,
+                       rss_bins=rss_bins, model_name=getattr(model, "name", type(module).__name__))
+    return StreamResult(result)
+
+
+class _TokenProgress:
+    """`attnlab.train.progress.Progress` counted in scored tokens: a bar on a terminal, a plain line now and
+    then in a log (a 20,000-token evaluation used to be silent there)."""
+
+    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+        from attnlab.train.progress import Progress
+
+        self.progress = Progress(total, desc=desc, enabled=enabled)
+        self.n = 0
+
+    def update(self, k: int) -> None:
+        self.n += k
+        self.progress.update(self.n)
+
+    def close(self) -> None:
+        self.progress.close()
 
 
 @torch.no_grad()
 def _eval_recompute(module: torch.nn.Module, ids: Tensor, W: int, nll: Tensor, mode: str, stride: int,
-                    batch: int, bar: tqdm, bin_size: int, rss_bins: list[int]) -> int:
+                    batch: int, bar: _TokenProgress, bin_size: int, rss_bins: list[int]) -> int:
     n = nll.numel()
     kind_hf = hasattr(module, "config") and hasattr(module.config, "_attn_implementation")
 
@@ -206,18 +223,22 @@ def summarize(nll: Tensor, *, policy: Policy, mode: str, chunk: int, stride: int
 
 def plot_nll(results: Sequence[dict[str, Any]], path: str | Path, *, smooth: int = 100,
              title: str | None = None) -> Path:
-    """NLL vs stream position, one panel per policy side by side (rolling mean over `smooth` tokens)."""
-    import matplotlib
+    """NLL vs stream position, one panel per policy side by side (rolling mean over `smooth` tokens),
+    in the page style of `attnlab.present`; written atomically."""
+    from attnlab.present.plots import save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    return save_png(nll_figure(results, smooth=smooth, title=title), path)
 
-    from attnlab.io import atomic_write_bytes
+
+def nll_figure(results: Sequence[dict[str, Any]], *, smooth: int = 100, title: str | None = None) -> Any:
+    """The figure `plot_nll` writes (results need their per-token "nll")."""
+    from attnlab.present import fmt_num
+    from attnlab.present.plots import figure
 
     if not results:
         raise ValueError("plot_nll needs at least one result")
-    fig, axes = plt.subplots(1, len(results), figsize=(3.6 * len(results), 3.2), sharey=True, squeeze=False)
-    for ax, res in zip(axes[0], results):
+    fig, axes = figure(3.6 * len(results), 3.2, ncols=len(results), sharey=True)
+    for ax, res in zip(np.atleast_1d(axes), results):
         vals = torch.tensor([float("nan") if x is None else x for x in res["nll"]], dtype=torch.float64)
         pos = torch.arange(vals.numel())
         ok = ~torch.isnan(vals)
@@ -226,21 +247,47 @@ def plot_nll(results: Sequence[dict[str, Any]], path: str | Path, *, smooth: int
         kernel = torch.ones(1, 1, k, dtype=torch.float64) / k
         sm = F.conv1d(v[None, None], kernel)[0, 0] if v.numel() >= k else v
         ax.plot(p[k - 1:k - 1 + sm.numel()].numpy(), sm.numpy(), lw=1)
-        ax.set_title(f"{res['policy']}\nppl {res['perplexity']:.2f}", fontsize=9)
+        ax.set_title(f"{res['policy']}\nppl {fmt_num(res['perplexity'], 5)}", fontsize=9)
         ax.set_xlabel("stream position (tokens)")
         cap = res.get("cache_capacity")
         if cap:
             ax.axvline(cap, color="grey", lw=0.6, ls="--")
-    axes[0][0].set_ylabel(f"NLL (mean of {smooth} tokens)")
+    np.atleast_1d(axes)[0].set_ylabel(f"NLL (mean of {smooth} tokens)")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    import io
+    return fig
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+
+class StreamResult(dict):
+    """What `stream_eval` returns: the results dict itself (index it, save it as JSON), which a notebook
+    shows as a table of the headline numbers and the NLL-vs-position plot."""
+
+    ROWS = (("perplexity", "perplexity"), ("nll_mean", "mean NLL (nats / token)"),
+            ("tokens", "tokens scored"), ("tokens_per_s", "tokens / s"),
+            ("cache_capacity", "cache capacity (tokens)"), ("cache_length_final", "cache length at the end"))
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        from attnlab.present import fmt_num
+
+        cells = [(label, fmt_num(self.get(key), 4)) for key, label in self.ROWS]
+        cells.append(("cache at the end (MiB)", fmt_num(self.get("cache_bytes_final", 0) / 2**20, 3)))
+        rows = "".join(f"<tr><td>{html.escape(k)}</td><td style='text-align:right'>{html.escape(v)}</td></tr>"
+                       for k, v in cells)
+        model, policy, mode = (html.escape(str(self.get(k, ""))) for k in ("model", "policy", "mode"))
+        head = f"<b>{model}</b>, policy <code>{policy}</code>, {mode} mode"
+        img = ""
+        if self.get("nll") and any(x is not None for x in self["nll"]):
+            from attnlab.present.plots import png_data_uri
+
+            smooth = max(1, min(100, len(self["nll"]) // 10))
+            uri = png_data_uri(nll_figure([self], smooth=smooth))
+            img = f"<img alt='NLL vs stream position' src='{uri}' style='max-width:100%'>"
+        return f"<div>{head}<table>{rows}</table>{img}</div>"
 
 
 def save_results(path: str | Path, results: dict[str, Any] | list[dict[str, Any]], config: dict[str, Any],

@@ -11,6 +11,7 @@ has left the window (except the sinks) is forgotten.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -37,6 +38,25 @@ class TurnStats:
         return self.new_tokens / self.seconds if self.seconds > 0 else float("nan")
 
 
+MAX_SEED = 2**64 - 1  # the largest seed torch.Generator.manual_seed takes
+
+
+def check_sampling(*, max_new_tokens: int, temperature: float, top_k: int | None, seed: int) -> None:
+    """Raise ConfigError (naming the flag and the allowed range) for settings that generation would
+    reject with a torch error, or worse, accept: a NaN temperature samples garbage."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens (--max-new-tokens) must be an integer >= 1, "
+                          f"got {max_new_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not math.isfinite(temperature) or temperature < 0:
+        raise ConfigError(f"temperature (--temperature) must be a finite number >= 0 (0 = greedy), "
+                          f"got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise ConfigError(f"top_k (--top-k) must be an integer >= 1, or 0 for no top-k cut, got {top_k!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"seed (--seed) must be an integer in [0, 2**64 - 1], got {seed!r}")
+
+
 class StreamGenerator:
     """Holds one stream across turns: `turn(prompt)` yields text pieces as tokens are produced."""
 
@@ -45,10 +65,7 @@ class StreamGenerator:
                  chat: bool = False) -> None:
         if not hasattr(lm, "encode") or not hasattr(lm, "tokenizer"):
             raise TypeError("StreamGenerator needs a LoadedModel (attnlab.load_model) with a tokenizer")
-        if max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        if temperature < 0:
-            raise ConfigError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+        check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
         self.lm = lm
         self.chat = chat
         self.runner = StreamRunner(lm, policy, max_step=prefill_step)

@@ -16,12 +16,12 @@ from typing import Any
 
 from attnlab.errors import ConfigError
 from attnlab.models.gpt_config import INITS, NORM_POSITIONS, NORMALIZERS, NORMS, SCORES, GPTConfig
-from attnlab.train.config import DERIVED_MODEL_FIELDS, TrainConfig
+from attnlab.train.config import AUTOCAST, DERIVED_MODEL_FIELDS, TrainConfig
 
 # Short names the examples use; the long field names work too.
 ALIASES = {"n_layers": ["--layers"], "n_heads": ["--heads"], "n_kv_heads": ["--kv-heads"]}
 CHOICES = {"normalizer": NORMALIZERS, "norm": NORMS, "norm_position": NORM_POSITIONS, "init": INITS,
-           "score": SCORES}
+           "score": SCORES, "autocast": AUTOCAST}
 HELP = {
     "n_layers": "transformer blocks", "d_model": "model width", "n_heads": "query heads",
     "n_kv_heads": "key/value heads (grouped-query attention); 'none' = one per query head",
@@ -53,6 +53,8 @@ HELP = {
     "val_fraction": "share of the text held out for validation", "out": "output folder",
     "resume": "continue the run in --out from its checkpoint", "overwrite": "replace a run already in --out",
     "device": "auto, cpu, cuda or cuda:N",
+    "autocast": "bf16 autocast of the forward: auto = on CUDA only, bf16, off",
+    "memory_check": "refuse a config whose estimated memory exceeds what the device has",
 }
 
 
@@ -138,6 +140,11 @@ def main(args: argparse.Namespace) -> int:
         config = TrainConfig.from_dict({**config.to_dict(), "out": "runs/train"})
     summary = train(config, progress=True)
     main_rank = summary.get("world_size", 1) == 1 or _rank() == 0
+    if summary.get("complete"):
+        if main_rank:
+            print(f"attnlab: the run in {summary['out']} is already complete (step {summary['step']}/"
+                  f"{config.steps}); nothing to do. To train further, extend it: {summary['resume_command']}")
+        return 0
     if summary["interrupted"]:
         if main_rank:
             print(f"attnlab: interrupted at step {summary['step']}/{config.steps}; checkpoint saved in "
@@ -145,7 +152,8 @@ def main(args: argparse.Namespace) -> int:
         return 130
     if main_rank:
         val = f", val loss {summary['val_loss']:.4f}" if summary["val_loss"] is not None else ""
-        print(f"trained {summary['step']} steps: loss {summary['final_loss']:.4f}{val}, "
+        loss = f"{summary['final_loss']:.4f}" if summary["final_loss"] is not None else "n/a"
+        print(f"trained {summary['step']} steps: loss {loss}{val}, "
               f"{summary['tokens_per_s']:,.0f} tokens/s; model in {summary['checkpoint']}")
     return 0
 

@@ -16,10 +16,15 @@ from typing import Any
 from attnlab.errors import ConfigError
 from attnlab.models.gpt_config import GPTConfig
 
-# Fields that may change when resuming without changing the optimisation trajectory (steps does change the
-# cosine schedule's length; extending a run is still a reasonable thing to ask for).
-RESUMABLE_FIELDS = ("steps", "eval_every", "eval_batches", "log_every", "save_every", "out", "resume",
-                    "overwrite", "device")
+# Fields a resumed run may change. The optimiser's knobs are here on purpose: after a divergence the fix is
+# to continue from the last good checkpoint with a lower lr (or a longer warmup, tighter clipping); the
+# schedule is recomputed from the new values at the resumed step, AdamW's moments carry over. What decides
+# *which* function is learned from *which* data (the model, seed, batch size, text, tokenizer, split) may
+# not change: docs/training.md, "Resume".
+RESUMABLE_FIELDS = ("steps", "lr", "min_lr", "warmup", "weight_decay", "grad_clip", "eval_every",
+                    "eval_batches", "log_every", "save_every", "out", "resume", "overwrite", "device",
+                    "autocast", "memory_check")
+AUTOCAST = ("auto", "bf16", "off")
 # GPTConfig fields the training run sets itself: the vocabulary comes from the tokenizer, the seed from
 # TrainConfig.seed (one seed per run decides init, data order and dropout).
 DERIVED_MODEL_FIELDS = ("vocab_size", "seed")
@@ -47,6 +52,8 @@ class TrainConfig:
     resume: bool = False
     overwrite: bool = False
     device: str = "auto"
+    autocast: str = "auto"  # bf16 autocast of the forward: auto = on CUDA only
+    memory_check: bool = True  # refuse a config whose estimated memory exceeds what the device has
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -69,6 +76,9 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.min_lr must lie in [0, lr={self.lr}], got {self.min_lr}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"TrainConfig.val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.autocast not in AUTOCAST:
+            raise ConfigError(f"TrainConfig.autocast must be one of {', '.join(AUTOCAST)}, "
+                              f"got {self.autocast!r}")
         if self.resume and self.out is None:
             raise ConfigError("resume needs the run's output folder: pass --out DIR with --resume")
 
@@ -151,9 +161,17 @@ def diff(saved: TrainConfig, now: TrainConfig, ignore: tuple[str, ...] = RESUMAB
     return out
 
 
+def changed(saved: TrainConfig, now: TrainConfig) -> dict[str, list[Any]]:
+    """{field: [checkpoint value, new value]} for the resumable settings a resumed run changes."""
+    a, b = saved.to_dict(), now.to_dict()
+    skip = ("out", "resume", "overwrite")
+    return {k: [a[k], b[k]] for k in RESUMABLE_FIELDS if k not in skip and k in a and a[k] != b.get(k)}
+
+
 def _positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
 
 
-__all__ = ["DERIVED_MODEL_FIELDS", "RESUMABLE_FIELDS", "TrainConfig", "diff", "load_mapping", "split_mapping"]
+__all__ = ["AUTOCAST", "DERIVED_MODEL_FIELDS", "RESUMABLE_FIELDS", "TrainConfig", "changed", "diff",
+           "load_mapping", "split_mapping"]

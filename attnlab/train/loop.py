@@ -1,13 +1,17 @@
-"""`train(config) -> summary`: the training loop, resumable and data-parallel.
+"""`train(config) -> summary`: attnlab's GPT trained on text, on the one training core `attnlab.train.fit`.
+
+This module adds what is specific to a GPT run on text and leaves the loop itself to `fit` (schedule,
+AdamW groups, clipping, devices, bf16 autocast, DDP, crash-safe checkpoints, non-finite stop, progress):
 
 - Data: `LMBatches.batch(step)` is a pure function of (seed, step), so a resumed run sees the batches an
   uninterrupted one would have; together with the saved AdamW state and RNG state, resuming reproduces the
   uninterrupted loss curve exactly (float32 on CPU: bitwise).
 - Schedule: linear warmup for `warmup` steps, then cosine decay from lr to min_lr (lr/10 by default) at
   `steps` (Loshchilov & Hutter 2017); AdamW (betas 0.9, 0.95) with weight decay on matrices only.
-- Data parallel: under `torchrun` (WORLD_SIZE > 1) each rank trains on its contiguous share of the same
-  global batch through DistributedDataParallel (gloo on CPU, NCCL on CUDA), so N processes follow the
-  single-process trajectory. Rank 0 alone writes files and shows progress.
+- Before anything is built, the memory a step needs is estimated (`attnlab.train.memory`) and a config that
+  cannot fit is refused with the figure and what the device has.
+- Validation, OUT/metrics.jsonl, OUT/summary.json, the train_config.json inside each checkpoint, and the
+  resume rules (which settings may change: `config.RESUMABLE_FIELDS`).
 - Ctrl-C (or SIGTERM): the step in flight finishes, a checkpoint is saved, and the summary says
   `interrupted` with the command to resume. A second Ctrl-C aborts at once.
 - Nothing global is left behind: the caller's RNG state and signal handlers are restored, so experiments
@@ -16,15 +20,11 @@
 
 from __future__ import annotations
 
-import math
-import os
-import signal
+import json
 import sys
-import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,111 +36,38 @@ from attnlab.errors import ConfigError
 from attnlab.io import atomic_write_json, provenance
 from attnlab.models.gpt import GPT
 from attnlab.train.checkpoint import (
+    CHECKPOINT,
     METRICS,
     MetricsLog,
     check_writable,
+    checkpoint_step,
+    discard_checkpoints,
     find_checkpoint,
-    load_state,
     load_train_config,
-    save_checkpoint,
-    set_rng_state,
+    missing_files,
 )
-from attnlab.train.config import TrainConfig, diff
+from attnlab.train.config import RESUMABLE_FIELDS, TrainConfig, changed, diff
+from attnlab.train.distributed import Dist, resolve_device, setup_distributed
+from attnlab.train.fit import fit, make_adamw
+from attnlab.train.fit import lr_at as fit_lr_at
 
 Callback = Callable[[int, dict[str, Any]], None]
-
-
-# ---------------------------------------------------------------- devices and processes
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")
-    owns_group: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' asked for but no CUDA GPU is available; use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    elif device.type != "cpu":
-        raise ConfigError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
-    return device
-
-
-def setup_distributed(device_name: str) -> Dist:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist(device=resolve_device(device_name))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local)
-    owns = False
-    if not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        owns = True
-    return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, owns_group=owns)
-
-
-# ---------------------------------------------------------------- Ctrl-C
-class _StopFlag:
-    """Set by SIGINT/SIGTERM; the loop checks it between steps. A second signal aborts at once."""
-
-    def __init__(self) -> None:
-        self.set = False
-
-    def handler(self, signum: int, frame: object) -> None:  # noqa: ARG002
-        if self.set:
-            raise KeyboardInterrupt
-        self.set = True
-
-
-@contextmanager
-def _catch_stop_signals():  # noqa: ANN202
-    flag = _StopFlag()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag  # signals reach the main thread only; a worker thread just runs to the end
-        return
-    previous = {sig: signal.signal(sig, flag.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield flag
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 # ---------------------------------------------------------------- pieces of the loop
 def lr_at(step: int, config: TrainConfig) -> float:
     """Learning rate for optimizer step `step` (0-based): linear warmup, then cosine to min_lr."""
-    if step < config.warmup:
-        return config.lr * (step + 1) / config.warmup
-    span = max(1, config.steps - config.warmup)
-    progress = min(1.0, (step - config.warmup) / span)
-    return config.final_lr + 0.5 * (config.lr - config.final_lr) * (1 + math.cos(math.pi * progress))
+    return fit_lr_at(step, steps=config.steps, lr=config.lr, warmup=config.warmup,
+                     min_lr_ratio=_floor(config))
 
 
-def make_optimizer(model: GPT, config: TrainConfig) -> torch.optim.AdamW:
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        # Matrices (projections, embeddings) decay; gains, biases, sink logits, ssmax s, sigma gammas do not.
-        (decay if param.dim() >= 2 else no_decay).append(param)
-        del name
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), eps=1e-8)
+def _floor(config: TrainConfig) -> float:
+    return 0.1 if config.min_lr is None else config.min_lr / config.lr
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW (betas 0.9, 0.95) with weight decay on matrices only (`attnlab.train.fit.make_adamw`)."""
+    return make_adamw(model, config.lr, config.weight_decay)
 
 
 def load_data(config: TrainConfig, data: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor, int, str]:
@@ -180,20 +107,13 @@ def evaluate(model: nn.Module, batches: list[tuple[Tensor, Tensor]], ctx: Dist) 
     return float(total[0] / total[1].clamp_min(1))
 
 
-def _progress(total: int, initial: int, enabled: bool):  # noqa: ANN202
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", file=sys.stderr,
-                dynamic_ncols=True, desc="train")
-
-
-# ---------------------------------------------------------------- the loop
+# ---------------------------------------------------------------- the run
 def train(config: TrainConfig, progress: bool = True, callback: Callback | None = None,
           data: tuple[Tensor, Tensor] | None = None) -> dict[str, Any]:
     """Train a GPT as `config` says; returns a summary dict.
 
     Args:
-        progress: show a tqdm bar (rank 0, stderr) with loss, tokens/s and ETA.
+        progress: show progress on stderr (rank 0): a tqdm bar on a terminal, plain lines otherwise.
         callback: called as callback(step, record) after every optimizer step (record has "loss", "lr").
         data: (train_tokens, val_tokens) 1-D LongTensors to use instead of config.text / config.tokenizer
             (the model's vocab_size is then taken from config.model).
@@ -201,139 +121,165 @@ def train(config: TrainConfig, progress: bool = True, callback: Callback | None 
     Returns:
         {"model": the trained GPT (unwrapped, on its device), "metrics": the logged records, "step",
         "final_loss", "val_loss", "best_val_loss", "tokens_per_s", "elapsed_s", "interrupted", "resumed_from",
+        "complete" (True when --resume found the run already finished and did nothing), "changed_on_resume",
         "out", "checkpoint", "resume_command", "config"}; summary.json in OUT holds the JSON-able part.
+
+    Raises:
+        TrainingDiverged (an AttnlabError) when the loss, gradients or weights become non-finite; the
+        message names the step, the cause and the last good checkpoint.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"train needs a TrainConfig, got {type(config).__name__}")
     ctx = setup_distributed(config.device)
     devices = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=devices), _catch_stop_signals() as stop:
-            return _train(config, ctx, progress, callback, data, stop)
+        with torch.random.fork_rng(devices=devices):
+            return _train(config, ctx, progress, callback, data)
     finally:
         if ctx.owns_group and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(config: TrainConfig, ctx: Dist, progress: bool, callback: Callback | None,
-           data: tuple[Tensor, Tensor] | None, stop: _StopFlag) -> dict[str, Any]:
+           data: tuple[Tensor, Tensor] | None) -> dict[str, Any]:
     from attnlab.data.batches import LMBatches, eval_batches
 
     out = Path(config.out) if config.out is not None else None
-    checkpoint_dir = None
+    saved: TrainConfig | None = None
+    start_step = 0
     if out is not None:
-        if ctx.main:
-            check_writable(out)
-        checkpoint_dir = find_checkpoint(out) if out.exists() else None
-        if config.resume and checkpoint_dir is None:
-            raise ConfigError(f"--resume: no checkpoint in {out}; start a new run without --resume")
-        occupied = checkpoint_dir is not None or (out / METRICS).exists()
-        if occupied and not config.resume and not config.overwrite:
+        checkpoint_dir = find_checkpoint(out)
+        if config.resume:
+            if checkpoint_dir is None:
+                raise ConfigError(_no_checkpoint(out))
+            saved = load_train_config(checkpoint_dir)
+            differing = diff(saved, config)
+            if differing:
+                may = ", ".join(f for f in RESUMABLE_FIELDS if f not in ("out", "resume", "overwrite"))
+                raise ConfigError(f"cannot resume {out}: its checkpoint was trained with another config "
+                                  f"({'; '.join(differing)}); only {may} may change on resume; resume with "
+                                  f"the same settings or choose a new --out")
+            start_step = checkpoint_step(checkpoint_dir) or 0
+            if start_step == config.steps:
+                return _complete(config, out, checkpoint_dir, ctx)  # touches nothing on disk
+            if start_step > config.steps:
+                raise ConfigError(f"cannot resume {out} with --steps {config.steps}: its checkpoint is "
+                                  f"already at step {start_step}; pass --steps {start_step} or more")
+        elif (checkpoint_dir is not None or (out / METRICS).exists()) and not config.overwrite:
             raise ConfigError(f"{out} already holds a training run; pass --resume to continue it, "
                               f"--overwrite to start over, or choose another --out")
+        if ctx.main:
+            check_writable(out)
 
     train_tokens, val_tokens, vocab_size, text_desc = load_data(config, data)
     model_cfg = replace(config.model, vocab_size=vocab_size, seed=config.seed)
     config = replace(config, model=model_cfg)
-    batches = LMBatches(train_tokens, model_cfg.context, config.batch_size, seed=config.seed)
     if config.batch_size % ctx.world_size:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by {ctx.world_size} processes; "
                           f"pick a multiple of --nproc_per_node")
+    if config.memory_check:
+        from attnlab.train.memory import check_fits, estimate_gpt_bytes
+
+        per_rank = config.batch_size // ctx.world_size
+        check_fits(estimate_gpt_bytes(model_cfg, per_rank, ctx.device), ctx.device,
+                   f"training at --batch-size {config.batch_size} x --context {model_cfg.context}",
+                   "lower --batch-size or --context")
+    batches = LMBatches(train_tokens, model_cfg.context, config.batch_size, seed=config.seed)
     val = []
     if config.eval_every and val_tokens.numel():
         val = eval_batches(val_tokens, model_cfg.context, config.batch_size, max_batches=config.eval_batches)
 
-    torch.manual_seed(config.seed)  # dropout's stream; the model's init uses its own seeded fork
-    start_step, resumed_from = 0, None
     log = MetricsLog(out / METRICS if (out is not None and ctx.main) else None)
+    resume_changes = changed(saved, config) if saved is not None else {}
     if config.resume:
-        saved = load_train_config(checkpoint_dir)
-        differing = diff(saved, config)
-        if differing:
-            raise ConfigError(f"cannot resume {out}: its checkpoint was trained with another config "
-                              f"({'; '.join(differing)}); resume with the same settings or choose a new "
-                              f"--out")
-        model, optim_state, state = load_state(checkpoint_dir, ctx.device)
-        optimizer = make_optimizer(model, config)
-        optimizer.load_state_dict(optim_state)
-        start_step = resumed_from = int(state["step"])
-        set_rng_state(state["rng"])
         log.truncate(start_step)
     else:
-        model = GPT(model_cfg).to(ctx.device)
-        optimizer = make_optimizer(model, config)
+        if out is not None and ctx.main:
+            discard_checkpoints(out)  # --overwrite: an old run's checkpoint must not outrank the new one
         log.reset()
-    model.train()
-    net: nn.Module = model
-    if ctx.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        net = DistributedDataParallel(model, device_ids=ids)
+    if resume_changes and progress and ctx.main:
+        listed = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in resume_changes.items())
+        print(f"attnlab: resuming {out} at step {start_step} with {listed}", file=sys.stderr)
+    model = GPT(model_cfg)
 
     tokens_per_step = config.batch_size * model_cfg.context
-    bar = _progress(config.steps, start_step, progress and ctx.main)
-    started = time.perf_counter()
-    interval_start, interval_steps = started, 0
-    last_loss = last_val = best_val = tokens_per_s = None
-    step = start_step
-    interrupted = False
-    try:
-        while step < config.steps:
-            lr = lr_at(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            x, y = batches.batch(step, ctx.rank, ctx.world_size)
-            _, loss = net(x.to(ctx.device), y.to(ctx.device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            step += 1
-            interval_steps += 1
-            if not math.isfinite(loss_value := float(loss.detach())):
-                raise ConfigError(f"loss became {loss_value} at step {step}; lower --lr or raise --warmup")
-            record = {"split": "train", "step": step, "loss": loss_value, "lr": lr, **_parts(model)}
-            if step % config.log_every == 0 or step == 1 or step == config.steps:
-                now = time.perf_counter()
-                tokens_per_s = interval_steps * tokens_per_step / max(now - interval_start, 1e-9)
-                interval_start, interval_steps = now, 0
-                record.update(tokens_per_s=tokens_per_s, elapsed_s=now - started)
-                log.append(record)
-                last_loss = loss_value
-                bar.set_postfix(loss=f"{loss_value:.4f}", tok_s=f"{tokens_per_s:,.0f}",
-                                **({"val": f"{last_val:.4f}"} if last_val is not None else {}))
-            if val and (step % config.eval_every == 0 or step == config.steps):
-                last_val = evaluate(net, val, ctx)
-                best_val = last_val if best_val is None else min(best_val, last_val)
-                log.append({"split": "val", "step": step, "val_loss": last_val})
-                record["val_loss"] = last_val
-            if callback is not None:
-                callback(step, record)
-            bar.update(1)
-            due = config.save_every and step % config.save_every == 0 and step < config.steps
-            if out is not None and due:
-                _save(out, model, optimizer, step, config, ctx)
-            if _should_stop(stop, ctx):
-                interrupted = True
-                break
-    finally:
-        bar.close()
-    elapsed = time.perf_counter() - started
-    checkpoint = _save(out, model, optimizer, step, config, ctx) if out is not None else None
+    timing = {"start": time.perf_counter(), "steps": 0}
+    last: dict[str, float | None] = {"loss": None, "val": None, "best": None}
+
+    def on_step(step: int, record: dict[str, Any]) -> None:
+        timing["steps"] += 1
+        entry = {"split": "train", "step": step, "loss": record["loss"], "lr": record["lr"], **_parts(model)}
+        if step % config.log_every == 0 or step == 1 or step == config.steps:
+            now = time.perf_counter()
+            tokens_per_s = timing["steps"] * tokens_per_step / max(now - timing["start"], 1e-9)
+            timing.update(start=now, steps=0)
+            entry.update(tokens_per_s=tokens_per_s, elapsed_s=record["elapsed_s"])
+            log.append(entry)
+            last["loss"] = record["loss"]
+        if val and (step % config.eval_every == 0 or step == config.steps):
+            last["val"] = evaluate(model, val, ctx)
+            last["best"] = last["val"] if last["best"] is None else min(last["best"], last["val"])
+            log.append({"split": "val", "step": step, "val_loss": last["val"]})
+            entry["val_loss"] = record["val_loss"] = last["val"]
+        if callback is not None:
+            callback(step, entry)
+
+    hint = ("lower the learning rate or lengthen the warmup" if out is None else
+            f"resume from it with a smaller learning rate: attnlab train --out {out} --resume "
+            f"--lr {config.lr / 10:g}")
+    run = fit(model, _gpt_loss, batches.batch, steps=config.steps, lr=config.lr, warmup=config.warmup,
+              min_lr_ratio=_floor(config), weight_decay=config.weight_decay, grad_clip=config.grad_clip,
+              device=ctx.device, autocast=config.autocast, sharded_batches=True, seed=config.seed,
+              out=out, save_every=config.save_every, resume=config.resume,
+              checkpoint_files={"train_config.json": config.to_dict()}, on_nonfinite="raise",
+              log_every=config.log_every, progress=progress, desc="train", on_step=on_step,
+              catch_signals=True, resume_hint=hint)
+    step = run["steps"]
     summary: dict[str, Any] = {
-        "step": step, "steps": config.steps, "final_loss": last_loss, "val_loss": last_val,
-        "best_val_loss": best_val, "tokens_per_s": (step - start_step) * tokens_per_step / max(elapsed, 1e-9),
-        "elapsed_s": elapsed, "interrupted": interrupted, "resumed_from": resumed_from,
+        "step": step, "steps": config.steps, "final_loss": last["loss"], "val_loss": last["val"],
+        "best_val_loss": last["best"],
+        "tokens_per_s": (step - start_step) * tokens_per_step / max(run["seconds"], 1e-9),
+        "elapsed_s": run["seconds"], "interrupted": run["interrupted"], "complete": False,
+        "resumed_from": start_step if config.resume else None, "changed_on_resume": resume_changes,
         "world_size": ctx.world_size, "device": str(ctx.device), "num_params": model.num_params(),
         "text": text_desc, "out": str(out) if out is not None else None,
-        "checkpoint": str(checkpoint) if checkpoint is not None else None,
+        "checkpoint": str(run["checkpoint"]) if run["checkpoint"] is not None else None,
         "resume_command": f"attnlab train --out {out} --resume" if out is not None else None,
     }
     if out is not None and ctx.main:
         atomic_write_json(out / "summary.json", {**summary, **provenance(config, config.seed)})
     summary.update(model=model, metrics=log.records, config=config)
+    return summary
+
+
+def _gpt_loss(net: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    return net(x, y)[1]
+
+
+def _no_checkpoint(out: Path) -> str:
+    folder = out / CHECKPOINT
+    if folder.exists():
+        lost = ", ".join(missing_files(folder)) or "?"
+        return (f"--resume: {folder} is incomplete (missing {lost}) and no earlier checkpoint is left; "
+                f"start over with --overwrite")
+    return f"--resume: no checkpoint in {out}; start a new run without --resume"
+
+
+def _complete(config: TrainConfig, out: Path, checkpoint_dir: Path, ctx: Dist) -> dict[str, Any]:
+    """The summary of a run that --resume finds already finished: read from disk, nothing written."""
+    try:
+        previous = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        previous = previous if isinstance(previous, dict) else {}
+    except (OSError, ValueError):
+        previous = {}
+    model = GPT.from_pretrained(checkpoint_dir, map_location=ctx.device)
+    summary = {key: previous.get(key) for key in ("final_loss", "val_loss", "best_val_loss", "tokens_per_s",
+                                                   "elapsed_s", "text", "num_params")}
+    summary.update(step=config.steps, steps=config.steps, interrupted=False, complete=True,
+                   resumed_from=config.steps, changed_on_resume={}, world_size=ctx.world_size,
+                   device=str(ctx.device), out=str(out), checkpoint=str(checkpoint_dir),
+                   resume_command=f"attnlab train --out {out} --resume --steps {2 * config.steps}",
+                   model=model, metrics=MetricsLog(out / METRICS).read(), config=config)
     return summary
 
 
@@ -343,23 +289,4 @@ def _parts(model: GPT) -> dict[str, float]:
     return {f"loss_{k}": v for k, v in parts.items()} if len(parts) > 1 else {}
 
 
-def _should_stop(stop: _StopFlag, ctx: Dist) -> bool:
-    if ctx.world_size == 1:
-        return stop.set
-    # Every rank must stop after the same step, or the others would wait forever in the next all-reduce.
-    flag = torch.tensor([1.0 if stop.set else 0.0], device=ctx.device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
-
-
-def _save(out: Path, model: GPT, optimizer: torch.optim.Optimizer, step: int, config: TrainConfig,
-          ctx: Dist) -> Path:
-    path = out / "checkpoint"
-    if ctx.main:
-        path = save_checkpoint(out, model, optimizer, step, config)
-    if ctx.world_size > 1:
-        dist.barrier()
-    return path
-
-
-__all__ = ["lr_at", "make_optimizer", "resolve_device", "train"]
+__all__ = ["evaluate", "load_data", "lr_at", "make_optimizer", "resolve_device", "train"]

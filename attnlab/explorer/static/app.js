@@ -47,7 +47,8 @@ function syncOutputs() {
   $("window-out").textContent = +$("window").value === 0 ? "off (causal)" : $("window").value;
   $("sinks-out").textContent = $("sinks").value;
   $("steer_layer-out").textContent = $("steer_layer").value;
-  const sinksOn = $("normalizer").value === "sinks", windowOn = +$("window").value > 0;
+  const sinkNames = (state.info && state.info.sink_normalizers) || ["sinks"];
+  const sinksOn = sinkNames.includes($("normalizer").value), windowOn = +$("window").value > 0;
   $("sink_logit").disabled = !sinksOn;
   $("sink_logit").parentElement.classList.toggle("disabled", !sinksOn);
   $("sinks").disabled = !windowOn;

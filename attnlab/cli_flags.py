@@ -1,0 +1,40 @@
+"""Flags several commands share: `--device` and `--dtype`, where the model runs and in which precision.
+
+Torch-free on purpose: parsers are built without importing torch (`attnlab --help` stays fast); the names
+are turned into torch objects by `attnlab.models.loading.resolve_device` / `resolve_dtype` when the model
+loads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from typing import Any
+
+DTYPES = ("float32", "bfloat16", "float16", "float64")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def device_name(text: str) -> str:
+    """argparse type of --device: auto, cpu, cuda or cuda:N."""
+    name = text.strip().lower()
+    if not _DEVICE.match(name):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use auto, cpu, cuda or cuda:N")
+    return name
+
+
+def add_device_flags(parser: argparse.ArgumentParser, *, what: str = "the model runs",
+                     dtype_help: str | None = None) -> None:
+    parser.add_argument("--device", type=device_name, default=None, metavar="DEVICE",
+                        help=f"where {what}: cpu (default), cuda, cuda:N, or auto (CUDA when there is a GPU)")
+    parser.add_argument("--dtype", choices=DTYPES, default=None,
+                        help=dtype_help or "precision of the weights and activations (default float32; "
+                        "bfloat16 halves memory, float64 for exact comparisons)")
+
+
+def load_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The `load_model` keywords the user set (only those: the defaults stay the loader's)."""
+    return {k: getattr(args, k) for k in ("device", "dtype") if getattr(args, k, None) is not None}
+
+
+__all__ = ["DTYPES", "add_device_flags", "device_name", "load_kwargs"]

@@ -1,0 +1,287 @@
+"""Every user mistake on the command line ends in one line on stderr that names the file or flag, exit 2.
+
+Fast on purpose: tiny files in tmp_path, and where a check must come before the work, a model path that
+does not exist (or a stubbed study) shows that the check ran first. The models loaded are tiny.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from transformers import LlamaConfig
+
+from attnlab.cli import _is_internal, main
+
+NOWHERE = "/nonexistent/attnlab-model"
+
+
+def _fails(capsys: pytest.CaptureFixture[str], argv: list[str], *needles: str) -> str:
+    """Run `attnlab argv`, expect exit 2 and one error line holding every needle; return that line."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("attnlab: error:")]
+    assert code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def _llama_folder(path: Path, **overrides: object) -> Path:
+    """A HF model folder with a tiny Llama config.json (and whatever weights the test writes)."""
+    cfg = dict(vocab_size=16, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32)
+    LlamaConfig(**cfg).save_pretrained(path)
+    if overrides:
+        data = json.loads((path / "config.json").read_text())
+        data.update(overrides)
+        (path / "config.json").write_text(json.dumps(data))
+    return path
+
+
+def _tiny_checkpoint(path: Path) -> Path:
+    from attnlab.models.gpt import GPT, GPTConfig
+
+    GPT(GPTConfig(vocab_size=256, n_layers=1, d_model=16, n_heads=2, n_kv_heads=1, context=64)).save(path)
+    return path
+
+
+def _text(tmp_path: Path) -> Path:
+    path = tmp_path / "t.txt"
+    path.write_text("to be or not to be, that is the question\n" * 4)
+    return path
+
+
+# -- --model: files attnlab opens --------------------------------------------------------------------------
+def test_corrupt_safetensors_in_a_hf_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = _llama_folder(tmp_path / "m")
+    (folder / "model.safetensors").write_bytes(b"\x00" * 40)
+    _fails(capsys, ["stream", "generate", "--model", str(folder), "--prompt", "hi"],
+           f"{folder / 'model.safetensors'} is not a readable safetensors file", "save the model again")
+
+
+def test_corrupt_safetensors_in_an_attnlab_checkpoint(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = _tiny_checkpoint(tmp_path / "ck")
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    _fails(capsys, ["stream", "generate", "--model", str(ckpt), "--prompt", "hi"],
+           f"{weights} is not a readable safetensors file", "truncated or corrupt")
+
+
+@pytest.mark.parametrize(("overrides", "needle"), [
+    ({"num_attention_heads": 0}, "ZeroDivisionError"),  # raised inside the config class
+    ({"hidden_size": "big"}, "hidden_size"),
+])
+def test_config_value_the_config_class_rejects(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                               overrides: dict, needle: str) -> None:
+    folder = _llama_folder(tmp_path / "m", **overrides)
+    (folder / "model.safetensors").write_bytes(b"never read")
+    _fails(capsys, ["report", str(folder), "--out", str(tmp_path / "r")],
+           f"{folder / 'config.json'} is not a valid 'llama' config", needle)
+
+
+def test_config_json_that_is_not_an_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("[1, 2]")
+    _fails(capsys, ["explore", "--model", str(tmp_path / "m"), "--no-browser"],
+           f"{tmp_path / 'm' / 'config.json'} holds a JSON list, not an object")
+
+
+def test_weights_that_do_not_match_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from transformers import LlamaForCausalLM
+
+    folder = _llama_folder(tmp_path / "m")
+    LlamaForCausalLM(LlamaConfig.from_pretrained(folder)).save_pretrained(folder)
+    data = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**data, "intermediate_size": 64}))
+    _fails(capsys, ["stream", "generate", "--model", str(folder), "--prompt", "hi"],
+           f"transformers cannot load the model in {folder}", "match config.json")
+
+
+def test_corrupt_tokenizer_next_to_a_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from transformers import LlamaForCausalLM
+
+    folder = _llama_folder(tmp_path / "m")
+    LlamaForCausalLM(LlamaConfig.from_pretrained(folder)).save_pretrained(folder)
+    (folder / "tokenizer.json").write_text("{}")
+    _fails(capsys, ["stream", "generate", "--model", str(folder), "--prompt", "hi"],
+           f"cannot read the tokenizer in {folder} (tokenizer.json:")
+
+
+def test_gguf_of_16_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path / "cache"))
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(12))  # the magic, then a header cut short
+    _fails(capsys, ["stream", "generate", "--model", str(gguf), "--prompt", "hi"],
+           f"transformers cannot load {gguf}", "not truncated")
+
+
+def test_cache_folder_that_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = tmp_path / "cache"
+    plain.write_text("not a folder")
+    monkeypatch.setenv("ATTNLAB_CACHE", str(plain))
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(12))
+    _fails(capsys, ["stream", "generate", "--model", str(gguf), "--prompt", "hi"],
+           f"ATTNLAB_CACHE={plain} is a file", "point ATTNLAB_CACHE at a writable folder")
+
+
+# -- --out: checked before the work ------------------------------------------------------------------------
+def test_stream_eval_checks_out_and_plot_before_loading(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    base = ["stream", "eval", "--policy", "sinks", "--model", NOWHERE, "--text", str(_text(tmp_path))]
+    _fails(capsys, [*base, "--out", str(plain / "r.json")], f"--out {plain / 'r.json'}", "is a file")
+    _fails(capsys, [*base, "--out", str(plain)], f"--out {plain} is a file; pass a folder")  # folder form
+    _fails(capsys, [*base, "--out", str(tmp_path)], "no model named or at")  # a folder is a fine --out
+    _fails(capsys, [*base, "--out", str(tmp_path / "r.json"), "--plot", str(tmp_path)],
+           f"--plot {tmp_path} is a folder")
+
+
+def test_report_checks_out_before_loading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    _fails(capsys, ["report", NOWHERE, "--text", str(_text(tmp_path)), "--out", str(plain)],
+           f"--out {plain} is a file; pass a folder")
+
+
+@pytest.fixture
+def no_study(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Studies must not start: a check that comes after the work fails the test."""
+    import attnlab.experiments
+
+    def started(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the study started before its arguments were checked")
+
+    monkeypatch.setattr(attnlab.experiments, "run_study", started)
+
+
+@pytest.mark.usefixtures("no_study")
+def test_run_and_compare_check_out_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    _fails(capsys, ["compare", "--preset", "smoke", "--out", str(plain)], f"--out {plain} is a file")
+    _fails(capsys, ["run", "dispersion", "--preset", "smoke", "--out", str(plain / "sub")],
+           f"cannot create the --out folder {plain / 'sub'}")
+
+    def read_only(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise PermissionError(13, "Permission denied")  # what a read-only folder gives a non-root user
+
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    _fails(capsys, ["run", "offbyone", "--preset", "smoke", "--out", str(tmp_path / "ro")],
+           f"cannot write in the --out folder {tmp_path / 'ro'} (Permission denied)")
+
+
+@pytest.mark.usefixtures("no_study")
+def test_seed_count_has_an_upper_bound(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _fails(capsys, ["run", "offbyone", "--seeds", "101", "--out", str(tmp_path / "r")],
+           "--seeds must be a positive integer, at most 100", "got 101")
+    _fails(capsys, ["compare", "--seeds", "0", "--out", str(tmp_path / "r")], "--seeds", "got 0")
+    assert not (tmp_path / "r").exists()  # refused before the output folder was made
+
+
+# -- stream generate: settings checked before the model loads ----------------------------------------------
+@pytest.mark.parametrize(("flags", "needle"), [
+    (["--temperature", "nan"], "--temperature) must be a finite number >= 0"),
+    (["--temperature", "inf"], "--temperature) must be a finite number >= 0"),
+    (["--temperature", "-1"], "--temperature) must be a finite number >= 0"),
+    (["--top-k", "-3"], "--top-k) must be an integer >= 1, or 0 for no top-k cut"),
+    (["--max-new-tokens", "0"], "--max-new-tokens) must be an integer >= 1"),
+    (["--seed", str(2**64)], "--seed) must be an integer in [0, 2**64 - 1]"),
+    (["--prompt", ""], "--prompt is empty"),
+    (["--prompt", "  "], "--prompt is empty"),
+])
+def test_generate_settings(capsys: pytest.CaptureFixture[str], flags: list[str], needle: str) -> None:
+    prompt = [] if "--prompt" in flags else ["--prompt", "hi"]
+    _fails(capsys, ["stream", "generate", "--model", NOWHERE, *prompt, *flags], needle)
+
+
+def test_generate_with_non_utf8_stdin_names_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    ckpt = _tiny_checkpoint(tmp_path / "ck")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"to be\ncaf\xe9\n"), encoding="utf-8"))
+    _fails(capsys, ["stream", "generate", "--model", str(ckpt), "--policy", "window", "--window", "32",
+                    "--max-new-tokens", "2"],
+           "line 2 of stdin is not UTF-8 (invalid byte 0xe9 at byte 3)", "iconv")
+
+
+def test_generate_top_k_zero_is_off(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = _tiny_checkpoint(tmp_path / "ck")
+    argv = ["stream", "generate", "--model", str(ckpt), "--policy", "window", "--window", "32",
+            "--max-new-tokens", "3", "--temperature", "1", "--top-k", "0", "--prompt", "to be"]
+    assert main(argv) == 0
+    assert "3 tokens in" in capsys.readouterr().err
+
+
+# -- data info ---------------------------------------------------------------------------------------------
+def test_data_info_stray_argument_shows_its_own_usage(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["data", "info", str(_text(tmp_path))])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert err.startswith("usage: attnlab data info") and "--text FILE" in err
+    assert "attnlab data info: error: unrecognized arguments:" in err
+
+
+def test_data_info_bad_tokenizer_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "tokenizer.json").write_text("{}")
+    _fails(capsys, ["data", "info", "--text", str(_text(tmp_path)), "--tokenizer", str(tmp_path / "tok")],
+           f"{tmp_path / 'tok'} does not hold a Hugging Face tokenizer")
+
+
+def test_unreadable_text_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    text = _text(tmp_path)
+
+    def unreadable(self: Path) -> bytes:  # chmod 000 does not stop root, who may run the tests
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", unreadable)
+    _fails(capsys, ["data", "info", "--text", str(text)], f"cannot read {text} (Permission denied)")
+
+
+# -- what stays a traceback --------------------------------------------------------------------------------
+def _raise_in(filename: str, exc: BaseException) -> BaseException:
+    code = compile("def boom(exc):\n    raise exc\n", filename, "exec")
+    scope: dict = {}
+    exec(code, scope)  # noqa: S102 - a function whose frame claims to live in `filename`
+    try:
+        scope["boom"](exc)
+    except BaseException as caught:  # noqa: BLE001
+        return caught
+    raise AssertionError("boom did not raise")
+
+
+def test_errors_raised_inside_libraries_keep_their_traceback() -> None:
+    # A checkout or venv with "attnlab" in its path must not make torch's frames look like attnlab's.
+    torch_frame = "/home/me/attnlab/.venv/lib/python3.11/site-packages/torch/functional.py"
+    assert _is_internal(_raise_in(torch_frame, ValueError("shape mismatch")))
+    import attnlab.stream.cli
+
+    assert not _is_internal(_raise_in(attnlab.stream.cli.__file__, ValueError("bad flag")))
+    # An OSError naming a file is about that file, wherever it was raised.
+    assert not _is_internal(_raise_in(torch_frame, PermissionError(13, "Permission denied", "/x/y")))
+
+
+def test_internal_bug_is_reraised_by_main(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import attnlab.data.corpus
+
+    def buggy(path: object) -> str:
+        raise _raise_in("/site-packages/numpy/core.py", ValueError("internal"))
+
+    monkeypatch.setattr(attnlab.data.corpus, "load_text", buggy)
+    with pytest.raises(ValueError, match="^internal$"):
+        main(["data", "info", "--text", str(_text(tmp_path))])

@@ -1,0 +1,104 @@
+"""attnlab.io: atomic writes (permissions, failures), output-path checks before work, the cache folder."""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from attnlab.errors import AttnlabError, OutputError
+from attnlab.io import atomic_write_bytes, atomic_write_json, cache_dir, check_out_dir, check_out_file
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_write_respects_the_umask(tmp_path: Path, umask: int) -> None:
+    before = os.umask(umask)
+    try:
+        written = atomic_write_json(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(before)
+    assert _mode(written) == 0o666 & ~umask
+    assert written.read_text() == '{\n  "a": 1\n}\n'
+
+
+def test_write_under_a_file_names_the_path(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    with pytest.raises(OutputError, match=f"cannot write {plain / 'r.json'}: {plain} is a file, not a "):
+        atomic_write_bytes(plain / "r.json", b"data")
+    with pytest.raises(OutputError, match=f"cannot write {plain / 'a' / 'r.json'} "
+                                          r"\(Not a directory\); choose a writable location"):
+        atomic_write_bytes(plain / "a" / "r.json", b"data")
+
+
+def test_failed_write_is_an_oserror_and_leaves_no_temporary_file(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def full(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError, match=r"cannot write .*r\.json \(No space left on device\)") as info:
+        atomic_write_bytes(tmp_path / "r.json", b"data")
+    assert isinstance(info.value, AttnlabError)  # the CLI prints it as one line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_out_dir_creates_the_folder_and_leaves_it_empty(tmp_path: Path) -> None:
+    out = tmp_path / "a" / "b"
+    assert check_out_dir(out) == out
+    assert out.is_dir() and list(out.iterdir()) == []
+
+
+def test_check_out_dir_refuses_a_file_or_a_path_under_one(tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    with pytest.raises(OutputError, match=f"--out {plain} is a file; pass a folder"):
+        check_out_dir(plain)
+    with pytest.raises(OutputError, match=f"cannot create the --out folder {plain / 'sub'} "
+                                          r"\(Not a directory\)"):
+        check_out_dir(plain / "sub")
+
+
+def test_check_out_dir_proves_the_folder_writable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests may run as root, for whom a read-only folder is writable: refuse the probe file instead.
+    def read_only(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OutputError, match=f"cannot write in the --out folder {tmp_path} "
+                                          r"\(Permission denied\); pass a writable folder"):
+        check_out_dir(tmp_path)
+
+
+def test_check_out_file(tmp_path: Path) -> None:
+    with pytest.raises(OutputError, match=f"--plot {tmp_path} is a folder; pass a file name"):
+        check_out_file(tmp_path, flag="--plot")
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(OutputError, match="plain is a file, not a folder"):
+        check_out_file(tmp_path / "plain" / "r.json")
+    target = tmp_path / "new" / "r.json"
+    assert check_out_file(target) == target
+    assert target.parent.is_dir() and not target.exists()
+
+
+def test_cache_dir_that_is_a_file_says_which_variable(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    monkeypatch.setenv("ATTNLAB_CACHE", str(plain))
+    with pytest.raises(OutputError, match=f"ATTNLAB_CACHE={plain} is a file, not a folder; point "
+                                          "ATTNLAB_CACHE at a writable folder"):
+        cache_dir()
+    monkeypatch.setenv("ATTNLAB_CACHE", str(plain / "sub"))
+    with pytest.raises(OutputError, match=f"cannot create ATTNLAB_CACHE={plain / 'sub'} "
+                                          r"\(Not a directory\)"):
+        cache_dir()
+    monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path / "cache"))
+    assert cache_dir() == tmp_path / "cache" and (tmp_path / "cache").is_dir()

@@ -1,0 +1,169 @@
+"""Checkpoints survive a kill at every point of a save, and unreadable checkpoint files fail in one line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+from attnlab.cli import main as cli_main
+from attnlab.train import TrainConfig, train
+from attnlab.train import checkpoint as ck
+from attnlab.train.fit import make_adamw
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class Killed(BaseException):
+    """A simulated SIGKILL: not an Exception, so no cleanup handler of the save runs."""
+
+
+def _model_and_optimizer(step: int) -> tuple[nn.Module, torch.optim.Optimizer]:
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float(step))  # the weights say which step they belong to
+    opt = make_adamw(model, 1e-3)
+    model(torch.ones(2, 4)).sum().backward()
+    opt.step()
+    return model, opt
+
+
+def _save(out, step):
+    model, opt = _model_and_optimizer(step)
+    return ck.save_checkpoint(out, model, opt, step, files={"meta.json": {"step": step}})
+
+
+def _weights_step(folder) -> float:
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    ck.load_model_weights(model, folder)
+    return float(model[1].bias.detach()[0])  # fill_(step) then one AdamW step moves it by ~1e-3
+
+
+def _assert_single_good_checkpoint(out, step):
+    folder = ck.recover_checkpoint(out)
+    assert folder == out / ck.CHECKPOINT and ck.checkpoint_step(folder) == step
+    leftovers = [p.name for p in out.iterdir() if p.name != ck.CHECKPOINT]
+    assert leftovers == []
+    assert abs(_weights_step(folder) - step) < 0.01
+    assert ck.load_state_file(folder)["step"] == step
+    _, opt = _model_and_optimizer(0)
+    ck.load_optimizer_state(folder, opt, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("start", ["checkpoint", "old_only"])
+def test_a_kill_at_every_point_of_a_save_leaves_a_complete_checkpoint(tmp_path, monkeypatch, start):
+    """Kill the save of step 2 at its k-th filesystem operation, for every k. `old_only` starts from what a
+    kill between the two renames of an earlier save leaves: .checkpoint.old and no checkpoint/."""
+    real = {"replace": os.replace, "rmtree": shutil.rmtree, "save": torch.save}
+    promoted_a_tmp = False
+    k = 0
+    while True:
+        out = tmp_path / f"k{k}"
+        out.mkdir()
+        _save(out, 1)
+        if start == "old_only":
+            os.replace(out / ck.CHECKPOINT, out / ck.OLD)
+        calls = {"n": 0}
+
+        def counted(name, calls=calls, k=k):
+            def op(*args, **kwargs):
+                calls["n"] += 1
+                if calls["n"] > k:
+                    raise Killed
+                return real[name](*args, **kwargs)
+            return op
+
+        monkeypatch.setattr(os, "replace", counted("replace"))
+        monkeypatch.setattr(shutil, "rmtree", counted("rmtree"))
+        monkeypatch.setattr(torch, "save", counted("save"))
+        try:
+            _save(out, 2)
+            finished = True
+        except Killed:
+            finished = False
+        finally:
+            monkeypatch.undo()
+        found = ck.find_checkpoint(out)
+        assert found is not None, f"no complete checkpoint after a kill at operation {k}"
+        step = ck.checkpoint_step(found)
+        assert step in (1, 2), k
+        promoted_a_tmp |= found.name.startswith(ck.TMP_PREFIX)
+        _assert_single_good_checkpoint(out, step)
+        _save(out, 3)  # the run goes on from there
+        _assert_single_good_checkpoint(out, 3)
+        if finished:
+            assert step == 2
+            break
+        k += 1
+    assert k >= 5 and promoted_a_tmp  # every operation was hit, including "tmp complete, not yet renamed"
+
+
+def test_each_intermediate_state_is_recovered(tmp_path):
+    def state(name, **folders):
+        out = tmp_path / name
+        out.mkdir()
+        for target, step in folders.items():
+            source = tmp_path / f"{name}-{target}"
+            source.mkdir()
+            src = _save(source, step)
+            dest = {"ckpt": ck.CHECKPOINT, "old": ck.OLD, "tmp": ck.TMP_PREFIX + "abc"}[target]
+            os.replace(src, out / dest)
+        return out
+
+    # a complete tmp beside an older checkpoint (killed before the first rename): the tmp wins
+    out = state("a", ckpt=1, tmp=2)
+    assert ck.find_checkpoint(out).name == ck.TMP_PREFIX + "abc"
+    _assert_single_good_checkpoint(out, 2)
+    # killed between the renames: the tmp and .old, no checkpoint/
+    _assert_single_good_checkpoint(state("b", old=1, tmp=2), 2)
+    # killed before .old was discarded
+    _assert_single_good_checkpoint(state("c", ckpt=2, old=1), 2)
+    # an incomplete tmp (no marker yet) and a half-deleted folder in the trash are dropped
+    out = state("d", ckpt=1, tmp=2)
+    (out / (ck.TMP_PREFIX + "abc") / ck.MARKER).unlink()
+    (out / (ck.TRASH_PREFIX + "x")).mkdir()
+    _assert_single_good_checkpoint(out, 1)
+    # checkpoint/ missing a listed file: .old is the last good one
+    out = state("e", ckpt=2, old=1)
+    (out / ck.CHECKPOINT / ck.OPTIMIZER_FILE).unlink()
+    assert ck.find_checkpoint(out) == out / ck.OLD
+    _assert_single_good_checkpoint(out, 1)
+
+
+# ---------------------------------------------------------------- unreadable files of a real run
+TEXT = "Shall I compare thee to a summer's day?\nThou art more lovely and more temperate:\n" * 10
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("run")
+    text = base / "t.txt"
+    text.write_text(TEXT)
+    from attnlab.models.gpt import GPTConfig
+
+    config = TrainConfig(model=GPTConfig(n_layers=1, d_model=16, n_heads=2, context=8), steps=2, batch_size=2,
+                         warmup=1, eval_every=0, log_every=1, text=str(text), out=str(base / "run"))
+    train(config, progress=False)
+    return base / "run"
+
+
+@pytest.mark.parametrize(("name", "garbage"), [
+    (ck.OPTIMIZER_FILE, b"not a torch file"),
+    (ck.STATE_FILE, b"PK\x03\x04 truncated zip"),
+    (ck.TRAIN_CONFIG_FILE, b'{"steps": 2, "batch_'),
+    ("model.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage}"),
+])
+def test_a_corrupt_checkpoint_file_fails_in_one_line(finished_run, tmp_path, capsys, name, garbage):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    (out / ck.CHECKPOINT / name).write_bytes(garbage)
+    assert cli_main(["train", "--out", str(out), "--resume", "--steps", "3"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("attnlab: error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert f"checkpoint file {out / ck.CHECKPOINT / name} is unreadable" in errors[0]
+    assert errors[0].endswith("restore the file or start the run over with --overwrite")
