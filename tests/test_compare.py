@@ -119,7 +119,8 @@ def test_directional_rule_and_paired_difference() -> None:
     assert set(METRICS) >= set(REQUIRED)
 
 
-def test_nan_loss_stops_that_arm_and_keeps_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_nan_loss_stops_that_arm_and_keeps_the_others(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
 
     fit_module = importlib.import_module("attnlab.train.fit")  # the attribute attnlab.train.fit is fit()

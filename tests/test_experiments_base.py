@@ -14,11 +14,13 @@ from attnlab.experiments.base import (
     INCONCLUSIVE,
     NOT_HELD,
     Parts,
+    check_fields,
     choose_preset,
     claim,
     evidence,
     recompute_verdict,
     seed_stats,
+    start,
 )
 from attnlab.experiments.stats import t_interval
 
@@ -151,6 +153,38 @@ def test_parts_written_in_an_older_format_are_recomputed(tmp_path, monkeypatch):
     p = Parts(tmp_path, _Cfg())
     p.get("k", lambda: calls.append(1) or {"v": 2})
     assert p.computed == ["k"] and len(calls) == 2
+
+
+def test_start_validates_before_any_part_and_times_the_run(tmp_path):
+    def refuse(config: _Cfg) -> None:
+        raise ConfigError("bad config")
+
+    with pytest.raises(ConfigError, match="bad config"):
+        start(_Cfg(), tmp_path / "run", refuse)
+    assert not (tmp_path / "run").exists()
+    out_dir, parts = start(_Cfg(), str(tmp_path / "run"), lambda config: None)
+    assert out_dir == tmp_path / "run" and parts.dir == out_dir / "parts"
+    parts.get("k", lambda: {"v": 1})
+    timings = parts.timings()
+    assert set(timings) == {"total", "part k"} and timings["total"] >= timings["part k"] >= 0
+
+
+@dataclass(frozen=True)
+class _Arms:
+    variants: tuple[str, ...] = ("a",)
+    seeds: tuple[int, ...] = (0,)
+
+
+def test_check_fields_names_unknown_choices_and_needs_a_seed():
+    check_fields(_Arms(), choices=("variants", {"a": 1, "b": 2}))
+    with pytest.raises(ConfigError, match=r"^test_experiments_base: unknown variants \['c'\]; choose"):
+        check_fields(_Arms(variants=("a", "c")), choices=("variants", {"a": 1, "b": 2}))
+    with pytest.raises(ConfigError, match=r"unknown variants \(none given\); choose from a, b"):
+        check_fields(_Arms(variants=()), choices=("variants", ("a", "b")))
+    with pytest.raises(ConfigError, match=r"_Arms.seeds = \(\) is not valid"):
+        check_fields(_Arms(seeds=()))  # a common rule: no study runs without a seed
+    with pytest.raises(TypeError, match="_Arms has no field 'arms'"):
+        check_fields(_Arms(), choices=("arms", ("a",)))
 
 
 def test_choose_preset_errors_and_seed_override():

@@ -75,12 +75,13 @@ def test_info_describes_the_model(server):
     assert info["normalizers"][:6] == ["softmax", "softmax1", "sinks", "clipped", "adaptive", "ssmax"]
     assert info["sink_normalizers"] == ["sinks"]
     assert info["limits"]["max_tokens"] == 256
+    assert info["max_labelled_tokens"] == 48  # as the notebook's AttentionPattern labels its ticks
     assert len(info["explained"]) == 3 and len(info["explained"][0]) == info["n_directions"]
     assert 0 < len(info["default_text"]) and info["default_text"].startswith("Shall I compare")
 
 
 def test_page_and_assets_are_served(server):
-    for path, kind in [("/", b"<canvas"), ("/app.js", b"api/analyze"), ("/style.css", b"--accent")]:
+    for path, kind in [("/", b'<svg id="heatmap"'), ("/app.js", b"api/analyze"), ("/style.css", b"--accent")]:
         status, body = call(server, "GET", path)
         assert status == 200 and kind in body
     status, body = call(server, "GET", "/")
@@ -147,6 +148,29 @@ def test_head_and_layer_moves_reuse_the_forward(server):
     assert status == 200 and r["cached"] is True
 
 
+def test_grid_of_heads_holds_every_head_of_the_layer(server):
+    """Short text (<= 64 tokens): the thumbnails are the patterns themselves, one per head."""
+    short = "To be, or not to be, that is the question"
+    _, r = call(server, "POST", "/api/analyze", {"text": short, "layer": 2, "head": 1, "grid": "heads"})
+    g = r["grid"]
+    assert g["kind"] == "heads" and g["side"] == r["n_tokens"] == len(short) and len(g["maps"]) == 4
+    for head in range(4):
+        _, one = call(server, "POST", "/api/analyze", {"text": short, "layer": 2, "head": head})
+        assert one["grid"] is None  # no grid unless asked for
+        assert torch.allclose(torch.tensor(g["maps"][head]), torch.tensor(one["pattern"]), atol=1e-4)
+
+
+def test_grid_of_layers_is_block_averaged_past_64_tokens(server):
+    _, r = analyze(server, layer=1, head=2, grid="layers", normalizer="softmax1")
+    g = r["grid"]
+    assert r["n_tokens"] > 64 and g["kind"] == "layers" and g["side"] == 64 and len(g["maps"]) == 3
+    want = torch.nn.functional.adaptive_avg_pool2d(torch.tensor(r["pattern"])[None], 64)[0]
+    got = torch.tensor(g["maps"][1])  # the chosen layer's thumbnail is its pattern, averaged in blocks
+    assert got.shape == (64, 64) and torch.allclose(got, want, atol=1e-3)
+    _, other = analyze(server, layer=0, head=2, grid="layers", normalizer="softmax1")
+    assert other["cached"] is True and other["grid"]["maps"] == g["maps"]  # the same forward, any layer
+
+
 def test_steering_moves_the_next_token_distribution(server, explorer):
     before = explorer.loaded.logits(explorer.encode(TEXT)).detach()
     _, base = analyze(server, steer_layer=1)
@@ -197,6 +221,7 @@ def test_continuation_matches_recomputing_without_a_cache(server, explorer, fiel
     ({"alphas": [0, 0, 0, 0, 1]}, 400, "at most 4 numbers"),
     ({"alphas": [9]}, 400, r"'alphas\[0\]' must be in \[-4, 4\]"),
     ({"scope": "some"}, 400, "'scope' must be 'all'"),
+    ({"grid": "all"}, 400, r"'grid' must be 'heads' \(every head of the layer\), 'layers'"),
     ({"path": "/etc/passwd"}, 400, "unknown field"),
 ])
 def test_bad_input_is_refused_with_a_message(server, fields, status, message):
@@ -228,7 +253,7 @@ def test_malformed_bodies_are_refused(server):
 def test_no_file_outside_the_allow_list_is_served(server, path):
     status, body = call(server, "GET", path)
     if path == "/?file=/etc/passwd":  # the query string is ignored: this is the page itself
-        assert status == 200 and b"<canvas" in body
+        assert status == 200 and b'<svg id="heatmap"' in body
         return
     assert status == 404
     assert "serves only its own page" in body["error"]

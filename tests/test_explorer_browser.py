@@ -1,7 +1,10 @@
 """End to end in a real browser: Debian's Chromium, headless, driven by Playwright (never a browser download).
 
 Loads the page served for a tiny random Llama, moves a slider, and checks that the heatmap's pixels and a
-per-layer metric change. Saves a screenshot to tmp_path, and also to $ATTNLAB_EXPLORER_SCREENSHOT if set.
+per-layer metric change; then, on a short passage, that the heatmap's axes name the tokens, that
+the grid of small multiples is drawn and a click on it focuses the big view, and that the SVG export
+downloads a file that renders on its own. Saves screenshots to tmp_path, and the first one also to
+$ATTNLAB_EXPLORER_SCREENSHOT if set.
 The realmodel test does the same on SmolLM2 and is how docs/img/explorer.png is made:
 
     ATTNLAB_EXPLORER_SCREENSHOT=docs/img/explorer.png \
@@ -10,6 +13,7 @@ The realmodel test does the same on SmolLM2 and is how docs/img/explorer.png is 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -50,15 +54,9 @@ def tiny_loaded():
     return from_hf(LlamaForCausalLM(cfg).eval(), ByteTokenizer(), "tiny-llama", "test")
 
 
-def canvas_hash(page) -> str:
-    """A hash of the heatmap canvas's own pixels, read back from the browser (not the app's attribute)."""
-    return page.evaluate("""() => {
-        const c = document.getElementById('heatmap');
-        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-        let h = 2166136261;
-        for (let k = 0; k < d.length; k++) { h ^= d[k]; h = Math.imul(h, 16777619) >>> 0; }
-        return h.toString(16);
-    }""")
+def heatmap_pixels(page) -> str:
+    """A hash of the heatmap as the browser painted it (a screenshot of the element, not an attribute)."""
+    return hashlib.sha256(page.locator("#heatmap").screenshot()).hexdigest()
 
 
 def drive(url: str, shot: Path, *, viewport=(1440, 1010), tweak: bool = True) -> dict:
@@ -75,14 +73,15 @@ def drive(url: str, shot: Path, *, viewport=(1440, 1010), tweak: bool = True) ->
             page.goto(url)
             page.wait_for_selector("body[data-renders='1']", timeout=TIMEOUT_MS)
             out["checksum0"] = page.get_attribute("#heatmap", "data-checksum")
-            out["pixels0"] = canvas_hash(page)
+            out["pixels0"] = heatmap_pixels(page)
             out["entropy0"] = json.loads(page.get_attribute("#metric-entropy", "data-values"))
             out["status0"] = page.inner_text("#status")
+            out["grid_cells"] = page.locator("#grid g.cell").count()
             if tweak:
                 page.locator("#temperature").fill("1.5")  # 2 ** 1.5 = 2.83: hotter attention everywhere
                 page.wait_for_selector("body[data-renders='2']", timeout=TIMEOUT_MS)
                 out["checksum1"] = page.get_attribute("#heatmap", "data-checksum")
-                out["pixels1"] = canvas_hash(page)
+                out["pixels1"] = heatmap_pixels(page)
                 out["entropy1"] = json.loads(page.get_attribute("#metric-entropy", "data-values"))
                 out["temperature_label"] = page.inner_text("#temperature-out")
                 # A selector, not wait_for_function: the CSP (no 'unsafe-eval') forbids evaluating strings.
@@ -131,6 +130,7 @@ def test_slider_moves_heatmap_and_metrics_in_chromium(tiny_server, tmp_path):
     assert r["temperature_label"] == "2.83"
     assert all(b > a for a, b in zip(r["entropy0"], r["entropy1"]))  # hotter attention: higher entropy
     assert r["continuations"] == 2  # overridden and unmodified continuation side by side
+    assert r["grid_cells"] == 4  # every head of the chosen layer
     assert "tokens" in r["status0"]
     assert shot.stat().st_size > 10_000
     _copy_screenshot(shot)
@@ -152,4 +152,114 @@ def test_smollm2_page_in_chromium(tmp_path):
         srv.server_close()
     assert r["errors"] == [] and r["checksum1"] != r["checksum0"]
     assert len(r["entropy0"]) == 30
+    assert r["grid_cells"] == 9  # SmolLM2's nine query heads
     _copy_screenshot(shot)
+
+
+SHORT = "To be, or not to be"  # 19 bytes: the tiny model's byte tokenizer makes one token of each
+
+
+def shown(text: str) -> list[str]:
+    """The page's token labels for a byte-tokenized text (whitespace made visible, as showTok does)."""
+    return [c.replace(" ", "␣").replace("\n", "⏎") for c in text]
+
+
+def not_blank(png: Path, min_colours: int = 20):
+    """The screenshot as a PIL image, after checking it has real content: varied pixels, many colours."""
+    from PIL import Image, ImageStat
+
+    img = Image.open(png).convert("RGB")
+    assert ImageStat.Stat(img.convert("L")).var[0] > 100, f"{png} looks blank"
+    assert len(img.getcolors(1 << 24)) >= min_colours, f"{png} has too few colours for a heatmap"
+    return img
+
+
+def element_shot(page, selector: str, path: Path) -> Path:
+    page.locator(selector).screenshot(path=str(path))
+    return path
+
+
+def download(page, button: str, target: Path) -> str:
+    with page.expect_download() as info:
+        page.click(button)
+    info.value.save_as(target)
+    return target.read_text(encoding="utf-8")
+
+
+@pytest.mark.slow
+def test_grid_token_labels_and_export_in_chromium(tiny_server, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from PIL import ImageStat
+
+    sync_playwright = _browser_or_skip()
+    svg_ns = "{http://www.w3.org/2000/svg}"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        try:
+            context = browser.new_context(viewport={"width": 1440, "height": 1010}, accept_downloads=True)
+            page = context.new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(tiny_server.url)
+            page.wait_for_selector("body[data-renders='1']", timeout=TIMEOUT_MS)
+            assert page.get_attribute("#heatmap", "data-labelled") == "false"  # the default passage is long
+            page.locator("#text").fill(SHORT)
+            page.wait_for_selector(f"#heatmap[data-n-tokens='{len(SHORT)}']", timeout=TIMEOUT_MS)
+
+            # Token labels: both axes name the passage's tokens, and they are painted (the label strip of
+            # the heatmap's own screenshot is not blank).
+            assert page.locator("#heatmap text.tok-x").all_text_contents() == shown(SHORT)
+            assert page.locator("#heatmap text.tok-y").all_text_contents() == shown(SHORT)
+            heat = not_blank(element_shot(page, "#heatmap", tmp_path / "heatmap.png"))
+            left = int(page.get_attribute("#heatmap", "data-left"))
+            labels_strip = heat.crop((left - 12, 0, left - 2, 150))  # the first rows' y labels, not the title
+            assert ImageStat.Stat(labels_strip.convert("L")).var[0] > 50
+
+            # Hovering a cell names both tokens.
+            box = page.locator("#heatmap").bounding_box()
+            side = float(page.get_attribute("#heatmap", "data-side"))
+            top = int(page.get_attribute("#heatmap", "data-top"))
+            cell = side / len(SHORT)
+            page.mouse.move(box["x"] + left + 2.5 * cell, box["y"] + top + 5.5 * cell)  # query 5, key 2
+            assert page.inner_text("#hover").startswith("query 5 “,” → key 2 “␣”: ")
+
+            # The grid: one map per head, painted, and a click focuses the big view on that head.
+            assert page.locator("#grid g.cell").count() == 4
+            grid = not_blank(element_shot(page, "#grid", tmp_path / "grid.png"))
+            assert grid.width >= 400 and grid.height >= 300
+            before = (page.get_attribute("#heatmap", "data-checksum"), heatmap_pixels(page))
+            assert page.inner_text("#head-out") == "0"
+            page.click("#grid g.cell[data-index='2']")
+            page.wait_for_selector("#grid g.cell.chosen[data-index='2']", timeout=TIMEOUT_MS)
+            assert page.inner_text("#head-out") == "2" and "head 2" in page.text_content("#heat-title")
+            after = (page.get_attribute("#heatmap", "data-checksum"), heatmap_pixels(page))
+            assert after[0] != before[0] and after[1] != before[1]
+
+            # Every layer of the head: three maps; a click moves the layer.
+            page.select_option("#grid-view", "layers")
+            page.wait_for_selector("#grid[data-kind='layers']", timeout=TIMEOUT_MS)
+            assert page.locator("#grid g.cell").count() == 3
+            page.click("#grid g.cell[data-index='0']")
+            page.wait_for_selector("#grid g.cell.chosen[data-index='0']", timeout=TIMEOUT_MS)
+            assert "layer 0, head 2" in page.text_content("#heat-title")
+
+            # Export: standalone SVG files, made in the page.
+            text = download(page, "#export-heatmap", tmp_path / "heatmap.svg")
+            root = ET.fromstring(text.encode())
+            labels = [t.text for t in root.iter(f"{svg_ns}text") if t.get("class") == "tok-x"]
+            assert labels == shown(SHORT) and "layer 0, head 2" in text
+            images = [i.get("href", "") for i in root.iter(f"{svg_ns}image")]
+            assert len(images) == 1 and images[0].startswith("data:image/png;base64,")
+            grid_svg = ET.fromstring(download(page, "#export-grid", tmp_path / "grid.svg").encode())
+            assert len([g for g in grid_svg.iter(f"{svg_ns}g") if "cell" in (g.get("class") or "")]) == 3
+            curves = ET.fromstring(download(page, "#export-curves", tmp_path / "curves.svg").encode())
+            assert len(list(curves.iter(f"{svg_ns}svg"))) == 1 + 4  # the page's four, side by side
+            # The exported heatmap renders on its own, without the page's stylesheet.
+            page.goto((tmp_path / "heatmap.svg").as_uri())
+            page.screenshot(path=str(tmp_path / "heatmap-export.png"))
+            not_blank(tmp_path / "heatmap-export.png")
+            assert errors == []
+        finally:
+            browser.close()

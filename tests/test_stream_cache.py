@@ -18,7 +18,7 @@ from transformers import (
 from attnlab.errors import ConfigError
 from attnlab.stream import StreamRunner, make_policy
 from attnlab.stream.cache import StreamCache, StreamState, plan_step, split_steps
-from attnlab.stream.policies import ChunkedPolicy, FullPolicy, SinksPolicy, WindowPolicy
+from attnlab.stream.policies import ChunkedPolicy, FullPolicy, RecomputePolicy, SinksPolicy, WindowPolicy
 from attnlab.stream.rope import rope_of
 
 VOCAB = 61
@@ -261,6 +261,24 @@ def test_bad_sizes() -> None:
         make_policy("window", window=0)
     with pytest.raises(TypeError, match="sinks must be an int"):
         SinksPolicy(1.5, 4)  # type: ignore[arg-type]
+
+
+def test_policy_names_capacities_and_earliest_keys() -> None:
+    """Each policy's earliest kept key is its span's first key past the sinks: the explicit formulas."""
+    u = torch.arange(40)
+    for policy, name, capacity, lo in (
+        (WindowPolicy(8), "window(8)", 8, (u - 7).clamp(min=0)),
+        (RecomputePolicy(8), "recompute(8)", 8, (u - 7).clamp(min=0)),
+        (SinksPolicy(4, 8), "sinks(4,8)", 12, (u - 7).clamp(min=4)),
+        (SinksPolicy(0, 8), "sinks(0,8)", 8, (u - 7).clamp(min=0)),
+        (ChunkedPolicy(8), "chunked(8)", 8, u // 8 * 8),
+    ):
+        assert (policy.name, policy.capacity) == (name, capacity)
+        assert torch.equal(policy.lo(u), lo), name
+    assert SinksPolicy(4, 8) == SinksPolicy(4, 8) and len({SinksPolicy(4, 8), SinksPolicy(4, 8)}) == 1
+    assert WindowPolicy(8) != RecomputePolicy(8) and not RecomputePolicy(8).uses_cache
+    with pytest.raises(ConfigError, match="chunk must be >= 1, got 0"):
+        ChunkedPolicy(0)
 
 
 def test_memory_policy_needs_attnlab_gpt() -> None:

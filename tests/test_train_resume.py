@@ -99,7 +99,8 @@ def test_a_config_too_big_for_memory_is_refused_before_it_starts(monkeypatch, tm
         train(config, progress=False, data=(tokens, tokens[:0]))
     monkeypatch.undo()
     # Far beyond any machine: refused with the real figure from psutil, in one line, exit 2.
-    assert cli_main(["train", "--batch-size", "100000000", "--steps", "1", "--out", str(tmp_path / "x")]) == 2
+    assert cli_main(["train", "--batch-size", "100000000", "--steps", "1", "--warmup", "0",
+                     "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "PB of memory per process" in err and "RAM available" in err
     assert not (tmp_path / "x" / "metrics.jsonl").exists()
@@ -113,3 +114,10 @@ def test_memory_estimate_counts_the_dense_attention_path():
     assert fused["attention"] < 1e-3 * dense["attention"]
     small = memory.estimate_gpt_bytes(GPTConfig(), 16, torch.device("cpu"))
     assert 50e6 < small["total"] < 1e9  # the default config fits anywhere
+
+
+def test_train_warns_when_the_warmup_is_not_shorter_than_the_run(text_file, tmp_path, capsys):
+    assert cli_main(["train", *SMALL, "--steps", "2", "--warmup", "5", "--text", str(text_file),
+                     "--out", str(tmp_path / "w")]) == 0
+    err = capsys.readouterr().err
+    assert "--warmup 5 is not shorter than --steps 2" in err

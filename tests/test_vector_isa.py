@@ -30,7 +30,7 @@ SUBSET = [
 def test_exactness_subset_under_capability(capability: str) -> None:
     env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
     env.pop("PYTEST_ADDOPTS", None)
-    cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *SUBSET]
+    cmd = [sys.executable, "-m", "pytest", "-o", "addopts=", "-q", "-x", "-p", "no:cacheprovider", *SUBSET]
     probe = subprocess.run(
         [sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -88,18 +89,29 @@ def _check_size(value: int, what: str, cls: str) -> int:
 
 
 @dataclass(frozen=True, repr=False)
-class Window(Span):
-    """Sliding window: query at p sees keys j with p - size < j <= p (the key at p included)."""
+class _SizedSpan(Span):
+    """A local span set by one size, `size` keys (a window, a chunk), named `kind(size)`."""
 
     size: int
     local = True
+    kind: ClassVar[str]
 
     def __post_init__(self) -> None:
-        _check_size(self.size, "size", "Window")
+        _check_size(self.size, "size", type(self).__name__)
 
     @property
     def name(self) -> str:  # type: ignore[override]
-        return f"window({self.size})"
+        return f"{self.kind}({self.size})"
+
+    def reduces_to_causal(self, kv_len: int) -> bool:
+        return self.size >= kv_len  # one window or chunk holds every key
+
+
+@dataclass(frozen=True, repr=False)
+class Window(_SizedSpan):
+    """Sliding window: query at p sees keys j with p - size < j <= p (the key at p included)."""
+
+    kind = "window"
 
     def allows(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         return (k_pos <= q_pos) & (k_pos > q_pos - self.size)
@@ -112,9 +124,6 @@ class Window(Span):
 
     def periodic(self, bq: int) -> bool:
         return True  # the pattern depends on key minus query position only
-
-    def reduces_to_causal(self, kv_len: int) -> bool:
-        return self.size >= kv_len
 
 
 def _window_block(window: int, q_len: int, backward: bool = True) -> int:
@@ -165,18 +174,10 @@ class SinkWindow(Span):
 
 
 @dataclass(frozen=True, repr=False)
-class Chunked(Span):
+class Chunked(_SizedSpan):
     """Chunked attention: keys in the same chunk (j // size == p // size) and j <= p."""
 
-    size: int
-    local = True
-
-    def __post_init__(self) -> None:
-        _check_size(self.size, "size", "Chunked")
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return f"chunked({self.size})"
+    kind = "chunked"
 
     def allows(self, q_pos: Tensor, k_pos: Tensor) -> Tensor:
         return (k_pos <= q_pos) & (torch.div(k_pos, self.size, rounding_mode="floor") == torch.div(
@@ -195,9 +196,6 @@ class Chunked(Span):
 
     def periodic(self, bq: int) -> bool:
         return bq == self.size
-
-    def reduces_to_causal(self, kv_len: int) -> bool:
-        return self.size >= kv_len
 
 
 class MaskSpan(Span):

@@ -5,6 +5,8 @@ A study is a module with a config dataclass (presets `smoke`, `quick`, `full`) a
 
 - `Parts(out_dir, config)`: per-seed / per-variant sub-results saved atomically as they finish, keyed by
   a hash of the config, so a killed run resumes and a re-run with the same config skips finished parts;
+- `start(config, out_dir, validate)`: the opening of every `run()` (validated config, output folder, parts);
+- `check_fields(config, choices=..., **rules)`: an unknown choice or a bad value as one ConfigError line;
 - `seed_stats(values)`: mean, sample standard deviation and standard error over seeds;
 - `evidence(...)`: the per-item values a claim's interval is measured from (kept in results.json);
 - `claim(...)`: one published claim, our number next to the paper's, and a verdict computed by `judge`;
@@ -34,7 +36,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -91,15 +93,36 @@ def config_hash(config: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def check_fields(config: Any, **rules: Callable[[Any], bool]) -> None:
-    """Raise ConfigError naming the field when a rule fails (rules: name -> predicate)."""
+# Rules every study config obeys, for those of these fields it has.
+COMMON_RULES: dict[str, Callable[[Any], bool]] = {
+    "seeds": lambda s: len(s) >= 1,  # each seed repeats the whole study; none is no study
+}
+
+
+def check_fields(config: Any, *, choices: tuple[str, Iterable[str]] | None = None,
+                 **rules: Callable[[Any], bool]) -> None:
+    """Raise ConfigError naming the field when a rule fails (rules: name -> predicate, on top of
+    COMMON_RULES). choices: (name, known): the field that lists the study's arms (its variants, models,
+    ...) must list at least one, each of them in `known`."""
     names = {f.name for f in fields(config)}
-    for name, ok in rules.items():
+    for name in [*rules, *(choices[:1] if choices else ())]:
         if name not in names:
             raise TypeError(f"check_fields: {type(config).__name__} has no field {name!r}")
+    if choices is not None:
+        _check_choices(config, *choices)
+    for name, ok in {**{n: r for n, r in COMMON_RULES.items() if n in names}, **rules}.items():
         if not ok(getattr(config, name)):
             raise ConfigError(f"{type(config).__name__}.{name} = {getattr(config, name)!r} is not valid; "
                               f"see the study's presets for working values")
+
+
+def _check_choices(config: Any, name: str, known: Iterable[str]) -> None:
+    chosen, names = getattr(config, name), list(known)
+    unknown = [c for c in chosen if c not in names]
+    if unknown or not chosen:
+        study = type(config).__module__.rpartition(".")[2]  # the study's module: offbyone, lipschitz, ...
+        raise ConfigError(f"{study}: unknown {name} {unknown or '(none given)'}; choose from "
+                          f"{', '.join(names)}")
 
 
 # ------------------------------------------------------------------------------------ resumability
@@ -116,6 +139,7 @@ class Parts:
         self.reused: list[str] = []
         self.computed: list[str] = []
         self.seconds: dict[str, float] = {}
+        self.started = time.perf_counter()
 
     def _path(self, key: str) -> Path:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
@@ -140,6 +164,18 @@ class Parts:
         self.computed.append(key)
         self.seconds[key] = seconds
         return result
+
+    def timings(self) -> dict[str, float]:
+        """Wall time since these parts were opened (the run's total) and of each part."""
+        parts = {f"part {k}": v for k, v in self.seconds.items()}
+        return {"total": time.perf_counter() - self.started, **parts}
+
+
+def start(config: Any, out_dir: str | Path, validate: Callable[[Any], None]) -> tuple[Path, Parts]:
+    """The opening of a study's `run()`: the config validated (before any work), the output folder, and the
+    resumable parts, whose clock starts now (`parts.timings()`)."""
+    validate(config)
+    return Path(out_dir), Parts(out_dir, config)
 
 
 # -------------------------------------------------------------------------------------- statistics

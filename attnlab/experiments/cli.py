@@ -69,8 +69,8 @@ def _advise_run(args: argparse.Namespace, config: object) -> None:
 
     seeds = getattr(config, "seeds", None)
     if seeds is not None and len(seeds) == 1 and args.preset != "smoke":
-        advise("one seed: the verdicts' intervals use a stand-in spread (10% of the mean), not a measured "
-               "one; pass --seeds 3 or more for verdicts you can quote")
+        advise("one seed: the verdicts' intervals come from a bootstrap over this run's items, which says "
+               "nothing of seed-to-seed variation; pass --seeds 3 or more for verdicts that cover it")
     steps, warmup = getattr(config, "steps", None), getattr(config, "warmup", None)
     if isinstance(steps, int) and isinstance(warmup, int):
         check_schedule(steps, warmup, steps_flag="steps", warmup_flag="warmup")

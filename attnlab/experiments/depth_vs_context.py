@@ -14,14 +14,13 @@ context in distribution) and scored by exact match of the key at each context.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from attnlab.experiments.base import Parts, check_fields, claim, evidence, finish, fmt_stat, seed_stats
+from attnlab.experiments.base import check_fields, claim, evidence, finish, fmt_stat, seed_stats, start
 from attnlab.experiments.common import train_loop
 
 
@@ -54,7 +53,7 @@ SUMMARY = ("A fixed parameter budget spent on 2 ... 16 layers (width shrinking t
 
 def validate(config: Config) -> None:
     check_fields(config, depths=lambda d: len(d) >= 2 and min(d) >= 1, contexts=lambda c: len(c) >= 2
-                 and min(c) >= 16, seeds=lambda s: len(s) >= 1, steps=lambda s: s >= 1,
+                 and min(c) >= 16, steps=lambda s: s >= 1,
                  budget=lambda b: b >= 12 * max(config.depths) * (2 * config.n_heads) ** 2)
 
 
@@ -96,10 +95,7 @@ def _part(config: Config, depth: int, seed: int, progress: bool) -> dict[str, An
 
 
 def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    validate(config)
-    out_dir = Path(out_dir)
-    t0 = time.perf_counter()
-    parts = Parts(out_dir, config)
+    out_dir, parts = start(config, out_dir, validate)
     runs = {depth: [parts.get(f"seed{s}-depth{depth}", lambda d=depth, s=s: _part(config, d, s, progress))
                     for s in config.seeds] for depth in config.depths}
     results = {str(depth): {"width": rs[0]["width"], "params": rs[0]["params"],
@@ -117,7 +113,7 @@ def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str,
                        f"{config.batch_size}; {config.test_samples} test samples per context; seeds "
                        f"{list(config.seeds)}. Chance is 1e-5 (5 digits)."}]
     figures = _figures(config, results, out_dir)
-    timings = {"total": time.perf_counter() - t0, **{f"part {k}": v for k, v in parts.seconds.items()}}
+    timings = parts.timings()
     return finish("depth-vs-context", config, out_dir, results={"contexts": list(config.contexts), **results},
                   claims=claims, tables=tables, figures=figures, timings=timings, parts=parts,
                   summary=SUMMARY, command=f"attnlab run depth-vs-context --out {out_dir}")

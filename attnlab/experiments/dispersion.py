@@ -18,15 +18,13 @@ accuracy, and the largest attention weight of the query row (the head that atten
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from attnlab.errors import ConfigError
-from attnlab.experiments.base import Parts, check_fields, claim, evidence, finish, fmt_stat, seed_stats
+from attnlab.experiments.base import check_fields, claim, evidence, finish, fmt_stat, seed_stats, start
 from attnlab.experiments.common import train_loop
 
 NORMALIZERS = ("softmax", "adaptive", "ssmax")
@@ -61,11 +59,7 @@ SUMMARY = ("Max retrieval (Velickovic et al. 2024) with a 1-layer GPT trained at
 
 
 def validate(config: Config) -> None:
-    bad = [n for n in config.normalizers if n not in NORMALIZERS]
-    if bad or not config.normalizers:
-        raise ConfigError(f"dispersion: unknown normalizer(s) {bad or '(none)'}; choose from "
-                          f"{', '.join(NORMALIZERS)}")
-    check_fields(config, seeds=lambda s: len(s) >= 1, steps=lambda s: s >= 1,
+    check_fields(config, choices=("normalizers", NORMALIZERS), steps=lambda s: s >= 1,
                  test_items=lambda t: len(t) >= 2 and all(n >= 1 for n in t),
                  train_items=lambda n: n >= 2, test_samples=lambda n: n >= 2,
                  weight_samples=lambda n: 2 <= n <= config.test_samples)
@@ -139,10 +133,7 @@ def _part(config: Config, normalizer: str, seed: int, progress: bool) -> dict[st
 
 
 def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    validate(config)
-    out_dir = Path(out_dir)
-    t0 = time.perf_counter()
-    parts = Parts(out_dir, config)
+    out_dir, parts = start(config, out_dir, validate)
     runs: dict[str, list[dict[str, Any]]] = {}
     for normalizer in config.normalizers:
         runs[normalizer] = [parts.get(f"seed{s}-{normalizer}",
@@ -157,7 +148,7 @@ def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str,
     claims = make_claims(config, runs)
     tables = [_table(config, results, metric) for metric in ("accuracy", "max_weight")]
     figures = _figures(config, results, out_dir)
-    timings = {"total": time.perf_counter() - t0, **{f"part {k}": v for k, v in parts.seconds.items()}}
+    timings = parts.timings()
     return finish("dispersion", config, out_dir, results={"test_items": list(config.test_items), **results},
                   claims=claims, tables=tables, figures=figures, timings=timings, parts=parts,
                   summary=SUMMARY,

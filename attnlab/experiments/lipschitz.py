@@ -15,15 +15,13 @@ and after short training.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from attnlab.errors import ConfigError
-from attnlab.experiments.base import Parts, check_fields, claim, evidence, finish, fmt, fmt_stat, seed_stats
+from attnlab.experiments.base import check_fields, claim, evidence, finish, fmt, fmt_stat, seed_stats, start
 from attnlab.experiments.common import lm_loss, shakespeare_split, train_loop
 
 MODELS: dict[str, dict[str, Any]] = {
@@ -65,12 +63,9 @@ SUMMARY = ("Local Lipschitz constant of whole attention models vs sequence lengt
 
 
 def validate(config: Config) -> None:
-    unknown = [m for m in config.models if m not in MODELS]
-    if unknown or not config.models:
-        raise ConfigError(f"lipschitz: unknown model(s) {unknown or '(none)'}; choose from "
-                          f"{', '.join(MODELS)}")
-    check_fields(config, lengths=lambda ls: len(ls) >= 2 and all(1 < n <= config.context for n in ls),
-                 seeds=lambda s: len(s) >= 1, n_iter=lambda n: n >= 1, windows=lambda w: w >= 2)
+    check_fields(config, choices=("models", MODELS),
+                 lengths=lambda ls: len(ls) >= 2 and all(1 < n <= config.context for n in ls),
+                 n_iter=lambda n: n >= 1, windows=lambda w: w >= 2)
 
 
 def _gpt(config: Config, name: str, seed: int) -> Any:
@@ -114,10 +109,7 @@ def _part(config: Config, name: str, seed: int, trained: bool, progress: bool) -
 def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     from attnlab.experiments.common import progress_bar
 
-    validate(config)
-    out_dir = Path(out_dir)
-    t0 = time.perf_counter()
-    parts = Parts(out_dir, config)
+    out_dir, parts = start(config, out_dir, validate)
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {"init": {}, "trained": {}}
     bar = progress_bar(2 * len(config.models) * len(config.seeds), "lipschitz", progress)
     for stage in ("init", "trained"):
@@ -139,7 +131,7 @@ def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str,
     claims = make_claims(config, runs)
     tables = [_table(config, results)]
     figures = _figures(config, results, out_dir)
-    timings = {"total": time.perf_counter() - t0, **{f"part {k}": v for k, v in parts.seconds.items()}}
+    timings = parts.timings()
     return finish("lipschitz", config, out_dir, results=results, claims=claims, tables=tables,
                   figures=figures, timings=timings, parts=parts, summary=SUMMARY,
                   command=f"attnlab run lipschitz --out {out_dir}")

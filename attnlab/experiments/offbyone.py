@@ -29,8 +29,7 @@ from typing import Any
 
 import torch
 
-from attnlab.errors import ConfigError
-from attnlab.experiments.base import Parts, check_fields, claim, evidence, finish, fmt, fmt_stat, seed_stats
+from attnlab.experiments.base import check_fields, claim, evidence, finish, fmt, fmt_stat, seed_stats, start
 from attnlab.experiments.common import lm_loss, shakespeare_split, train_loop
 from attnlab.present import LABELS
 
@@ -83,11 +82,7 @@ SUMMARY = ("Identical small GPTs on Shakespeare, differing only in attention (so
 
 
 def validate(config: Config) -> None:
-    unknown = [v for v in config.variants if v not in VARIANTS]
-    if unknown or not config.variants:
-        raise ConfigError(f"offbyone: unknown variant(s) {unknown or '(none given)'}; choose from "
-                          f"{', '.join(VARIANTS)}")
-    check_fields(config, seeds=lambda s: len(s) >= 1, steps=lambda s: s >= 1,
+    check_fields(config, choices=("variants", VARIANTS), steps=lambda s: s >= 1,
                  lipschitz_lengths=lambda ls: all(1 < n <= config.context for n in ls),
                  sensitivity_len=lambda n: 1 < n <= config.context,
                  # >= 2 windows each: with one seed the claims' intervals are bootstraps over them
@@ -118,11 +113,11 @@ def _train_and_probe(config: Config, variant: str, seed: int, model_dir: Path, p
     val = eval_batches(val_tokens, config.context, 16, max_batches=max(1, -(-config.eval_windows // 16)))
     val_losses = window_losses(model, val)[:config.eval_windows]
     model.save(model_dir)  # lets a reader re-run `attnlab report` on exactly this model
-    start = time.perf_counter()
+    probe_start = time.perf_counter()
     probes = probe_lm(model, val_tokens, config, progress=progress, name=f"{variant}/seed{seed}")
     items = {"val_loss": val_losses, **per_window_probes(model, val_tokens, config)}
     return {"variant": variant, "seed": seed, "val_loss": sum(val_losses) / len(val_losses), "train": log,
-            "train_seconds": log["seconds"], "probe_seconds": time.perf_counter() - start, **probes,
+            "train_seconds": log["seconds"], "probe_seconds": time.perf_counter() - probe_start, **probes,
             "items": items}
 
 
@@ -162,10 +157,7 @@ def per_window_probes(model: torch.nn.Module, val_tokens: torch.Tensor, config: 
 
 
 def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    validate(config)
-    out_dir = Path(out_dir)
-    t0 = time.perf_counter()
-    parts = Parts(out_dir, config)
+    out_dir, parts = start(config, out_dir, validate)
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in config.variants}
     total = len(config.seeds) * len(config.variants)
     for i, (seed, variant) in enumerate((s, v) for s in config.seeds for v in config.variants):
@@ -173,7 +165,7 @@ def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str,
         res = parts.get(f"seed{seed}-{variant}", lambda v=variant, s=seed, i=i: _train_and_probe(
             config, v, s, out_dir / "models" / f"{v}-seed{s}", progress, label=f"[{i + 1}/{total}] "))
         runs[variant].append(res)
-    timings = {"total": time.perf_counter() - t0, **{f"part {k}": v for k, v in parts.seconds.items()}}
+    timings = parts.timings()
     results = aggregate(config, runs)
     claims = make_claims(config, results, runs)
     tables = make_tables(config, results)

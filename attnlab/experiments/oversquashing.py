@@ -19,7 +19,6 @@ Two parts:
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import torch
 
 from attnlab.errors import ConfigError
-from attnlab.experiments.base import Parts, check_fields, claim, evidence, finish, fmt_stat, seed_stats
+from attnlab.experiments.base import check_fields, claim, evidence, finish, fmt_stat, seed_stats, start
 from attnlab.experiments.common import train_loop
 
 TASKS = ("copy_first", "copy_last", "count_ones")
@@ -70,12 +69,9 @@ SUMMARY = ("Barbero et al. 2024 at small scale: copy-first vs copy-last and coun
 
 
 def validate(config: Config) -> None:
-    bad = [t for t in config.tasks if t not in TASKS]
-    if bad or not config.tasks:
-        raise ConfigError(f"oversquashing: unknown task(s) {bad or '(none)'}; choose from {', '.join(TASKS)}")
     if config.probe_model != "tiny" and not config.probe_model:
         raise ConfigError("oversquashing: probe_model must be a model name or path, or 'tiny'")
-    check_fields(config, seeds=lambda s: len(s) >= 1, steps=lambda s: s >= 1,
+    check_fields(config, choices=("tasks", TASKS), steps=lambda s: s >= 1,
                  train_lengths=lambda t: len(t) >= 1 and min(t) >= 2,
                  test_lengths=lambda t: len(t) >= 1 and min(t) >= 2,
                  collapse_lengths=lambda t: len(t) >= 2, test_samples=lambda n: n >= 2,
@@ -152,10 +148,7 @@ def _real(config: Config) -> dict[str, Any]:
 
 
 def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    validate(config)
-    out_dir = Path(out_dir)
-    t0 = time.perf_counter()
-    parts = Parts(out_dir, config)
+    out_dir, parts = start(config, out_dir, validate)
     runs = {task: [parts.get(f"seed{s}-{task}", lambda t=task, s=s: _part(config, t, s, progress))
                    for s in config.seeds] for task in config.tasks}
     real = parts.get("probe-model", lambda: _real(config))
@@ -168,7 +161,7 @@ def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str,
     claims = make_claims(config, runs, real)
     tables = _tables(config, results)
     figures = _figures(config, results, out_dir)
-    timings = {"total": time.perf_counter() - t0, **{f"part {k}": v for k, v in parts.seconds.items()}}
+    timings = parts.timings()
     return finish("oversquashing", config, out_dir, results=results, claims=claims, tables=tables,
                   figures=figures, timings=timings, parts=parts, summary=SUMMARY,
                   command=f"attnlab run oversquashing --out {out_dir}")

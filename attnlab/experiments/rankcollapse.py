@@ -26,15 +26,13 @@ after short training on Shakespeare:
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from attnlab.errors import ConfigError
-from attnlab.experiments.base import Parts, check_fields, claim, evidence, finish, fmt, fmt_stat, seed_stats
+from attnlab.experiments.base import check_fields, claim, evidence, finish, fmt, fmt_stat, seed_stats, start
 from attnlab.experiments.common import lm_loss, shakespeare_split, train_loop
 
 ARCHITECTURES: dict[str, dict[str, Any]] = {
@@ -82,12 +80,9 @@ SUMMARY = ("Dong et al. 2021's rank-collapse ablations on attnlab's GPT: the uni
 
 
 def validate(config: Config) -> None:
-    unknown = [a for a in config.architectures if a not in ARCHITECTURES]
-    if unknown or not config.architectures:
-        raise ConfigError(f"rankcollapse: unknown architecture(s) {unknown or '(none)'}; choose from "
-                          f"{', '.join(ARCHITECTURES)}")
-    check_fields(config, seeds=lambda s: len(s) >= 1, depth=lambda d: d >= 2, train_depth=lambda d: d >= 1,
-                 train_steps=lambda s: s >= 1, windows=lambda w: w >= 1 + (len(config.seeds) == 1))
+    check_fields(config, choices=("architectures", ARCHITECTURES), depth=lambda d: d >= 2,
+                 train_depth=lambda d: d >= 1, train_steps=lambda s: s >= 1,
+                 windows=lambda w: w >= 1 + (len(config.seeds) == 1))
 
 
 def _gpt(config: Config, arch: str, depth: int, seed: int) -> Any:
@@ -167,10 +162,7 @@ def _trained(config: Config, arch: str, seed: int, progress: bool) -> dict[str, 
 def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     from attnlab.experiments.common import progress_bar
 
-    validate(config)
-    out_dir = Path(out_dir)
-    t0 = time.perf_counter()
-    parts = Parts(out_dir, config)
+    out_dir, parts = start(config, out_dir, validate)
     init: dict[str, list[dict[str, Any]]] = {a: [] for a in config.architectures}
     trained: dict[str, list[dict[str, Any]]] = {a: [] for a in config.architectures}
     bar = progress_bar(len(config.seeds) * len(config.architectures), "rankcollapse at init", progress)
@@ -189,7 +181,7 @@ def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str,
     claims = make_claims(config, init, trained)
     tables = make_tables(config, results)
     figures = make_figures(config, init, results, out_dir)
-    timings = {"total": time.perf_counter() - t0, **{f"part {k}": v for k, v in parts.seconds.items()}}
+    timings = parts.timings()
     return finish("rankcollapse", config, out_dir, results=results, claims=claims, tables=tables,
                   figures=figures, timings=timings, parts=parts, summary=SUMMARY,
                   command=f"attnlab run rankcollapse --out {out_dir}")

@@ -20,12 +20,11 @@ intervals are paired moving-block bootstraps over those windows (the same window
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attnlab.experiments.base import Parts, check_fields, claim, evidence, finish, fmt
+from attnlab.experiments.base import check_fields, claim, evidence, finish, fmt, start
 
 
 @dataclass(frozen=True)
@@ -132,10 +131,7 @@ def window_means(nll: list[float | None], window: int, keep: list[bool] | None =
 
 
 def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    validate(config)
-    out_dir = Path(out_dir)
-    t0 = time.perf_counter()
-    parts = Parts(out_dir, config)
+    out_dir, parts = start(config, out_dir, validate)
     specs = _policy_specs(config)
     B = config.budget
     ref = f"recompute({B})"
@@ -175,7 +171,7 @@ def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str,
                         + [fmt(ppl["matched"][_name(s, B)]) for s in config.sink_counts],
                         ["paper (Llama-2-7B)"] + [PAPER_SINKS.get(s, "–") for s in config.sink_counts]]}]
     figures = _figures(config, per_stream, specs, out_dir)
-    timings = {"total": time.perf_counter() - t0, **{f"part {k}": v for k, v in parts.seconds.items()}}
+    timings = parts.timings()
     policies = {spec: {k: v for k, v in first[spec].items() if k != "nll"} for spec in specs}
     results = {"policies_stream0": policies, "perplexity": ppl, "window_nll": windows,
                "eval_window": config.eval_window,

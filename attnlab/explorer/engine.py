@@ -38,6 +38,7 @@ from attnlab.attention import (
     learned_parameters,
     normalizer_keywords,
 )
+from attnlab.diagnose.pattern import MAX_LABELLED_TOKENS
 from attnlab.explorer.directions import Directions, load_cached, model_key, pca_directions, save_cached
 from attnlab.explorer.layer_metrics import METRIC_NAMES, layer_metrics
 from attnlab.explorer.params import Limits, Params, RequestError, normalizer_menu
@@ -57,6 +58,9 @@ class _Forward:
     kv: Any
     ms: float
     continuation: str | None = None
+
+
+GRID_SIDE = 64  # largest thumbnail side, in cells; longer texts are block-averaged down to it
 
 
 class Superseded(Exception):
@@ -155,6 +159,8 @@ class Explorer:
             "metrics": list(METRIC_NAMES),
             "default_text": self.default_text,
             "default_layer": min(self.n_layers - 1, max(0, self.n_layers // 2)),
+            # Up to this many tokens the heatmap's axes name the tokens (as the notebook's pattern does).
+            "max_labelled_tokens": MAX_LABELLED_TOKENS,
             "n_directions": self.n_directions,
             "explained": [[round(float(e), 4) for e in d.explained] for d in self.directions],
         }
@@ -211,10 +217,23 @@ class Explorer:
             "baseline_top": base.top if base is not None else None,
             "steer_layer": params.steer_layer,
             "explained": [round(float(e), 4) for e in self.directions[params.steer_layer].explained],
+            "grid": self._grid(fwd.patterns, params),
             "cached": cached,
             "forward_ms": round(fwd.ms, 1),
             "total_ms": round(1000 * (time.perf_counter() - t0), 1),
         }
+
+    def _grid(self, patterns: Tensor, p: Params) -> dict[str, Any] | None:
+        """The small multiples: every head of the chosen layer or every layer of the chosen head, each
+        pattern block-averaged to at most GRID_SIDE x GRID_SIDE (a thumbnail needs no more, and the answer
+        stays small: 30 layers x 64 x 64 numbers)."""
+        if p.grid == "none":
+            return None
+        maps = patterns[p.layer] if p.grid == "heads" else patterns[:, p.head]  # (n, T, T)
+        side = min(GRID_SIDE, maps.shape[-1])
+        pooled = torch.nn.functional.adaptive_avg_pool2d(maps.float(), side)
+        return {"kind": p.grid, "side": side, "maps": [[[round(float(v), 4) for v in row] for row in m]
+                                                      for m in pooled]}
 
     def continue_text(self, params: Params, stale: Callable[[], bool] | None = None) -> dict[str, Any]:
         """The greedy continuation under the request's override and steering, and the baseline's."""

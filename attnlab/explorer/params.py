@@ -15,6 +15,9 @@ from attnlab.attention import normalizer_names
 from attnlab.errors import ConfigError
 
 OVERRIDE_SCOPES = ("all", "layer")
+# The small-multiples grid beside the heatmap: every head of the chosen layer, or every layer of the chosen
+# head; "none" leaves it out of the answer (scripts that want one pattern).
+GRID_VIEWS = ("none", "heads", "layers")
 
 
 class RequestError(ConfigError):
@@ -53,6 +56,7 @@ class Params:
     scope: str = "all"
     steer_layer: int = 0
     alphas: tuple[float, ...] = ()
+    grid: str = "none"
 
     @property
     def steering(self) -> bool:
@@ -121,6 +125,10 @@ def parse_params(obj: object, limits: Limits, *, n_layers: int, n_heads: int, n_
     if scope not in OVERRIDE_SCOPES:
         raise RequestError(f"'scope' must be 'all' (every layer) or 'layer' (the chosen layer), "
                            f"got {scope!r}")
+    grid = obj.get("grid", "none")
+    if grid not in GRID_VIEWS:
+        raise RequestError(f"'grid' must be 'heads' (every head of the layer), 'layers' (every layer of "
+                           f"the head) or 'none', got {grid!r}"[:300])
     alphas = obj.get("alphas", [])
     if not isinstance(alphas, list) or len(alphas) > n_directions:
         raise RequestError(f"'alphas' must be a list of at most {n_directions} numbers (one per direction), "
@@ -141,4 +149,5 @@ def parse_params(obj: object, limits: Limits, *, n_layers: int, n_heads: int, n_
         scope=scope,
         steer_layer=_int(obj, "steer_layer", 0, n_layers - 1, n_layers // 2),
         alphas=parsed_alphas,
+        grid=grid,
     )

@@ -2,10 +2,12 @@
 
 Policies (`make_policy`): full, window(W), sinks(S, W), chunked(C), recompute(W), memory (attnlab GPT).
 `StreamRunner(model, policy).feed(ids)` gives token-by-token-exact logits with memory bounded by the
-policy; `stream_eval` measures streaming perplexity; `stream_generate` streams text. See docs/streaming.md.
+policy; `stream_eval` measures streaming perplexity; `stream_generate` streams text;
+`StreamingCache(model, policy)` is a drop-in cache for Hugging Face `model.generate`. See docs/streaming.md.
 """
 
 from attnlab.stream.cache import StreamCache
+from attnlab.stream.hf_cache import StreamingCache
 from attnlab.stream.policies import (
     POLICIES,
     ChunkedPolicy,
@@ -22,5 +24,5 @@ from attnlab.stream.runner import StreamRunner
 
 __all__ = [
     "POLICIES", "ChunkedPolicy", "FullPolicy", "MemoryPolicy", "Policy", "RecomputePolicy", "SinksPolicy",
-    "StreamCache", "StreamRunner", "WindowPolicy", "make_policy", "parse_policy",
+    "StreamCache", "StreamRunner", "StreamingCache", "WindowPolicy", "make_policy", "parse_policy",
 ]

@@ -64,16 +64,18 @@ class Step:
         return int(self.allowed.shape[1])
 
 
-def plan_step(policy: Policy, state: StreamState, q: int, device: torch.device | str = "cpu") -> Step:
+def plan_step(policy: Policy, state: StreamState, q: int, device: torch.device | str = "cpu", *,
+              off: int | None = None) -> Step:
     """Plan a forward of q new tokens; the caller must keep a step from crossing `policy.full_from()` when
-    it also adds sinks (see `split_steps`)."""
+    it also adds sinks (see `split_steps`). `off` pins the position offset (0: tokens at their stream index,
+    as `generate` numbers them, see `attnlab.stream.hf_cache`); by default the last query sits at its slot."""
     t = state.t
     u = torch.arange(t, t + q, dtype=torch.long)
     slots = policy.slot(u)
-    off = int(u[-1] - slots[-1])
+    off = int(u[-1] - slots[-1]) if off is None else off
     shifts = (u - off) - slots  # d(u): where each query needs the sinks, relative to their stored slot
     new_sinks = max(0, min(policy.sinks, t + q) - t)
-    if new_sinks and off != 0:
+    if new_sinks and bool(shifts.any()):
         raise AssertionError("a step that adds sinks must not shift positions; split it (split_steps)")
     ns = state.ns
     if ns:
@@ -214,6 +216,8 @@ class StreamLayer(CacheLayerMixin):
 class StreamCache(Cache):
     """A `transformers.Cache` that keeps what `policy` says, with RoPE keys re-positioned in the cache."""
 
+    layer_class: type[StreamLayer] = StreamLayer
+
     def __init__(self, policy: Policy, rope: Rope, n_layers: int) -> None:
         if not policy.uses_cache:
             raise ValueError(f"{policy.name} is not a cache policy; run it with attnlab.stream.StreamRunner")
@@ -221,7 +225,7 @@ class StreamCache(Cache):
         self.rope = rope
         self.state = StreamState()
         self.step: Step | None = None
-        super().__init__(layers=[StreamLayer(self) for _ in range(n_layers)])
+        super().__init__(layers=[self.layer_class(self) for _ in range(n_layers)])
 
     def begin(self, q: int, device: torch.device | str = "cpu") -> Step:
         """Plan the next forward of q tokens (call `commit` after it)."""

@@ -28,7 +28,8 @@ to be all zeros is still a key).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -56,8 +57,9 @@ class Policy:
         return None
 
     def lo(self, u: Tensor) -> Tensor:
-        """Earliest non-sink key visible from stream position u (elementwise, int64)."""
-        raise NotImplementedError
+        """Earliest non-sink key visible from stream position u (elementwise, int64): where the local
+        span's keys begin, never inside the sink prefix."""
+        return torch.clamp(self.span.first_key(u), min=self.sinks)
 
     def visible(self, u: Tensor, j: Tensor) -> Tensor:
         return self.span.allows(u, j)
@@ -90,43 +92,50 @@ class FullPolicy(Policy):
 
 
 @dataclass(frozen=True, repr=False)
-class WindowPolicy(Policy):
-    """Keep the last `window` tokens (StreamingLLM's "window attention" baseline)."""
+class _OneSizePolicy(Policy):
+    """A cache policy set by one size, its only field (`window`, `chunk`): an int >= 1 that names the
+    policy, `kind(size)`, and is the most keys one query attends to."""
 
-    window: int
+    kind: ClassVar[str]
+
+    @property
+    def size(self) -> int:
+        return getattr(self, fields(self)[0].name)
 
     def __post_init__(self) -> None:
-        _check_int(self.window, "window", 1)
+        _check_int(self.size, fields(self)[0].name, 1)
 
     @property
     def name(self) -> str:  # type: ignore[override]
-        return f"window({self.window})"
+        return f"{self.kind}({self.size})"
+
+    @property
+    def capacity(self) -> int:
+        return self.size
+
+
+@dataclass(frozen=True, repr=False)
+class WindowPolicy(_OneSizePolicy):
+    """Keep the last `window` tokens (StreamingLLM's "window attention" baseline)."""
+
+    window: int
+    kind = "window"
 
     @property
     def span(self) -> Span:
         return Window(self.window)
 
-    @property
-    def capacity(self) -> int:
-        return self.window
 
-    def lo(self, u: Tensor) -> Tensor:
-        return torch.clamp(u - self.window + 1, min=0)
-
-
+@dataclass(frozen=True, repr=False)
 class SinksPolicy(Policy):
     """StreamingLLM: the first `sinks` tokens (attention sinks) plus the last `window` tokens."""
 
-    def __init__(self, sinks: int, window: int) -> None:
-        _check_int(sinks, "sinks", 0)
-        _check_int(window, "window", 1)
-        self.sinks, self.window = sinks, window
+    sinks: int = field()  # a bare annotation would take Policy.sinks (0) as its default
+    window: int
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, SinksPolicy) and (self.sinks, self.window) == (other.sinks, other.window)
-
-    def __hash__(self) -> int:
-        return hash(("sinks", self.sinks, self.window))
+    def __post_init__(self) -> None:
+        _check_int(self.sinks, "sinks", 0)
+        _check_int(self.window, "window", 1)
 
     @property
     def name(self) -> str:  # type: ignore[override]
@@ -140,65 +149,31 @@ class SinksPolicy(Policy):
     def capacity(self) -> int:
         return self.sinks + self.window
 
-    def lo(self, u: Tensor) -> Tensor:
-        return torch.clamp(u - self.window + 1, min=self.sinks)
-
     def full_from(self) -> int | None:
         return self.sinks + self.window if self.sinks else None
 
 
 @dataclass(frozen=True, repr=False)
-class ChunkedPolicy(Policy):
+class ChunkedPolicy(_OneSizePolicy):
     """Chunked attention: queries see only keys of their own C-token chunk; the cache empties at each
     chunk boundary (Llama 4's local layers)."""
 
     chunk: int
-
-    def __post_init__(self) -> None:
-        _check_int(self.chunk, "chunk", 1)
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return f"chunked({self.chunk})"
+    kind = "chunked"
 
     @property
     def span(self) -> Span:
         return Chunked(self.chunk)
 
-    @property
-    def capacity(self) -> int:
-        return self.chunk
-
-    def lo(self, u: Tensor) -> Tensor:
-        return torch.div(u, self.chunk, rounding_mode="floor") * self.chunk
-
 
 @dataclass(frozen=True, repr=False)
-class RecomputePolicy(Policy):
+class RecomputePolicy(WindowPolicy):
     """Sliding window with re-computation: for each token, run the model afresh on the last `window`
     tokens (positions 0..window-1). Exact for a model trained with that context; O(window) work per layer
     per token instead of O(1) per key, the quality and speed baseline of StreamingLLM's Table 1/Fig. 10."""
 
-    window: int
+    kind = "recompute"
     uses_cache = False
-
-    def __post_init__(self) -> None:
-        _check_int(self.window, "window", 1)
-
-    @property
-    def name(self) -> str:  # type: ignore[override]
-        return f"recompute({self.window})"
-
-    @property
-    def span(self) -> Span:
-        return Window(self.window)
-
-    @property
-    def capacity(self) -> int:
-        return self.window
-
-    def lo(self, u: Tensor) -> Tensor:
-        return torch.clamp(u - self.window + 1, min=0)
 
 
 @dataclass(frozen=True, repr=False)

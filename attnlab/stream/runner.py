@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from attnlab.errors import ConfigError
 from attnlab.stream.cache import StreamCache, split_steps
 from attnlab.stream.policies import FullPolicy, MemoryPolicy, Policy, RecomputePolicy
-from attnlab.stream.rope import rope_of
+from attnlab.stream.rope import Rope, rope_of
 
 _HF_IMPLEMENTATIONS = ("attnlab", "sdpa", "eager")
 
@@ -44,6 +44,28 @@ def _unwrap(model: Any) -> tuple[nn.Module, str, int | None]:
 
 def max_context(model: Any) -> int | None:
     return _unwrap(model)[2]
+
+
+def hf_stream_setup(module: nn.Module) -> tuple[Rope, str, int]:
+    """(RoPE frequencies, name of the forward's cache argument, layer count) of a HF causal LM, or a
+    ConfigError naming why its keys cannot be streamed."""
+    cfg = module.config
+    impl = getattr(cfg, "_attn_implementation", None)
+    if impl not in _HF_IMPLEMENTATIONS:
+        raise ConfigError(f"attention implementation {impl!r} is not supported for streaming (it needs a "
+                          f"4-D mask); load the model with attn_implementation in "
+                          f"{', '.join(_HF_IMPLEMENTATIONS)}")
+    params = inspect.signature(module.forward).parameters
+    cache_arg = "cache" if "cache" in params else "past_key_values"
+    if cache_arg not in params or "position_ids" not in params:
+        raise ConfigError(f"{type(module).__name__} takes no cache/position_ids arguments, so its "
+                          f"attention layout is not supported for streaming; use a RoPE causal LM")
+    rope = rope_of(module)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+    if 2 * rope.inv_freq.numel() != head_dim:
+        raise ConfigError(f"{type(module).__name__} rotates {2 * rope.inv_freq.numel()} of "
+                          f"{head_dim} head channels (partial RoPE); streaming supports full-head RoPE")
+    return rope, cache_arg, int(cfg.num_hidden_layers)
 
 
 class StreamRunner:
@@ -66,23 +88,7 @@ class StreamRunner:
 
     # -- setup ------------------------------------------------------------------------------------------
     def _check_hf(self) -> None:
-        cfg = self.module.config
-        impl = getattr(cfg, "_attn_implementation", None)
-        if impl not in _HF_IMPLEMENTATIONS:
-            raise ConfigError(f"attention implementation {impl!r} is not supported for streaming (it needs a "
-                              f"4-D mask); load the model with attn_implementation in "
-                              f"{', '.join(_HF_IMPLEMENTATIONS)}")
-        params = inspect.signature(self.module.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
-        if self._cache_arg not in params or "position_ids" not in params:
-            raise ConfigError(f"{type(self.module).__name__} takes no cache/position_ids arguments, so its "
-                              f"attention layout is not supported for streaming; use a RoPE causal LM")
-        self.rope = rope_of(self.module)
-        head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
-        if 2 * self.rope.inv_freq.numel() != head_dim:
-            raise ConfigError(f"{type(self.module).__name__} rotates {2 * self.rope.inv_freq.numel()} of "
-                              f"{head_dim} head channels (partial RoPE); streaming supports full-head RoPE")
-        self.n_layers = int(cfg.num_hidden_layers)
+        self.rope, self._cache_arg, self.n_layers = hf_stream_setup(self.module)
 
     def reset(self) -> None:
         """Start a new stream (empties the cache)."""

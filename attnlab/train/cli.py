@@ -133,11 +133,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(args: argparse.Namespace) -> int:
+    from attnlab.advice import check_schedule
     from attnlab.train.loop import train
 
     config = config_from_args(args)
     if config.out is None:
         config = TrainConfig.from_dict({**config.to_dict(), "out": "runs/train"})
+    check_schedule(config.steps, config.warmup)
     summary = train(config, progress=True)
     main_rank = summary.get("world_size", 1) == 1 or _rank() == 0
     if summary.get("complete"):

@@ -66,7 +66,13 @@ def assemble(config: Config, per_arm: dict[str, dict[int, dict[str, Any]]], wind
              command: str | None) -> dict[str, Any]:
     from dataclasses import asdict
 
-    from attnlab.experiments.compare.analysis import answer, arm_metrics, differences, make_claims
+    from attnlab.experiments.compare.analysis import (
+        answer,
+        answer_lines,
+        arm_metrics,
+        differences,
+        make_claims,
+    )
     from attnlab.experiments.compare.layers import layer_profiles
     from attnlab.io import atomic_write_json, provenance
     from attnlab.present import fmt_num
@@ -101,6 +107,7 @@ def assemble(config: Config, per_arm: dict[str, dict[int, dict[str, Any]]], wind
     doc = {
         "study": "compare", "schema_version": 1, "question": QUESTION,
         "answer": answer(diffs, metrics, fmt_num),
+        "answer_lines": answer_lines(diffs, metrics, fmt_num),
         "command": cmd, "config": asdict(config),
         "model": {"name": base.name, "source": base.source, "layers": base.n_layers, "heads": base.n_heads,
                   "d_model": base.d_model},

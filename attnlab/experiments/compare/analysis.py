@@ -23,6 +23,14 @@ from attnlab.experiments.compare.config import CONTROL
 from attnlab.experiments.stats import bootstrap, equivalence, excludes, t_interval
 
 HELD, NOT_HELD, INCONCLUSIVE = "held", "did not hold", "inconclusive"
+LABELS = {
+    "ppl": "perplexity", "token0_attention": "attention on token 0", "sink_rate": "sink rate (heads > 0.3)",
+    "null_sink_mass": "weight on no key (null sink)", "kurtosis_max": "max kurtosis",
+    "max_abs_activation": "max |activation|", "w8a8_delta_ppl": "Δppl W8A8", "a8_delta_ppl": "Δppl A8",
+    "w8a8_token_delta_ppl": "Δppl W8A8 per-token", "a8_token_delta_ppl": "Δppl A8 per-token",
+    "token0_layer": "attention on token 0", "null_sink_mass_layer": "weight on no key (null sink)",
+    "kurtosis_layer": "activation kurtosis", "max_abs_layer": "max |activation|",
+}
 
 Stat = Callable[[Mapping[str, float]], float]
 
@@ -38,7 +46,8 @@ METRICS: dict[str, tuple[tuple[str, ...], Stat, str]] = {
                          "attention on token 0 (mean over layers, heads, queries after 0)"),
     "sink_rate": (("sink_rate",), lambda m: m["sink_rate"], "share of heads with token-0 attention > 0.3"),
     "null_sink_mass": (("null_sink_mass",), lambda m: m["null_sink_mass"],
-                       "attention mass the null sink absorbs (softmax1's zero logit, learned sinks)"),
+                       "1 - row sum: what softmax1's zero logit or a learned sink absorbs (for clipped: "
+                       "the weight clipped away)"),
     "kurtosis_max": (("kurtosis_max",), lambda m: m["kurtosis_max"],
                      "max over layers of activation kurtosis"),
     "max_abs_activation": (("max_abs",), lambda m: m["max_abs"], "max |activation| in the residual stream"),
@@ -262,30 +271,48 @@ def differences(arms: Mapping[str, Mapping[int, Mapping[str, Any]]]) -> dict[str
     return out
 
 
-def answer(diffs: Mapping[str, Mapping[str, Any]], metrics: Mapping[str, Mapping[str, Any]],
-           fmt: Callable[[float], str]) -> str:
-    """The computed answer: only differences against the control whose 95% interval excludes zero."""
-    if not diffs:
-        return ("No answer: the softmax control arm was not run, so no variant can be compared with "
-                "fine-tuning alone.")
-    parts = []
+# Differences smaller than these are not named in the answer even when their interval excludes zero
+# (float32 rounding of row sums is ~1e-9; no reader cares about a 1e-4 shift of attention mass).
+ANSWER_FLOORS = {"token0_attention": 1e-3, "null_sink_mass": 1e-3}
+
+
+ANSWER_LEAD = "Against the same fine-tuning with plain softmax (the control), on held-out text:"
+
+
+def answer_lines(diffs: Mapping[str, Mapping[str, Any]], metrics: Mapping[str, Mapping[str, Any]],
+                 fmt: Callable[[float], str]) -> list[str]:
+    """One sentence per variant arm naming only its differences from the control whose 95% interval
+    excludes zero (and, for attention masses, whose size passes ANSWER_FLOORS); [] when there is no control
+    or no variant."""
+    if CONTROL not in metrics:
+        return []
+    lines = []
     for arm, per in diffs.items():
         said = []
         for metric, iv in per.items():
-            if not excludes(iv):
+            if not excludes(iv) or abs(iv["value"]) < ANSWER_FLOORS.get(metric, 0.0):
                 continue
             a, c = metrics.get(arm, {}).get(metric), metrics.get(CONTROL, {}).get(metric)
             if a is None or c is None:
                 continue
             word = "lowered" if iv["value"] < 0 else "raised"
-            said.append(f"{word} {metric.replace('_', ' ')} from {fmt(c['value'])} to {fmt(a['value'])} "
+            said.append(f"{word} {LABELS[metric]} from {fmt(c['value'])} to {fmt(a['value'])} "
                         f"(difference {fmt(iv['value'])}, 95% interval [{fmt(iv['lo'])}, {fmt(iv['hi'])}])")
-        if said:
-            parts.append(f"{arm} " + "; ".join(said) + ".")
-        else:
-            parts.append(f"{arm}: no difference from the control whose interval excludes zero.")
-    return ("Against the same fine-tuning with plain softmax (the control), on held-out text: "
-            + " ".join(parts))
+        lines.append(f"{arm} " + "; ".join(said) + "." if said
+                     else f"{arm}: no difference from the control whose interval excludes zero.")
+    return lines
 
 
-__all__ = ["METRICS", "answer", "arm_diff", "arm_metrics", "differences", "directional", "make_claims"]
+def answer(diffs: Mapping[str, Mapping[str, Any]], metrics: Mapping[str, Mapping[str, Any]],
+           fmt: Callable[[float], str]) -> str:
+    """The computed answer paragraph (see `answer_lines`)."""
+    if CONTROL not in metrics:
+        return ("No answer: the softmax control arm was not run, so no variant can be compared with "
+                "fine-tuning alone.")
+    if not diffs:
+        return "No answer: no variant arm was run next to the control; add one with --arms."
+    return " ".join([ANSWER_LEAD, *answer_lines(diffs, metrics, fmt)])
+
+
+__all__ = ["ANSWER_LEAD", "METRICS", "answer", "answer_lines", "arm_diff", "arm_metrics", "differences",
+           "directional", "make_claims"]

@@ -7,19 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from attnlab.experiments.compare.analysis import ANSWER_LEAD, LABELS
 from attnlab.experiments.compare.config import CONTROL
 
 TABLE_METRICS = ("ppl", "token0_attention", "sink_rate", "null_sink_mass", "kurtosis_max",
                  "max_abs_activation", "w8a8_delta_ppl", "a8_delta_ppl", "w8a8_token_delta_ppl",
                  "a8_token_delta_ppl")
-LABELS = {
-    "ppl": "perplexity", "token0_attention": "attention on token 0", "sink_rate": "sink rate (heads > 0.3)",
-    "null_sink_mass": "mass on the null sink", "kurtosis_max": "max kurtosis", "max_abs_activation":
-    "max |activation|", "w8a8_delta_ppl": "Δppl W8A8", "a8_delta_ppl": "Δppl A8",
-    "w8a8_token_delta_ppl": "Δppl W8A8 per-token", "a8_token_delta_ppl": "Δppl A8 per-token",
-    "token0_layer": "attention on token 0", "null_sink_mass_layer": "mass on the null sink",
-    "kurtosis_layer": "activation kurtosis", "max_abs_layer": "max |activation|",
-}
 VERDICT_COLOURS = {"held": "green", "did not hold": "red", "inconclusive": "grey"}
 OFFBYONE_RESULTS = Path("runs") / "offbyone" / "results.json"
 
@@ -46,7 +39,15 @@ def arm_table(doc: dict[str, Any]) -> Any:
     methods = sorted({iv["method"] for a in arms for iv in a["metrics"].values()})
     note = ("Each cell: value [95% interval]. `pretrained` is the model before anything; every other column "
             "is after the same fine-tuning. Intervals: " + "; ".join(methods) + ".")
-    return table(rows, ["metric"] + [a["name"] for a in arms], title="Every arm, before -> after", note=note)
+    return _scroll(table(rows, ["metric"] + [a["name"] for a in arms], title="Every arm, before -> after",
+                         note=note))
+
+
+def _scroll(html: Any) -> Any:
+    """Wide tables (7 arms x intervals) scroll sideways instead of running off the page."""
+    from attnlab.present import Raw
+
+    return Raw(f"<div style='overflow-x:auto'>{html}</div>")
 
 
 def diff_table(doc: dict[str, Any]) -> Any:
@@ -65,9 +66,9 @@ def diff_table(doc: dict[str, Any]) -> Any:
             measured = iv is not None and (iv["lo"] > 0 or iv["hi"] < 0)
             row.append(bold(text) if measured else Raw(text))
         rows.append(row)
-    return table(rows, ["arm"] + [LABELS[m] for m in metrics],
+    return _scroll(table(rows, ["arm"] + [LABELS[m] for m in metrics],
                  title=f"Difference from the control ({CONTROL}, fine-tuned alike)",
-                 note="Bold: the 95% interval excludes zero (paired over the same held-out windows).")
+                 note="Bold: the 95% interval excludes zero (paired over the same held-out windows)."))
 
 
 def claims_table(doc: dict[str, Any]) -> Any:
@@ -131,17 +132,22 @@ def curve_figure(doc: dict[str, Any]) -> Any:
 
 def write_page(doc: dict[str, Any], out: Path) -> Path:
     from attnlab.io import atomic_write_text
-    from attnlab.present import code, details, grid, page, para, pre, section
+    from attnlab.present import Raw, code, details, esc, grid, page, para, pre, section
 
     cfg = doc["config"]
     lead = [doc["question"],
             f"{doc['model']['name']}: {doc['model']['layers']} layers, {doc['model']['heads']} heads. "
             f"{cfg['steps']} fine-tuning steps of {cfg['batch_size']} x {cfg['context']} tokens "
-            f"({cfg['trainable']} parameters trained), seeds {cfg['seeds']}, "
+            f"({cfg['trainable']} parameters trained), seed(s) {', '.join(map(str, cfg['seeds']))}, "
             f"{doc['windows']['n']} held-out windows of {doc['windows']['tokens'] - 1} predictions."]
     diverged = [f"{a['name']} (seed {s}): stopped at step {d['step']}: {d['cause']}"
                 for a in doc["arms"] for s, d in (a.get("diverged") or {}).items()]
-    answer = [para(doc["answer"])] + ([para("Diverged: " + "; ".join(diverged))] if diverged else [])
+    answer = [para(doc["answer"])]
+    if doc.get("answer_lines"):
+        items = "".join(f"<li>{esc(line)}</li>" for line in doc["answer_lines"])
+        answer = [para(ANSWER_LEAD), Raw(f"<ul>{items}</ul>")]
+    if diverged:
+        answer.append(para("Diverged: " + "; ".join(diverged)))
     sections = [section("The answer", *answer),
                 section("Arms", arm_table(doc), diff_table(doc)),
                 section("Claims", claims_table(doc)),
