@@ -161,3 +161,16 @@ def test_too_short_text_names_the_fix(tmp_path: Path) -> None:
         run(replace(SMOKE, text=str(short)), tmp_path / "out", progress=False)
     with pytest.raises(ConfigError, match="eval_windows must be >= 2"):
         run(replace(SMOKE, eval_windows=1), tmp_path / "out", progress=False)
+
+
+def test_cli_flags_reach_the_config() -> None:
+    import argparse
+
+    from attnlab.experiments.compare.cli import config_from_args
+
+    args = argparse.Namespace(preset="smoke", arms="softmax,gated", seeds=2, model=None, steps=7,
+                              train_text=None, text=None, device="cpu", dtype="bfloat16")
+    config = config_from_args(args)
+    assert config.arms == ("softmax", "gated") and config.seeds == (0, 1) and config.steps == 7
+    assert config.device == "cpu" and config.autocast == "bf16"
+

@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "training split)")
     cmp.add_argument("--text", default=None, help="evaluate on this text file (default: the held-out split)")
     cmp.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto)")
+    cmp.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
+                     help="fine-tuning precision: float32 weights with bf16 autocast (bfloat16) or without "
+                     "(float32); default: bf16 autocast on CUDA, float32 on the CPU. Measurement is float32")
     cmp.add_argument("--out", default="runs/compare", help="output folder (default runs/compare)")
     cmp.add_argument("--resume", action="store_true",
                      help="reuse the finished arms in OUT (a rerun with the same settings does so anyway)")
@@ -52,6 +55,8 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201
         value = getattr(args, flag)
         if value is not None:
             changes[flag] = value
+    if args.dtype is not None:
+        changes["autocast"] = {"float32": "off", "bfloat16": "bf16"}[args.dtype]
     if "steps" in changes and config.warmup >= changes["steps"]:
         changes["warmup"] = max(0, changes["steps"] // 10)
     config = replace(config, **changes)

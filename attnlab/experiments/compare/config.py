@@ -31,6 +31,7 @@ NEW_PARAM_LR = 1e-2
 """Absolute peak learning rate of the parameters an arm adds (sink logits, gate weights and biases). They
 start at a neutral value and must move by O(1), while the pretrained projections move by ~lr = 1e-4."""
 TRAINABLE = ("attention", "all")
+AUTOCAST = ("auto", "bf16", "off")
 MAX_STEPS = 100_000
 MAX_SEEDS = 64
 
@@ -52,6 +53,7 @@ class Config:
     train_text: str | None = None  # None: the Shakespeare training split
     text: str | None = None  # None: the held-out Shakespeare split
     device: str = "auto"
+    autocast: str = "auto"  # fine-tuning: "auto" (bf16 on CUDA, off on the CPU), "bf16" or "off"
     save_models: bool = True
     notes: dict[str, Any] = field(default_factory=dict)
 
@@ -102,6 +104,8 @@ def check_config(c: Config) -> None:
         raise ConfigError(f"lr must be in (0, 1), got {c.lr}")
     if not 0 <= c.warmup < max(c.steps, 1) or c.warmup > c.steps:
         raise ConfigError(f"warmup ({c.warmup}) must be below steps ({c.steps})")
+    if c.autocast not in AUTOCAST:
+        raise ConfigError(f"autocast must be one of {', '.join(AUTOCAST)}, got {c.autocast!r}")
     if c.trainable not in TRAINABLE:
         raise ConfigError(f"trainable must be one of {', '.join(TRAINABLE)}, got {c.trainable!r}")
 

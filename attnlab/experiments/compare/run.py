@@ -92,8 +92,8 @@ def fine_tune(lm: Any, config: Config, train_tokens: torch.Tensor, seed: int, pr
     own = set(retrofit_parameters(lm.model))
     batches = LMBatches(train_tokens, config.context, config.batch_size, seed=seed)
     run = fit(lm.model, causal_lm_loss, batches.batch, steps=config.steps, lr=config.lr, warmup=config.warmup,
-              device=None, seed=seed, on_nonfinite="stop", log_every=1, progress=progress, desc=desc,
-              catch_signals=False, lr_scale=_lr_scale(config, own))
+              device=None, autocast=config.autocast, seed=seed, on_nonfinite="stop", log_every=1,
+              progress=progress, desc=desc, catch_signals=False, lr_scale=_lr_scale(config, own))
     lm.model.eval()
     for p in lm.model.parameters():
         p.requires_grad_(False)
