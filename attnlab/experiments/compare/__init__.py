@@ -16,7 +16,6 @@ fine-tuned arm (seed 0) that `attnlab.load_model(OUT/ARM)` and every `--model` f
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -70,8 +69,10 @@ def assemble(config: Config, per_arm: dict[str, dict[int, dict[str, Any]]], wind
         answer,
         answer_lines,
         arm_metrics,
+        compact,
         differences,
         make_claims,
+        metric_interval,
     )
     from attnlab.experiments.compare.layers import layer_profiles
     from attnlab.io import atomic_write_json, provenance
@@ -94,10 +95,7 @@ def assemble(config: Config, per_arm: dict[str, dict[int, dict[str, Any]]], wind
                                  for s, t in trains.items() if t["diverged_at"] is not None} or None
             nll0 = [r["nll_at_retrofit"] for r in runs.values() if "nll_at_retrofit" in r]
             if nll0:
-                from attnlab.experiments.stats import bootstrap
-
-                entry["ppl_at_retrofit"] = _iv(bootstrap({"nll": nll0[0]}, lambda m: math.exp(m["nll"]),
-                                                        what="windows"))
+                entry["ppl_at_retrofit"] = compact(metric_interval({"nll": nll0[0]}, "ppl"))
         saved = [r.get("saved") for r in runs.values() if r.get("saved")]
         if saved:
             entry["saved"] = saved[0]
@@ -120,10 +118,6 @@ def assemble(config: Config, per_arm: dict[str, dict[int, dict[str, Any]]], wind
     }
     atomic_write_json(Path(parts.dir).parent / "results.json", doc)
     return doc
-
-
-def _iv(iv: dict[str, Any]) -> dict[str, Any]:
-    return {k: iv[k] for k in ("value", "lo", "hi", "n", "method")}
 
 
 __all__ = ["ARMS", "CONTROL", "Config", "PRESETS", "QUESTION", "run"]

@@ -124,7 +124,7 @@ def arm_metrics(per_seed: Mapping[int, Mapping[str, Any]], arm: str) -> dict[str
         else:
             iv = metric_interval(per_seed[seeds[0]], metric)
         if iv is not None:
-            out[metric] = _compact(iv)
+            out[metric] = compact(iv)
     return out
 
 
@@ -140,10 +140,11 @@ def arm_diff(per_seed_a: Mapping[int, Mapping[str, Any]], per_seed_b: Mapping[in
         iv = across_seeds(vals)
     else:
         iv = diff_interval(per_seed_a[seeds[0]], per_seed_b[seeds[0]], metric, kind)
-    return _compact(iv) if iv is not None else None
+    return compact(iv) if iv is not None else None
 
 
-def _compact(iv: Mapping[str, Any]) -> dict[str, Any]:
+def compact(iv: Mapping[str, Any]) -> dict[str, Any]:
+    """The interval keys a results file keeps (value, lo, hi, n, method)."""
     return {"value": iv["value"], "lo": iv["lo"], "hi": iv["hi"], "n": iv["n"], "method": iv["method"]}
 
 
@@ -314,5 +315,5 @@ def answer(diffs: Mapping[str, Mapping[str, Any]], metrics: Mapping[str, Mapping
     return " ".join([ANSWER_LEAD, *answer_lines(diffs, metrics, fmt)])
 
 
-__all__ = ["ANSWER_LEAD", "METRICS", "answer", "answer_lines", "arm_diff", "arm_metrics", "differences",
-           "directional", "make_claims"]
+__all__ = ["ANSWER_LEAD", "METRICS", "answer", "answer_lines", "arm_diff", "arm_metrics", "compact",
+           "differences", "directional", "make_claims", "metric_interval"]
