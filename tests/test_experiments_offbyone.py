@@ -51,6 +51,24 @@ def test_smoke_claims_are_measured_and_recompute_from_the_file(smoke_run):
     assert len(cost["data"]["per_seed"][0]["softmax"]) == offbyone.PRESETS["smoke"].eval_windows
 
 
+def test_growth_claims_use_the_reports_per_window_growth(smoke_run):
+    from attnlab.diagnose.residual import fitted_growth
+
+    out, doc = smoke_run
+    saved = json.loads((out / "results.json").read_text())
+    names = [c["claim"] for c in saved["claims"]]
+    assert "the residual-stream norm grows geometrically with depth" in names
+    slow = {c["claim"]: c for c in saved["claims"] if c["claim"].endswith("slows residual-norm growth")}
+    assert set(slow) == {"softmax1 slows residual-norm growth", "gated slows residual-norm growth"}
+    per_window = slow["gated slows residual-norm growth"]["data"]["per_seed"][0]["softmax"]
+    assert len(per_window) == offbyone.PRESETS["smoke"].probe_windows
+    assert all(g > 0 for g in per_window)
+    # the same definition as the report's summary: a fitted geometric factor over the block outputs
+    norms = doc["results"]["variants"]["softmax"]["resid_norm"]
+    assert fitted_growth([n["mean"] for n in norms]) == pytest.approx(
+        doc["results"]["variants"]["softmax"]["norm_growth_per_layer"]["mean"], rel=1e-9)
+
+
 def test_smoke_writes_pages_and_plots(smoke_run):
     out, _ = smoke_run
     page = (out / "compare.html").read_text()

@@ -144,7 +144,7 @@ def per_window_probes(model: torch.nn.Module, val_tokens: torch.Tensor, config: 
     from attnlab.experiments.probes import layer_probe, probe_windows, wrap
 
     lm = wrap(model, "offbyone")
-    keys = ("kurtosis_max", "max_abs", "sink_rate", "first_token_attn")
+    keys = ("kurtosis_max", "max_abs", "sink_rate", "first_token_attn", "norm_growth_per_layer")
     out: dict[str, list[float]] = {k: [] for k in keys}
     for w in probe_windows(val_tokens, config.context, config.probe_windows):
         summary = layer_probe(lm, [w])
@@ -227,7 +227,11 @@ NO_COST_MARGINS = (-0.02, 0.02)
 # windows are consecutive (neighbours correlate: moving blocks of about n^(1/3)).
 ITEMS = {"val_loss": ("validation windows", None), "quant_gap": ("quantization windows", 1),
          "kurtosis_max": ("probe windows", 1), "max_abs": ("probe windows", 1),
-         "sink_rate": ("probe windows", 1), "first_token_attn": ("probe windows", 1)}
+         "sink_rate": ("probe windows", 1), "first_token_attn": ("probe windows", 1),
+         "norm_growth_per_layer": ("probe windows", 1)}
+# Residual-norm growth per block (diagnose.residual.fitted_growth over the block outputs, the report's one
+# definition): a softmax baseline whose norm does not grow has no growth for a variant to slow.
+GROWTH_PREMISE = 1.0
 
 
 def _ev(runs: dict[str, list[dict[str, Any]]], op: str, variants: list[str], key: str) -> dict[str, Any]:
@@ -279,6 +283,21 @@ def make_claims(config: Config, results: dict[str, Any], runs: dict[str, list[di
                 "sink rate ~0%", f"sink rate, {v}",
                 _ev(runs, "mean", [v], "sink_rate"), threshold=SINK_PREMISE, direction="below",
                 premise=sinks))
+    growth = ("softmax residual-norm growth per block",
+              _ev(runs, "mean", ["softmax"], "norm_growth_per_layer"), GROWTH_PREMISE, "above")
+    claims.append(claim(
+        "the residual-stream norm grows geometrically with depth", "Heimersheim & Turner 2023, GPT-2",
+        "about 1.045x per block", "norm growth per block, softmax", growth[1], threshold=GROWTH_PREMISE,
+        direction="above"))
+    for v in ("softmax1", "gated"):
+        if v in variants:
+            # No paper measures this; Miller 2023's argument (a head that can output nothing need not push
+            # large values to make its sink) predicts it. Tested as a difference of growth factors.
+            claims.append(claim(
+                f"{v} slows residual-norm growth", "Miller 2023 (argument); Sun et al. 2024 (massive "
+                "activations)", "no published number", f"growth per block, softmax - {v}",
+                _ev(runs, "diff", ["softmax", v], "norm_growth_per_layer"), threshold=0.0,
+                direction="above", premise=growth))
     if "softmax1" in variants:
         claims.append(claim(
             "softmax1 removes first-token dominance", "Kaul et al. 2025",
