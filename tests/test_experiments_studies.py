@@ -79,6 +79,43 @@ def test_smoke_rerun_skips_finished_parts(smoke):
     assert again["claims"] == first["claims"]
 
 
+def test_rank_collapse_study_keeps_losses_growth_and_the_bidirectional_control(smoke):
+    from attnlab.diagnose.residual import fitted_growth
+
+    name, out, _ = smoke
+    if name != "rankcollapse":
+        pytest.skip("rankcollapse only")
+    saved = json.loads((out / "results.json").read_text())
+    cfg, res = study_module(name).PRESETS["smoke"], saved["results"]
+    # Every trained model's loss curve, final training loss and validation loss, per seed.
+    for arch in cfg.architectures:
+        for run, seed in zip(res["training"][arch], cfg.seeds):
+            assert run["seed"] == seed and len(run["curve"]) == cfg.train_steps  # log_every=1
+            assert run["final_train_loss"] == run["curve"][-1][1]
+            assert 0 < run["val_loss"] < 2 * res["reference_losses"]["uniform"]
+    assert any(f["file"] == "train_loss.png" for f in saved["figures"])
+    assert [t for t in saved["tables"] if t["title"].startswith("Training")][0]["rows"]
+    # Growth is fitted_growth of the stored block norms, window by window, at init and trained.
+    for stage, depth in (("init", cfg.depth), ("trained", cfg.train_depth)):
+        for runs in res["norm_growth"][stage].values():
+            for run in runs:
+                assert [len(n) for n in run["norms"]] == [depth] * cfg.windows
+                assert run["growth"] == pytest.approx([fitted_growth(n) for n in run["norms"]], rel=1e-12)
+    # Bidirectional pure attention reaches rounding; the causal one is far from it at the same depth.
+    bi, causal = res["init_bidirectional"]["pure attention"], res["init"]["pure attention"]
+    assert bi[-1]["mean"] < cfg.floor < 1e-3 < causal[-1]["mean"]
+    claims = {c["claim"]: c for c in saved["claims"]}
+    wanted = ["bidirectional, Dong et al.'s setting", "causal attention collapses more slowly",
+              "skip connections prevent the collapse in trained models", "pre-LN: the residual norm grows",
+              "post-LN: every block's output is normalised", "depth-scaled residual branches grow slower"]
+    for w in wanted:
+        found = [c for text, c in claims.items() if w in text]
+        assert found, w
+        assert all(c["result"]["se_measured"] for c in found), w
+    post = [c for text, c in claims.items() if text.startswith("post-LN")]
+    assert len(post) == 2 and all(c["direction"] == "within" for c in post)
+
+
 def test_doubly_exponential_fit_recovers_rate():
     from attnlab.experiments.rankcollapse import doubly_exponential_fit
 
