@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +97,40 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
                               f"free space") from exc
         raise
     return path
+
+
+@contextmanager
+def atomic_folder(folder: str | Path, *, complete: Callable[[Path], bool] | None = None,
+                  fix: str = "choose a writable location") -> Iterator[Path]:
+    """Yield a temporary sibling of `folder` to write into; on success it replaces `folder` with one rename,
+    so a reader never sees half a folder (a model save, a converted model). On any error it is removed.
+
+    complete: an existing `folder` that passes it is kept and the new copy dropped (another process wrote
+    the same thing first); an incomplete one is replaced. OSError opening the sibling is an OutputError.
+    """
+    folder = Path(folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a saved model is a plain readable folder
+    except OSError as exc:
+        raise OutputError(f"cannot write in {folder.parent} ({_reason(exc)}); {fix}") from exc
+    try:
+        yield tmp
+        if folder.exists() and complete is not None and complete(folder):
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        if folder.exists():
+            shutil.rmtree(folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if complete is None or not complete(folder):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # a concurrent writer finished between the check and here
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _reason(exc: OSError) -> str:

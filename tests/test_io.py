@@ -102,3 +102,42 @@ def test_cache_dir_that_is_a_file_says_which_variable(tmp_path: Path,
         cache_dir()
     monkeypatch.setenv("ATTNLAB_CACHE", str(tmp_path / "cache"))
     assert cache_dir() == tmp_path / "cache" and (tmp_path / "cache").is_dir()
+
+
+def test_atomic_folder_swaps_in_only_a_finished_folder(tmp_path):
+    from attnlab.io import atomic_folder
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(RuntimeError, match="crash"), atomic_folder(target) as tmp:
+        (tmp / "half.txt").write_text("half")
+        raise RuntimeError("crash mid-save")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temp sibling left behind
+    assert (target / "old.txt").exists() and not (target / "half.txt").exists()
+    with atomic_folder(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+
+
+def test_atomic_folder_keeps_a_complete_folder_written_first(tmp_path):
+    from attnlab.io import atomic_folder
+
+    target = tmp_path / "converted"
+    with atomic_folder(target, complete=lambda f: (f / "done").exists()) as tmp:
+        (tmp / "done").write_text("first")
+        (target).mkdir()  # another process finished the same conversion meanwhile
+        (target / "done").write_text("other")
+    assert (target / "done").read_text() == "other"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["converted"]
+
+
+def test_atomic_folder_unwritable_parent_is_one_line(tmp_path):
+    from attnlab.errors import OutputError
+    from attnlab.io import atomic_folder
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputError, match="cannot write in .*set X"), \
+            atomic_folder(blocker / "sub", fix="set X"):
+        pass

@@ -30,10 +30,8 @@ import json
 import os
 import pickle
 import re
-import shutil
 import struct
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,7 @@ from typing import Any
 import torch
 
 from attnlab.errors import AttnlabError, ConfigError, ModelNotFoundError, OutputError
+from attnlab.io import atomic_folder
 from attnlab.models.adapter import LoadedModel, from_gpt, from_hf
 
 SMOLLM2 = "smollm2-135m"
@@ -403,33 +402,14 @@ def convert_gguf(gguf: Path, folder: Path) -> Path:
                            f"complete (not truncated); GGUF files load for the architectures transformers' "
                            f"GGUF support lists (llama, mistral, qwen2, gpt2, ...)") from None
     _drop_quantizer(model)
-    try:
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    except OSError as exc:
-        raise OutputError(f"cannot write in the model cache {folder.parent} ({exc.strerror or exc}); set "
-                          f"ATTNLAB_CACHE to a writable folder") from exc
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is a plain readable folder
+    with atomic_folder(folder, complete=lambda f: (f / _MARKER).is_file(),
+                       fix="set ATTNLAB_CACHE to a writable folder") as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         (tmp / _MARKER).write_text(json.dumps({
             "source": str(gguf), "size": gguf.stat().st_size,
             "seconds": round(time.perf_counter() - start, 1),
         }, indent=2) + "\n", encoding="utf-8")
-        if folder.exists():  # an incomplete folder from an older layout, or another process got there first
-            if (folder / _MARKER).is_file():
-                shutil.rmtree(tmp, ignore_errors=True)
-                return folder
-            shutil.rmtree(folder)
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not (folder / _MARKER).is_file():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another process finished the same conversion first
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

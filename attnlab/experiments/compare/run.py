@@ -11,9 +11,7 @@ still run and are written.
 from __future__ import annotations
 
 import copy
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -104,21 +102,14 @@ def fine_tune(lm: Any, config: Config, train_tokens: torch.Tensor, seed: int, pr
 
 
 def save_arm(lm: Any, folder: Path) -> None:
-    """save_pretrained into a temporary sibling, then rename: a reader never sees half a model."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
-        tmp.chmod(0o755)
+    """save_pretrained into `attnlab.io.atomic_folder`: a reader never sees half a model."""
+    from attnlab.io import atomic_folder
+
+    with atomic_folder(folder) as tmp:
         lm.model.save_pretrained(str(tmp))
         hf_tok = getattr(lm.tokenizer, "hf", None)
         if hf_tok is not None:
             hf_tok.save_pretrained(str(tmp))
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _say(progress: bool, text: str) -> None:
