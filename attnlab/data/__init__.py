@@ -10,6 +10,7 @@ from attnlab.data.synthetic import (
     copy_last,
     count_ones,
     max_retrieval,
+    max_retrieval_continuous,
     passkey,
 )
 from attnlab.data.tokenizers import ByteTokenizer, HFTokenizer, load_tokenizer
@@ -17,6 +18,6 @@ from attnlab.data.tokenizers import ByteTokenizer, HFTokenizer, load_tokenizer
 __all__ = [
     "IGNORE_INDEX", "SYNTHETIC_TASKS", "ByteTokenizer", "HFTokenizer", "LMBatches", "TaskData", "copy_first",
     "copy_last", "count_ones", "encode_corpus", "eval_batches", "fetch_shakespeare", "load_text",
-    "load_tokenizer", "max_retrieval", "passkey", "read_text", "shakespeare_text", "split_tokens",
-    "text_sha256",
+    "load_tokenizer", "max_retrieval", "max_retrieval_continuous", "passkey", "read_text", "shakespeare_text",
+    "split_tokens", "text_sha256",
 ]

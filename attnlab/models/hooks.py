@@ -3,7 +3,9 @@
 attnlab's GPT and Hugging Face models loaded with `attn_implementation="attnlab"` both send each layer's
 attention through `attend(layer, q, k, v, ...)`. Outside any context it is plain `attnlab.attention`.
 Inside `record_attention()` it also stores the weights under TransformerLens-style names
-(`blocks.{layer}.attn.pattern`, shape (batch, heads, q_len, kv_len)); inside `attention_override(...)`
+(`blocks.{layer}.attn.pattern`, shape (batch, heads, q_len, kv_len)), and with `scores=True` the
+pre-normalizer logits scale * q . k (`blocks.{layer}.attn.scores`, same shape, -inf where the span hides
+the key); inside `attention_override(...)`
 it swaps the normalizer, span or temperature at inference, for every layer or some.
 """
 
@@ -14,9 +16,11 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 from attnlab.attention import MaskSpan, Normalizer, Span, attention, resolve_normalizer, resolve_span
+from attnlab.attention.kernels import expand_kv
 
 
 @dataclass
@@ -34,6 +38,7 @@ class _Override:
 class _Recorder:
     store: dict[str, Tensor] = field(default_factory=dict)
     layers: frozenset[int] | None = None
+    scores: bool = False
 
 
 _override: ContextVar[_Override | None] = ContextVar("attnlab_override", default=None)
@@ -42,6 +47,21 @@ _recorder: ContextVar[_Recorder | None] = ContextVar("attnlab_recorder", default
 
 def pattern_name(layer: int) -> str:
     return f"blocks.{layer}.attn.pattern"
+
+
+def scores_name(layer: int) -> str:
+    return f"blocks.{layer}.attn.scores"
+
+
+def _scores(q: Tensor, k: Tensor, span: str | Span | Tensor, scale: float | None) -> Tensor:
+    """(B, H, Lq, Lk) logits scale * q . k before any normalizer (ssmax's s log n, adaptive's beta come
+    after), computed in float32 at least, -inf where the span hides the key."""
+    compute = torch.promote_types(q.dtype, torch.float32)
+    kk = expand_kv(k, q.shape[1]).to(compute)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = (q.to(compute) * scale) @ kk.transpose(-1, -2)
+    allowed = resolve_span(span).mask(q.shape[-2], k.shape[-2], q.device)
+    return s.masked_fill(~allowed, float("-inf")).detach()
 
 
 def _combine(model_span: Span | Tensor | str, override: Span, q_len: int, kv_len: int) -> Span | Tensor | str:
@@ -68,14 +88,18 @@ def attend(layer: int, q: Tensor, k: Tensor, v: Tensor, *, normalizer: str | Nor
     if rec is not None and (rec.layers is None or layer in rec.layers):
         out, weights = attention(q, k, v, normalizer=normalizer, span=span, scale=scale, return_weights=True)
         rec.store[pattern_name(layer)] = weights.detach()
+        if rec.scores:
+            rec.store[scores_name(layer)] = _scores(q, k, span, scale)
         return out
     return attention(q, k, v, normalizer=normalizer, span=span, scale=scale, backend=backend)
 
 
 @contextmanager
-def record_attention(layers: Iterable[int] | None = None) -> Iterator[dict[str, Tensor]]:
-    """Record attention weights of the given layers (all by default) into the yielded dict."""
-    rec = _Recorder(layers=None if layers is None else frozenset(layers))
+def record_attention(layers: Iterable[int] | None = None, scores: bool = False
+                     ) -> Iterator[dict[str, Tensor]]:
+    """Record attention weights of the given layers (all by default) into the yielded dict; with scores,
+    also their pre-normalizer logits (`scores_name(layer)`)."""
+    rec = _Recorder(layers=None if layers is None else frozenset(layers), scores=scores)
     token = _recorder.set(rec)
     try:
         yield rec.store
