@@ -7,7 +7,8 @@ is recomputed from the file alone, with each claim's own threshold and direction
 one-seed file, or a probe that does not depend on the seed) kept no per-item values: its interval cannot be
 measured, and it becomes inconclusive with that reason (re-run the study to judge it).
 
-`python -m attnlab.experiments.legacy results/NAME-full ...` rewrites those results files in place.
+`python -m attnlab.experiments.legacy results/NAME-full ...` rewrites those results files
+(and their index.html) in place.
 """
 
 from __future__ import annotations
@@ -97,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         doc = json.loads(path.read_text())
         new = rejudge(doc)
         if new is not doc:
+            from attnlab.experiments.html import study_page
+
             atomic_write_json(path, new)
+            study_page(new, Path(d))  # the page shows the verdicts of the file
             flips = [(c["claim"], c["result"]["first_rule_verdict"], c["verdict"]) for c in new["claims"]
                      if c["result"]["first_rule_verdict"] != c["verdict"]]
             print(f"{path}: {len(new['claims'])} claims rejudged, {len(flips)} flipped")
