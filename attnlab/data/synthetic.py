@@ -132,15 +132,51 @@ def max_retrieval(
                      "n_priorities": n_priorities, "n_values": n_values})
 
 
+def max_retrieval_continuous(n_samples: int, n_items: int, seed: int = 0, n_values: int = 4) -> TaskData:
+    """Max retrieval with real-valued priorities, the paper's setting (Velickovic et al. 2024).
+
+    Each item is ONE token carrying its value v (id = item_base + v) and a priority p, a real number uniform
+    in [0, 1) given as a per-token scalar feature next to the ids (meta "priority", (N, T) float32; 0 at the
+    QUERY), which the model embeds itself (e.g. token embedding + a learned projection of p). Unlike the
+    discrete task, the gap between the top priority and the runner-up shrinks (about 1/n) as the set grows,
+    and the priorities stay in a bounded range, so a model's attention logits stay bounded too: the premise
+    under which softmax must disperse.
+
+    Sequence (T = n_items + 1):  item_1 ... item_n QUERY  ->  target at QUERY = ANSWER_BASE + v of argmax p
+    (unique with probability 1). Vocabulary: PAD = 0 (reserved, unused), QUERY = 1, answers
+    2 .. 1 + n_values, items from item_base = 2 + n_values; vocab_size = 2 + 2 * n_values.
+    labels: (N,) the winner's value. meta: priority (N, T), priorities (N, n), values (N, n),
+    winner_pos (N,), priority_gap (N,) top priority minus the runner-up (0 for a single item).
+    """
+    _check_positive(n_samples=n_samples, n_items=n_items, n_values=n_values)
+    g = _generator(seed)
+    item_base = MAXR_ANSWER_BASE + n_values
+    N, n = n_samples, n_items
+    prio = torch.rand(N, n, generator=g)
+    values = torch.randint(0, n_values, (N, n), generator=g)
+    top2 = prio.topk(min(2, n), dim=1)
+    winner = top2.indices[:, 0]
+    gap = top2.values[:, 0] - top2.values[:, 1] if n > 1 else torch.zeros(N)
+    answer = values[torch.arange(N), winner]
+    inputs = torch.cat([item_base + values, torch.full((N, 1), MAXR_QUERY)], dim=1)
+    targets, mask = _answer_at_end(inputs, (MAXR_ANSWER_BASE + answer)[:, None])
+    vocab = {"pad": MAXR_PAD, "query": MAXR_QUERY, "answer_base": MAXR_ANSWER_BASE, "item_base": item_base}
+    priority = torch.cat([prio, torch.zeros(N, 1)], dim=1)
+    return TaskData("max_retrieval_continuous", inputs, targets, mask, answer, item_base + n_values, vocab,
+                    {"priority": priority, "priorities": prio, "values": values, "winner_pos": winner,
+                     "priority_gap": gap, "n_values": n_values})
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Copy-first / copy-last and counting (Barbero et al. 2024)
 # ---------------------------------------------------------------------------------------------------------
 
 BIT_ZERO, BIT_ONE, BIT_QUERY, COUNT_BASE = 0, 1, 2, 3
 _BIT_VOCAB = {"zero": BIT_ZERO, "one": BIT_ONE, "query": BIT_QUERY}
+BIT_FILL = 3  # copy tasks only: the filler that moves b away from the ends (pad)
 
 
-def copy_first(n_samples: int, length: int, seed: int = 0) -> TaskData:
+def copy_first(n_samples: int, length: int, seed: int = 0, pad: int = 0) -> TaskData:
     """Copy the first bit of "b 1 1 ... 1": the target is b.
 
     Barbero, Banino, Kapturowski, Kumaran, Araujo, Vitvitskyi, Pascanu, Velickovic 2024, "Transformers need
@@ -149,32 +185,41 @@ def copy_first(n_samples: int, length: int, seed: int = 0) -> TaskData:
     (representational collapse), so copying the FIRST token fails at lengths where copying the LAST one
     (`copy_last`) still works.
 
-    Sequence (T = length + 1): b, then length - 1 ones, then QUERY; target at QUERY = b (uniform bit, so
-    b = 0 gives the paper's "0 1 1 ... 1"). Vocabulary: 0 = "0", 1 = "1", 2 = QUERY; vocab_size 3.
-    labels: (N,) the bit b.
+    Sequence (T = pad + length + 1): pad FILL tokens, b, then length - 1 ones, then QUERY; target at QUERY
+    = b (uniform bit, so b = 0 gives the paper's "0 1 1 ... 1"). b sits at position pad, `length` positions
+    before QUERY. Vocabulary: 0 = "0", 1 = "1", 2 = QUERY, 3 = FILL; vocab_size 4 (FILL appears only when
+    pad > 0). labels: (N,) the bit b.
     """
-    return _copy_bit("copy_first", n_samples, length, seed, first=True)
+    return _copy_bit("copy_first", n_samples, length, seed, first=True, pad=pad)
 
 
-def copy_last(n_samples: int, length: int, seed: int = 0) -> TaskData:
+def copy_last(n_samples: int, length: int, seed: int = 0, pad: int = 0) -> TaskData:
     """Copy the last bit of "1 ... 1 b": the target is b (Barbero et al. 2024; see `copy_first`).
 
-    Sequence (T = length + 1): length - 1 ones, then b, then QUERY; target at QUERY = b.
-    Vocabulary: 0 = "0", 1 = "1", 2 = QUERY; vocab_size 3. labels: (N,) the bit b.
+    Sequence (T = length + pad + 1): length - 1 ones, b, then pad FILL tokens, then QUERY; target at QUERY
+    = b, which sits pad + 1 positions before QUERY. So copy_first(n, d, pad=p) and
+    copy_last(n, p + 1, pad=d - 1) put b at the same position p and distance d from QUERY in sequences of
+    the same length: only which side of b the ones are on differs. Vocabulary as `copy_first`.
+    labels: (N,) the bit b.
     """
-    return _copy_bit("copy_last", n_samples, length, seed, first=False)
+    return _copy_bit("copy_last", n_samples, length, seed, first=False, pad=pad)
 
 
-def _copy_bit(name: str, n_samples: int, length: int, seed: int, first: bool) -> TaskData:
+def _copy_bit(name: str, n_samples: int, length: int, seed: int, first: bool, pad: int = 0) -> TaskData:
     _check_positive(n_samples=n_samples)
     _check_length(length, 2, "one distinguished bit plus at least one 1")
+    if _as_int(pad) is None or pad < 0:
+        raise ValueError(f"pad must be a non-negative integer (FILL tokens around the bits), got {pad!r}")
     g = _generator(seed)
     bit = torch.randint(0, 2, (n_samples,), generator=g)
     bits = torch.full((n_samples, length), BIT_ONE, dtype=torch.long)
     bits[:, 0 if first else length - 1] = bit
-    inputs = torch.cat([bits, torch.full((n_samples, 1), BIT_QUERY)], dim=1)
+    fill = torch.full((n_samples, int(pad)), BIT_FILL, dtype=torch.long)
+    query = torch.full((n_samples, 1), BIT_QUERY)
+    inputs = torch.cat([fill, bits, query] if first else [bits, fill, query], dim=1)
     targets, mask = _answer_at_end(inputs, bit[:, None])
-    return TaskData(name, inputs, targets, mask, bit, 3, dict(_BIT_VOCAB), {"length": length})
+    return TaskData(name, inputs, targets, mask, bit, 4, dict(_BIT_VOCAB, fill=BIT_FILL),
+                    {"length": length, "pad": int(pad), "bit_pos": int(pad) if first else length - 1})
 
 
 def count_ones(

@@ -90,16 +90,18 @@ def default_probe_lengths(max_len: int, start: int = 4) -> list[int]:
 
 
 @torch.no_grad()
-def collapse_probe(lm: Any, lengths: Sequence[int], one: str = "1", zero: str = "0") -> dict[str, list]:
+def collapse_probe(lm: Any, lengths: Sequence[int], one: str = "1", zero: str = "0") -> dict[str, Any]:
     """Barbero et al.'s probe: for each n, the final last-token states of one*n + zero and
     one*(n + 1) + zero, and how far apart they are.
 
     Returns {"n": [...], "tokens": [[T_a, T_b], ...], "distance": ||h_a - h_b||_2,
-    "relative": ||h_a - h_b|| / ||h_a||}.
+    "relative": ||h_a - h_b|| / ||h_a||, "equal": whether h_a and h_b are exactly equal in the model's own
+    dtype, "dtype": that dtype (e.g. "torch.bfloat16")}. Distances are computed in float64 from the states
+    as the model produced them, so a bf16 model's distances are those of its bf16 states.
     """
     if not lengths:
         raise ValueError("collapse_probe needs at least one length")
-    out: dict[str, list] = {"n": [], "tokens": [], "distance": [], "relative": []}
+    out: dict[str, Any] = {"n": [], "tokens": [], "distance": [], "relative": [], "equal": [], "dtype": None}
     for n in lengths:
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"lengths must be positive ints, got {n!r}")
@@ -107,7 +109,10 @@ def collapse_probe(lm: Any, lengths: Sequence[int], one: str = "1", zero: str = 
         if lm.max_context and b.shape[1] > lm.max_context:
             raise ConfigError(f"collapse probe length {n} needs {b.shape[1]} tokens, beyond {lm.name}'s "
                               f"context of {lm.max_context}; use shorter lengths")
-        ha, hb = _final_last(lm, lm.embed(a)).double(), _final_last(lm, lm.embed(b)).double()
+        ha, hb = _final_last(lm, lm.embed(a)), _final_last(lm, lm.embed(b))
+        out["dtype"] = str(ha.dtype)
+        out["equal"].append(bool(torch.equal(ha, hb)))
+        ha, hb = ha.double(), hb.double()
         dist = float((ha - hb).norm())
         norm = float(ha.norm())
         out["n"].append(n)

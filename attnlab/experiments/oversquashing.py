@@ -11,14 +11,27 @@ glasses! Information over-squashing in language tasks" (NeurIPS):
 
 Two parts:
 1. Small GPTs trained from scratch (attnlab.data copy_first, copy_last, count_ones) on a mix of short
-   lengths and tested at longer ones (copying) or at every trained length (counting, whose answers at
-   longer lengths were never seen).
+   lengths, the copy tasks also with FILL padding (copy_first: FILL before "b 1 ... 1", copy_last: FILL
+   between "1 ... 1 b" and the query), so that the bit can sit anywhere in the trained range.
+   - Matched control (the over-squashing test proper): both tasks on "F^(L-1) b 1^(L-1) Q" vs
+     "1^(L-1) b F^(L-1) Q", L the largest trained length with 2L - 1 <= the longest: b at the same position
+     L - 1, L tokens before the query, in sequences of a trained length. Only which side of b the ones lie
+     on differs, not the distance nor the positions, so a gap there is not length extrapolation.
+   - Longer test lengths (unpadded, up to 128 at quick): positions and distances never seen in training, so
+     copy-first vs copy-last there measures RoPE length extrapolation, and its claim says so.
+   - Counting: tested at every trained length (its answers at longer lengths were never seen).
 2. The collapse probe and the sensitivity profile (attnlab.diagnose.sensitivity) on SmolLM2-135M (quick and
    full presets) on "1...10" strings and on Shakespeare text; the smoke preset probes an untrained byte GPT.
+   The collapse probe runs twice: in float32, and again with the model cast to bfloat16 (weights and
+   activations, on CPU too), where the paper's claim lives: in bf16 the last states of "1^n 0" and
+   "1^(n+1) 0" become indistinguishable. Indistinguishable at bf16 resolution means
+   ||h_a - h_b|| < 2^-8 ||h_a|| (2^-8: bf16's unit roundoff, one rounding of the state itself); the
+   number of pairs whose bf16 states are exactly equal is reported next to it.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +43,8 @@ from attnlab.experiments.base import check_fields, claim, evidence, finish, fmt_
 from attnlab.experiments.common import train_loop
 
 TASKS = ("copy_first", "copy_last", "count_ones")
+COPY_TASKS = ("copy_first", "copy_last")
+BF16_UNIT_ROUNDOFF = 2.0 ** -8  # bf16 keeps 8 significant bits: one rounding moves a value by at most this
 
 
 @dataclass(frozen=True)
@@ -76,14 +91,35 @@ def validate(config: Config) -> None:
                  test_lengths=lambda t: len(t) >= 1 and min(t) >= 2,
                  collapse_lengths=lambda t: len(t) >= 2, test_samples=lambda n: n >= 2,
                  collapse_pairs=lambda ps: len(ps) >= 2 and all(len(p) == 2 and p[0] != p[1] for p in ps))
+    if set(COPY_TASKS) & set(config.tasks):
+        control_length(config.train_lengths)
 
 
-def _data(task: str, n: int, length: int, seed: int, max_count: int) -> Any:
+def _data(task: str, n: int, length: int, seed: int, max_count: int, pad: int = 0) -> Any:
     from attnlab.data import copy_first, copy_last, count_ones
 
     if task == "count_ones":
         return count_ones(n, length, seed=seed, max_count=max_count)
-    return (copy_first if task == "copy_first" else copy_last)(n, length, seed=seed)
+    return (copy_first if task == "copy_first" else copy_last)(n, length, seed=seed, pad=pad)
+
+
+def control_length(train_lengths: tuple[int, ...]) -> int:
+    """L of the matched control: the largest trained length whose padded layout (L bits + L - 1 FILL + the
+    query, 2L tokens) fits in the longest trained sequence, so every position and distance was trained."""
+    fits = [n for n in train_lengths if 2 * n - 1 <= max(train_lengths)]
+    if not fits:
+        raise ConfigError(f"oversquashing: the copy tasks' matched control needs a trained length L with "
+                          f"2L - 1 <= the longest ({max(train_lengths)}); add a shorter one to "
+                          f"train_lengths, e.g. {max(train_lengths) // 2}")
+    return max(fits)
+
+
+def _train_pad(task: str, length: int, config: Config, seed: int, step: int) -> int:
+    """FILL tokens for one training batch of the copy tasks: uniform in 0 .. (longest - length), so the
+    padded sequences stay within the trained lengths (seeded per step: a resumed run draws the same)."""
+    if task not in COPY_TASKS:
+        return 0
+    return random.Random(1_000_003 * (seed + 1) + step).randint(0, max(config.train_lengths) - length)
 
 
 def _max_len(config: Config) -> int:
@@ -95,14 +131,15 @@ def _part(config: Config, task: str, seed: int, progress: bool) -> dict[str, Any
     from attnlab.models.gpt import GPT, GPTConfig
 
     max_len = _max_len(config)
-    vocab = _data(task, 1, 2, 0, max_len).vocab_size
+    vocab = _data(task, 1, 2, 0, max_len).vocab_size  # copy tasks: FILL included even when unpadded
     torch.manual_seed(seed)
     model = GPT(GPTConfig(vocab_size=vocab, n_layers=config.n_layers, d_model=config.d_model,
                           n_heads=config.n_heads, context=max_len + 1, seed=seed))
 
     def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         length = config.train_lengths[step % len(config.train_lengths)]
-        d = _data(task, config.batch_size, length, 7919 * (seed + 1) + step, max_len)
+        d = _data(task, config.batch_size, length, 7919 * (seed + 1) + step, max_len,
+                  pad=_train_pad(task, length, config, seed, step))
         return d.inputs, d.targets
 
     log = train_loop(model, batch, lambda m, x, y: m(x, y)[1], steps=config.steps, lr=config.lr, warmup=50,
@@ -116,8 +153,17 @@ def _part(config: Config, task: str, seed: int, progress: bool) -> dict[str, Any
             hits = sample_correct(model(d.inputs)[0], d)
             acc[str(length)] = hits.float().mean().item()
             correct[str(length)] = hits.int().tolist()  # per test sample: the items of the intervals
-    return {"lengths": list(lengths), "accuracy": acc, "correct": correct,
-            "final_train_loss": log["curve"][-1][1] if log["curve"] else None}
+    out = {"lengths": list(lengths), "accuracy": acc, "correct": correct,
+           "final_train_loss": log["curve"][-1][1] if log["curve"] else None}
+    if task in COPY_TASKS:
+        L = control_length(config.train_lengths)
+        with torch.no_grad():
+            d = _data(task, config.test_samples, L, -1 - seed, max_len, pad=L - 1)
+            hits = sample_correct(model(d.inputs)[0], d)
+        out["control"] = {"length": L, "pad": L - 1, "bit_pos": d.meta["bit_pos"], "distance": L,
+                          "seq_len": d.seq_len, "accuracy": hits.float().mean().item(),
+                          "correct": hits.int().tolist()}
+    return out
 
 
 def _probe_model(config: Config) -> Any:
@@ -137,27 +183,40 @@ def _real(config: Config) -> dict[str, Any]:
     from attnlab.diagnose.sensitivity import collapse_probe, sensitivity_profile
 
     lm = _probe_model(config)
-    pairs = {p: collapse_probe(lm, list(config.collapse_lengths), one=p[0], zero=p[1])
-             for p in config.collapse_pairs}
+    lengths = list(config.collapse_lengths)
+    pairs = {p: collapse_probe(lm, lengths, one=p[0], zero=p[1]) for p in config.collapse_pairs}
     collapse = pairs[config.collapse_pairs[0]]  # the table and plot show the first pair ("1..10" by default)
     text = load_text()[20_000:60_000]  # past the front matter
     ids = lm.encode(text)[:, :config.sensitivity_tokens]
     s = sensitivity_profile(lm, ids, n_probes=config.sensitivity_probes)
+    # The paper's collapse is a bf16 statement: run the probe in bf16 itself (weights and activations), not
+    # inferred from fp32 distances. The model is not used in fp32 after this.
+    lm.model.to(torch.bfloat16)
+    bf16 = {p: collapse_probe(lm, lengths, one=p[0], zero=p[1]) for p in config.collapse_pairs}
     return {"model": lm.name, "collapse": collapse, "sensitivity": (s / s.sum()).tolist(),
-            "collapse_relative": {p: c["relative"] for p, c in pairs.items()}}
+            "collapse_relative": {p: c["relative"] for p, c in pairs.items()},
+            "collapse_bf16": {p: {k: c[k] for k in ("relative", "distance", "equal", "dtype")}
+                              for p, c in bf16.items()}}
 
 
 def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     out_dir, parts = start(config, out_dir, validate)
-    runs = {task: [parts.get(f"seed{s}-{task}", lambda t=task, s=s: _part(config, t, s, progress))
+    # Part keys name what changed in them (padded copy training, the bf16 probe): parts from older code under
+    # the same config are then recomputed, never read with fields missing.
+    runs = {task: [parts.get(f"seed{s}-{task}" + ("-padded" if task in COPY_TASKS else ""),
+                             lambda t=task, s=s: _part(config, t, s, progress))
                    for s in config.seeds] for task in config.tasks}
-    real = parts.get("probe-model", lambda: _real(config))
+    real = parts.get("probe-model-fp32-bf16", lambda: _real(config))
     results: dict[str, Any] = {"tasks": {}, "probe": real}
     for task, rs in runs.items():
         lengths = rs[0]["lengths"]
         results["tasks"][task] = {"lengths": lengths,
                                   "accuracy": [seed_stats([r["accuracy"][str(n)] for r in rs])
                                                for n in lengths]}
+        if "control" in rs[0]:
+            layout = {k: v for k, v in rs[0]["control"].items() if k not in ("accuracy", "correct")}
+            accs = [r["control"]["accuracy"] for r in rs]
+            results["tasks"][task]["control"] = {**layout, "accuracy": seed_stats(accs)}
     claims = make_claims(config, runs, real)
     tables = _tables(config, results)
     figures = _figures(config, results, out_dir)
@@ -178,14 +237,28 @@ def make_claims(config: Config, runs: dict[str, list[dict[str, Any]]], real: dic
     if "copy_first" in runs and "copy_last" in runs:
         shortest = str(min(config.test_lengths))
         # Items: the test samples of each task (drawn independently: block 1).
-        per_seed = [{f"{t} @{n}": runs[t][i]["correct"][n] for t in ("copy_first", "copy_last")
-                     for n in (shortest, longest)} for i in range(len(config.seeds))]
+        per_seed = [{f"{t} @{n}": runs[t][i]["correct"][n] for t in COPY_TASKS for n in (shortest, longest)}
+                    | {f"{t} control": runs[t][i]["control"]["correct"] for t in COPY_TASKS}
+                    for i in range(len(config.seeds))]
+        ctl = runs["copy_first"][0]["control"]
+        cols = ["copy_last control", "copy_first control"]
+        claims.append(claim(
+            f"copying the first token is harder than the last at matched distance and positions (bit at "
+            f"position {ctl['bit_pos']}, {ctl['distance']} tokens before the query, {ctl['seq_len']}-token "
+            f"sequences: all trained)", src, "copy-first fails where copy-last works",
+            "accuracy copy-last - copy-first (matched control)",
+            evidence("diff", cols, per_seed, items="test samples", block=1), threshold=0.05,
+            direction="above",
+            # a gap can only show if at least one task copes with the padded layout at all
+            premise=("best of copy-first and copy-last accuracy on the matched control (learned)",
+                     evidence("max", cols, per_seed, items="test samples", block=1), 0.75, "above")))
         learned = (f"copy-first and copy-last accuracy at length {shortest} (learned)",
                    evidence("min", [f"copy_first @{shortest}", f"copy_last @{shortest}"], per_seed,
                             items="test samples", block=1), 0.75, "above")
         claims.append(claim(
-            f"copying the first token is harder than the last (length {longest})", src,
-            "copy-first fails where copy-last works", "accuracy copy-last - copy-first",
+            f"copy-first fails before copy-last at length {longest}, beyond the trained lengths (<= "
+            f"{max(config.train_lengths)}): length extrapolation, not over-squashing alone", src,
+            "copy-first fails where copy-last works", f"accuracy copy-last - copy-first at length {longest}",
             evidence("diff", [f"copy_last @{longest}", f"copy_first @{longest}"], per_seed,
                      items="test samples", block=1), threshold=0.05, direction="above", premise=learned))
     if "count_ones" in runs:
@@ -205,11 +278,19 @@ def make_claims(config: Config, runs: dict[str, list[dict[str, Any]]], real: dic
         rel["far"].append(r[-1])
         rel["near"].append(r[0])
     claims.append(claim(
-        f"representational collapse on {real['model']}: '1..10' vs '1..110' converge", src,
+        f"representational collapse on {real['model']} (fp32): '1..10' vs '1..110' converge", src,
         "||h_a - h_b|| -> 0 as n grows",
         f"relative distance at n={n[-1]} / at n={n[0]} (mean over {len(rel['far'])} digit pairs)",
         evidence("ratio", ["far", "near"], [rel], items="digit pairs", block=1), threshold=0.5,
         direction="below"))
+    far = [c["relative"][-1] for c in real["collapse_bf16"].values()]
+    bf16 = {f"bf16 @{n[-1]}": far}
+    claims.append(claim(
+        f"in bf16 the two sequences become indistinguishable by n = {n[-1]} on {real['model']}", src,
+        "in bf16 the last states of '1^n 0' and '1^(n+1) 0' become equal as n grows (Gemma)",
+        f"bf16 ||h_a - h_b|| / ||h_a|| at n={n[-1]}, model run in bf16 (mean over {len(far)} digit pairs)",
+        evidence("mean", list(bf16), [bf16], items="digit pairs", block=1),
+        threshold=BF16_UNIT_ROUNDOFF, direction="below"))
     return claims
 
 
@@ -220,13 +301,49 @@ def _tables(config: Config, results: dict[str, Any]) -> list[dict[str, Any]]:
                        "columns": ["length"] + [str(n) for n in r["lengths"]],
                        "rows": [["accuracy"] + [fmt_stat(s) for s in r["accuracy"]]],
                        "note": f"{config.n_layers}-layer d={config.d_model} GPT, {config.steps} steps on "
-                               f"lengths {list(config.train_lengths)}; seeds {list(config.seeds)}."})
-    c = results["probe"]["collapse"]
-    tables.append({"title": f"Collapse probe on {results['probe']['model']}",
+                               f"lengths {list(config.train_lengths)}; seeds {list(config.seeds)}. Lengths "
+                               f"beyond {max(config.train_lengths)} were never trained: there the copy tasks "
+                               f"measure length extrapolation."})
+    ctl = {t: r["control"] for t, r in results["tasks"].items() if "control" in r}
+    if ctl:
+        c0 = next(iter(ctl.values()))
+        tables.append({"title": "Copy tasks, matched control (same bit position, distance and length)",
+                       "columns": ["task", "sequence", "bit position", "distance to query", "accuracy"],
+                       "rows": [[t, _layout(t, c["length"]), str(c["bit_pos"]), str(c["distance"]),
+                                 fmt_stat(c["accuracy"])] for t, c in ctl.items()],
+                       "note": f"F = FILL, Q = query; {c0['seq_len']} tokens, within the trained lengths "
+                               f"(training mixes FILL padding into both tasks)."})
+    probe = results["probe"]
+    c = probe["collapse"]
+    fp32 = list(probe["collapse_relative"].values())
+    bf16 = list(probe["collapse_bf16"].values())
+    k = len(bf16)
+    tables.append({"title": f"Collapse probe on {probe['model']}: fp32 and bf16",
                    "columns": ["n ones"] + [str(n) for n in c["n"]],
-                   "rows": [["||h_a - h_b||"] + [f"{x:.3g}" for x in c["distance"]],
-                            ["relative"] + [f"{x:.3g}" for x in c["relative"]]]})
+                   "rows": [[f"||h_a - h_b|| fp32 (pair {config.collapse_pairs[0]})"]
+                            + [f"{x:.3g}" for x in c["distance"]],
+                            ["relative fp32, mean over pairs"] + [f"{x:.3g}" for x in _mean_cols(fp32)],
+                            ["relative bf16, mean over pairs"]
+                            + [f"{x:.3g}" for x in _mean_cols([b["relative"] for b in bf16])],
+                            ["bf16 pairs below 2^-8 relative"]
+                            + [f"{sum(b['relative'][i] < BF16_UNIT_ROUNDOFF for b in bf16)}/{k}"
+                               for i in range(len(c["n"]))],
+                            ["bf16 pairs exactly equal"]
+                            + [f"{sum(b['equal'][i] for b in bf16)}/{k}" for i in range(len(c["n"]))]],
+                   "note": f"relative = ||h_a - h_b|| / ||h_a||, last-token state leaving the last block; "
+                           f"bf16: the model cast to {bf16[0]['dtype']} (weights and activations); 2^-8 = "
+                           f"{BF16_UNIT_ROUNDOFF:.3g} is bf16's unit roundoff. Digit pairs: "
+                           f"{', '.join(config.collapse_pairs)}."})
     return tables
+
+
+def _layout(task: str, L: int) -> str:
+    bits = f"b 1^{L - 1}" if task == "copy_first" else f"1^{L - 1} b"
+    return f"F^{L - 1} {bits} Q" if task == "copy_first" else f"{bits} F^{L - 1} Q"
+
+
+def _mean_cols(rows: list[list[float]]) -> list[float]:
+    return [sum(col) / len(col) for col in zip(*rows)]
 
 
 def _figures(config: Config, results: dict[str, Any], out_dir: Path) -> list[tuple[str, str]]:
@@ -237,7 +354,13 @@ def _figures(config: Config, results: dict[str, Any], out_dir: Path) -> list[tup
     line_plot(out_dir / "accuracy.png", s, xlabel="sequence length", ylabel="accuracy",
               title="Copying and counting vs length", logx=True)
     probe = results["probe"]
-    collapse = {probe["model"]: (probe["collapse"]["n"], probe["collapse"]["relative"], None)}
+    first = config.collapse_pairs[0]
+    bf16 = probe["collapse_bf16"][first]["relative"]
+    n = probe["collapse"]["n"]
+    collapse = {f"{probe['model']} fp32": (n, probe["collapse"]["relative"], None),
+                # exactly equal states (0) have no place on a log axis: left out, counted in the table
+                f"{probe['model']} bf16": (n, [x if x > 0 else float("nan") for x in bf16], None),
+                "bf16 unit roundoff 2^-8": (n, [BF16_UNIT_ROUNDOFF] * len(n), None)}
     line_plot(out_dir / "collapse.png", collapse, xlabel="n (ones)", ylabel="||h_a - h_b|| / ||h_a||",
               title="Representational collapse", logx=True, logy=True)
     sens = probe["sensitivity"]
@@ -245,5 +368,6 @@ def _figures(config: Config, results: dict[str, Any], out_dir: Path) -> list[tup
               xlabel="input position", ylabel="share of sensitivity", title="Sensitivity of the last state",
               logy=True)
     return [("accuracy.png", "Accuracy by length (copy tasks: trained on short lengths, tested longer)."),
-            ("collapse.png", "Distance of the last states of '1..10' and '1..110', relative to its norm."),
+            ("collapse.png", "Distance of the last states of '1..10' and '1..110', relative to its norm, "
+                             "with the model in fp32 and in bf16 (bf16 values of exactly 0 are left out)."),
             ("sensitivity.png", "||d h_last / d e_i|| over Shakespeare tokens, normalised to sum 1.")]
