@@ -83,7 +83,8 @@ def test_smoke_stores_the_matched_control_of_both_tasks(smoke):
         assert cf[key] == cl[key], key
     assert cf["seq_len"] <= max(saved["config"]["train_lengths"]) + 1
     control = saved["claims"][0]
-    assert "matched distance" in control["claim"]
+    assert "distance and positions matched" in control["claim"]
+    assert control["direction"] == "within" and control["threshold"] == list(osq.CONTROL_MARGINS)
     assert set(control["data"]["stat"]["args"]) == {"copy_first control", "copy_last control"}
     n = saved["config"]["test_samples"]
     assert all(len(v) == n for v in control["data"]["per_seed"][0].values())
