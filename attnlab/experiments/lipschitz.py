@@ -22,73 +22,7 @@ n too), so the study has two sweeps, both by JVP/VJP power iteration (`attnlab.d
 
 Power iteration converges from below; the estimate after `n_iter` steps is checked against `check_iter`
 steps on the same inputs and start vector (one run of `check_iter` steps gives both).
-
-
-from __future__ import annotations
-
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
-import torch
-
-from attnlab.experiments.base import check_fields, claim, evidence, finish, fmt, fmt_stat, seed_stats, start
-from attnlab.experiments.common import lm_loss, shakespeare_split, train_loop
-
-MODELS: dict[str, dict[str, Any]] = {
-    "softmax": {},
-    "softmax1": {"normalizer": "softmax1"},
-    "sigma-reparam": {"sigma_reparam": True},
-    "L2 attention": {"score": "l2"},
-}
-
-
-@dataclass(frozen=True)
-class Config:
-    models: tuple[str, ...] = tuple(MODELS)
-    seeds: tuple[int, ...] = (0,)
-    n_layers: int = 4
-    d_model: int = 64
-    n_heads: int = 4
-    context: int = 128
-    lengths: tuple[int, ...] = (8, 16, 32, 64, 128)
-    train_steps: int = 300
-    batch_size: int = 16
-    lr: float = 2e-3
-    n_iter: int = 10
-    windows: int = 4  # Shakespeare windows: the items of the claims' intervals with one seed
-    max_chars: int | None = None
-
-
-PRESETS: dict[str, Config] = {
-    "smoke": Config(models=("softmax", "L2 attention"), n_layers=1, d_model=16, n_heads=2, context=16,
-                    lengths=(4, 8, 16), train_steps=3, batch_size=4, n_iter=2, windows=2, max_chars=200_000),
-    "quick": Config(),
-    # full is sized for ~40 min on a 2-core CPU: three seeds and twice the quick preset's longest length.
-    "full": Config(seeds=(0, 1, 2), context=256, lengths=(8, 16, 32, 64, 128, 256), train_steps=300,
-                   n_iter=10, windows=2),
-}
-
-SUMMARY = ("Local Lipschitz constant of whole attention models vs sequence length on Shakespeare text, for "
-           "softmax, softmax1, sigma-reparam and L2 (tied query/key) attention, at init and trained.")
-
-
-def validate(config: Config) -> None:
-    check_fields(config, choices=("models", MODELS),
-                 lengths=lambda ls: len(ls) >= 2 and all(1 < n <= config.context for n in ls),
-                 n_iter=lambda n: n >= 1, windows=lambda w: w >= 2)
-
-
-def _gpt(config: Config, name: str, seed: int) -> Any:
-    from attnlab.models.gpt import GPT, GPTConfig
-
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=256, n_layers=config.n_layers, d_model=config.d_model,
-                         n_heads=config.n_heads, context=config.context, seed=seed, **MODELS[name]))
-
-
-def measure(model: torch.nn.Module, config: Config, seed: int) -> dict[str, Any]:
-    """
+"""
 
 from __future__ import annotations
 
