@@ -192,15 +192,9 @@ def _part(config: Config, name: str, seed: int, trained: bool, progress: bool) -
 
 
 def _pretrained_model(config: Config) -> Any:
-    if config.pretrained == "tiny":
-        from attnlab.experiments.probes import wrap
-        from attnlab.models.gpt import GPT, GPTConfig
+    from attnlab.experiments.probes import pretrained_or_tiny
 
-        torch.manual_seed(0)
-        return wrap(GPT(GPTConfig(n_layers=2, d_model=32, n_heads=2, context=1024)).eval(), "tiny byte GPT")
-    from attnlab.models.loading import load_model
-
-    return load_model(config.pretrained)
+    return pretrained_or_tiny(config.pretrained)
 
 
 def _pretrained(config: Config) -> dict[str, Any]:

@@ -171,15 +171,9 @@ def _part(config: Config, task: str, seed: int, progress: bool) -> dict[str, Any
 
 
 def _probe_model(config: Config) -> Any:
-    if config.probe_model == "tiny":
-        from attnlab.experiments.probes import wrap
-        from attnlab.models.gpt import GPT, GPTConfig
+    from attnlab.experiments.probes import pretrained_or_tiny
 
-        torch.manual_seed(0)
-        return wrap(GPT(GPTConfig(n_layers=2, d_model=32, n_heads=2, context=1024)).eval(), "tiny byte GPT")
-    from attnlab.models.loading import load_model
-
-    return load_model(config.probe_model)
+    return pretrained_or_tiny(config.probe_model)
 
 
 def _real(config: Config) -> dict[str, Any]:

@@ -40,6 +40,19 @@ def wrap(model: nn.Module, name: str) -> Any:
     return from_gpt(model, ByteTokenizer(), name=name, source="attnlab.experiments")
 
 
+def pretrained_or_tiny(name: str) -> Any:
+    """The pretrained model `name` (attnlab.models.loading.load_model), or with "tiny" an untrained 2-layer
+    byte GPT (seed 0), which smoke presets probe so that tests need no model file."""
+    if name == "tiny":
+        from attnlab.models.gpt import GPT, GPTConfig
+
+        torch.manual_seed(0)
+        return wrap(GPT(GPTConfig(n_layers=2, d_model=32, n_heads=2, context=1024)).eval(), "tiny byte GPT")
+    from attnlab.models.loading import load_model
+
+    return load_model(name)
+
+
 def _mean(xs: list[float]) -> float:
     xs = [x for x in xs if x is not None and math.isfinite(x)]
     return sum(xs) / len(xs) if xs else float("nan")
