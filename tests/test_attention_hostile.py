@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import _attention_cases as cases
 import pytest
 import torch
 
@@ -152,3 +153,51 @@ def test_head_dim_zero_fails_clearly() -> None:
         attention(q, q, torch.randn(1, 2, 4, 3))
     with pytest.raises(ValueError, match=r"head_dim is 0"):
         attention(q, q, torch.randn(1, 2, 4, 3), scale=1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("where", ["q", "k", "v"])
+@pytest.mark.parametrize("norm_name", list(cases.normalizers()))
+def test_fused_gives_nan_rows_where_the_reference_does(norm_name: str, where: str,
+                                                      dtype: torch.dtype) -> None:
+    # Every normalizer x span, one NaN or inf entry in q, k or v: the fused paths (dense, blocked, the
+    # compiled band kernel for plain windows in float32/64) mark exactly the outputs the reference marks.
+    # The CPU flash kernel on its own gives a NaN query a finite row (0.0 under causal).
+    length = 70  # long enough for the blocked paths' interior groups
+    for span_name, span in cases.spans(length, length).items():
+        for bad in (math.nan, math.inf, -math.inf):
+            q, k, v = (x.to(dtype) for x in cases.qkv(2, length, length, kv_heads=2))
+            x = {"q": q, "k": k, "v": v}[where]
+            x[:, :, length // 2, COL] = bad
+            norm = cases.normalizers(dtype)[norm_name]
+            ref = attention(q, k, v, normalizer=norm, span=span, backend="reference")
+            out = attention(q, k, v, normalizer=norm, span=span, backend="fused")
+            marked = ~torch.isfinite(ref)
+            if where == "q" or (where == "k" and span_name != "mask"):
+                assert marked.any(), f"{span_name}: the case must reach some query"
+            assert torch.equal(~torch.isfinite(out), marked), f"{span_name}, {bad} in {where}"
+            tol = 1e-5 if dtype == torch.float32 else 1e-10
+            torch.testing.assert_close(out[~marked], ref[~marked], rtol=tol, atol=tol)
+
+
+def test_a_nan_query_row_keeps_the_other_rows_and_their_gradients() -> None:
+    q, k, v = _qkv()
+    q_bad = q.clone()
+    q_bad[:, :, 10, COL] = math.nan
+    leaves = [x.clone().requires_grad_() for x in (q_bad, k, v)]
+    out = attention(*leaves, normalizer="softmax1", span="causal", backend="fused")
+    assert torch.isnan(out[:, :, 10]).all()
+    others = [i for i in range(LENGTH) if i != 10]
+    clean = attention(q, k, v, normalizer="softmax1", span="causal", backend="fused")
+    torch.testing.assert_close(out[:, :, others], clean[:, :, others], rtol=0, atol=1e-12)
+    out[:, :, others].sum().backward()
+    assert all(torch.isfinite(x.grad).all() for x in leaves)
+
+
+@pytest.mark.parametrize("backend", ["reference", "fused"])
+def test_meta_tensors_fail_clearly(backend: str) -> None:
+    q = torch.empty(1, 2, 4, 8, device="meta")
+    with pytest.raises(ValueError, match=r"are on the meta device .* materialise the model"):
+        attention(q, q, q, backend=backend)
+    with pytest.raises(ValueError, match=r"must be on one device"):  # one of them on meta: the device check
+        attention(torch.randn(1, 2, 4, 8), q, torch.randn(1, 2, 4, 8), backend=backend)

@@ -35,6 +35,11 @@ def _validate(q: Tensor, k: Tensor, v: Tensor) -> None:
     if len({q.device, k.device, v.device}) != 1:
         raise ValueError(f"attention: q, k, v must be on one device, got {q.device}, {k.device}, {v.device}; "
                          f"move them with .to(device)")
+    if q.is_meta:
+        # Checked up front: the kernels would fail deep inside on a tensor with no data to read.
+        raise ValueError("attention: q, k, v are on the meta device (a shape with no data); "
+                         "materialise the model first (load its weights, or model.to_empty(device='cpu') "
+                         "then load_state_dict)")
     if not (q.shape[0] == k.shape[0] == v.shape[0]):
         raise ValueError(f"attention: batch sizes differ: q {q.shape[0]}, k {k.shape[0]}, v {v.shape[0]}")
     if k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:

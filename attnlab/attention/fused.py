@@ -55,18 +55,27 @@ def _unblock_empty_rows(bias: Tensor, row_valid: Tensor) -> tuple[Tensor, Tensor
 def fused_attention(q: Tensor, k: Tensor, v: Tensor, normalizer: Normalizer, span: Span,
                     scale: float) -> Tensor:
     """Shapes as in `attnlab.attention`; k and v may have fewer heads than q."""
-    if not _hides_keys(span, q.shape[2], k.shape[2]) or all_finite(k, v):
+    # One reduction decides; finite inputs take the plain path. V is left out where the span hides no key:
+    # the kernel then carries a non-finite value entry into every output it reaches (as inf or NaN), while
+    # a key at +-inf could still give a plausible row. Decoding (one query, a long cache) pays ~6% for K.
+    if all_finite(q, k, v) if _hides_keys(span, q.shape[2], k.shape[2]) else all_finite(q, k):
         return _fused(q, k, v, normalizer, span, scale)
+    # The CPU kernel turns a query row holding NaN into a finite row (nonfinite.py): run on finite Q and
+    # mark those rows afterwards.
+    q_sel, bad_q = select_finite(q)
+    bad_rows = bad_q.any(-1, keepdim=True)  # (B, H, Lq, 1)
+    if all_finite(k, v):
+        return poison(_fused(q_sel, k, v, normalizer, span, scale), bad_rows, bad_rows)
     # The kernels add their masks and multiply zero weights into V: hidden non-finite entries would leak
     # (nonfinite.py). Run on finite K and V, then mark the outputs that could see a non-finite entry.
     (k_sel, bad_k), (v_sel, bad_v) = select_finite(k), select_finite(v)
-    out = _fused(q, k_sel, v_sel, normalizer, span, scale)
+    out = _fused(q_sel, k_sel, v_sel, normalizer, span, scale)
     with torch.no_grad():
         # Which outputs see a marked key or value: with every score 0, each visible key weighs 1/n > 0.
         marks = torch.cat([bad_k.any(-1, keepdim=True), bad_v], dim=-1).to(q.dtype)  # (B, Hk, Lk, 1 + Dv)
         reach = _fused(q.new_zeros(*q.shape[:-1], 1), k.new_zeros(*k.shape[:-1], 1), marks, _VISIBLE, span,
                        1.0) > 0
-    return poison(out, reach[..., :1], reach[..., 1:])
+    return poison(out, reach[..., :1] | bad_rows, reach[..., 1:])
 
 
 class _Visible(Normalizer):

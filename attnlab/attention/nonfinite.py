@@ -13,8 +13,14 @@ hold a non-finite entry:
   key j whose value entry v_jd is not finite.
 
 Queries that see none of them get exactly what finite entries there would give, forward and backward.
-The check itself is one reduction over K and V (a sum is finite only if every entry is; a sum of finite
-entries that overflows only sends the call down the exact path), skipped where the span hides nothing.
+
+A query with a non-finite entry gets a NaN row on both backends (its scores are not numbers). The CPU
+flash kernel would instead give such a row a finite, plausible output, so the fused backend runs on the
+query with those entries zeroed and marks the row.
+
+The check itself is one reduction over Q, K and V (a sum is finite only if every entry is; a sum of finite
+entries that overflows only sends the call down the exact path); V is skipped where the span hides nothing
+(the kernel carries a non-finite value into every output that sees it).
 """
 
 from __future__ import annotations

@@ -34,6 +34,12 @@ def reference_attention(q: Tensor, k: Tensor, v: Tensor, normalizer: Normalizer,
         (kc, bad_k), (vc, bad_v) = select_finite(kc), select_finite(vc)
         sees_key = (allowed & bad_k.any(-1).unsqueeze(-2)).any(-1, keepdim=True)  # (B, H, Lq, 1)
         bad = sees_key, (allowed.to(compute) @ bad_v.to(compute)) > 0  # (B, H, Lq, Dv)
+    if not all_finite(qc):
+        # A query with a non-finite entry has no meaningful scores: its whole row is NaN, whatever the
+        # normalizer would make of +-inf (softmax1 can turn a -inf score row into zeros).
+        qc, bad_q = select_finite(qc)
+        rows = bad_q.any(-1, keepdim=True)
+        bad = (rows, rows) if bad is None else (bad[0] | rows, bad[1])
     scores = (qc * scale) @ kc.transpose(-1, -2)  # scale the small operand, not the Lq x Lk result
     weights = normalizer.weights(scores, allowed)
     out = weights @ vc
