@@ -24,3 +24,8 @@ class ModelNotFoundError(AttnlabError, FileNotFoundError):
 class OutputError(AttnlabError, OSError):
     """An output path or cache folder that cannot be written (a file where a folder should be, read-only,
     full). An OSError too, so code that handles write failures keeps working."""
+
+
+class ModelError(AttnlabError, ValueError):
+    """A model whose files read fine but whose content cannot be used as it stands (a non-finite weight,
+    tensors that do not match its config)."""
