@@ -20,6 +20,7 @@ from attnlab.diagnose.summary import ATTENTION_KEYS, null_sink_mass, summarize
 from attnlab.errors import AttnlabError
 from attnlab.models.adapter import LoadedModel, from_gpt, from_hf
 from attnlab.models.gpt import GPT, GPTConfig
+from attnlab.models.hookpoints import canonical
 from attnlab.models.hooks import record_attention
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -88,7 +89,12 @@ def test_capture_equals_the_old_hook_paths_bit_for_bit(models, kind):
         old_logits, old = _old_capture(lm, ids)
         logits, cache = lm.run_with_cache(ids)
     assert torch.equal(logits, old_logits)
-    assert set(cache) == set(old) | {"ln_final.hook_normalized"}
+    # every old key is there (the pattern under TransformerLens's hook_pattern, the old name an alias),
+    # next to the points TransformerLens has and the old capture did not (q, k, v, z, attn_out, ...)
+    assert {canonical(n) for n in old} | {"ln_final.hook_normalized"} <= set(cache)
+    assert {n.split(".", 2)[-1] for n in set(cache) - {canonical(n) for n in old}} == {
+        "hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z", "hook_attn_out",
+        "hook_resid_mid", "hook_mlp_out"}
     for name, t in old.items():
         assert torch.equal(cache[name], t), name
     assert cache["blocks.0.attn.pattern"].shape == (2, HEADS, T, T)

@@ -74,7 +74,10 @@ def test_run_with_cache_layer_filter_and_no_attention(wrapped: dict, kind: str) 
     lm = wrapped[kind]
     _, cache = lm.run_with_cache(_ids(), attention=False, layers=[1])
     captured = {k for k in cache if k.startswith("blocks.")}
-    assert captured == {"blocks.1.hook_resid_pre", "blocks.1.hook_resid_post"}
+    # attention=False: the points read outside attention (no pattern, z or scores)
+    assert captured == {f"blocks.1.{n}" for n in ("hook_resid_pre", "attn.hook_q", "attn.hook_k",
+                                                  "attn.hook_v", "hook_attn_out", "hook_resid_mid",
+                                                  "hook_mlp_out", "hook_resid_post")}
     with pytest.raises(ValueError, match="out of range"):
         lm.run_with_cache(_ids(), layers=[7])
 

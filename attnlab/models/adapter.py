@@ -25,7 +25,7 @@ of the virtual (null) key.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -33,7 +33,17 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.errors import AttnlabError, DataError
-from attnlab.models.hooks import pattern_name, record_attention
+from attnlab.models.batch import TokenBatch, pad_batch, split
+from attnlab.models.hookpoints import (
+    ActivationCache,
+    HookFn,
+    NamesFilter,
+    as_hook_dict,
+    capture_fns,
+    install,
+    select,
+)
+from attnlab.models.hooks import key_padding, record_attention
 
 # Where the stack of blocks and the final norm live in common HF causal LMs (base model attribute names).
 _BLOCK_LISTS = ("layers", "h", "blocks", "decoder_layers")
@@ -82,13 +92,18 @@ class LoadedModel:
         return next(self.model.parameters()).dtype
 
     # -- text -----------------------------------------------------------------------------------------
-    def encode(self, text: str) -> torch.LongTensor:
-        """Token ids (1, T) on the model's device; no special tokens are added."""
-        if not isinstance(text, str):
-            raise TypeError(f"encode() takes a str, got {type(text).__name__}")
+    def encode(self, text: str | Sequence[str]) -> torch.LongTensor | TokenBatch:
+        """Token ids (1, T) on the model's device; no special tokens are added. A list of texts gives a
+        `TokenBatch`: ids (B, T) right-padded, with its attention_mask, which every forward honours."""
         if self.tokenizer is None:
             raise DataError(f"{self.name} was loaded without a tokenizer; pass token ids, or put the "
                             f"tokenizer files (tokenizer.json) next to the model")
+        if isinstance(text, (list, tuple)):
+            pad = getattr(self.tokenizer, "pad_id", None)
+            pad = pad if pad is not None else getattr(self.tokenizer, "eos_id", None)
+            return pad_batch(text, self.tokenizer.encode, int(pad or 0), self.device)
+        if not isinstance(text, str):
+            raise TypeError(f"encode() takes a str or a list of str, got {type(text).__name__}")
         if not text:
             raise DataError("cannot encode empty text: pass at least one character")
         ids = self.tokenizer.encode(text)
@@ -117,12 +132,22 @@ class LoadedModel:
             raise ValueError(f"ids must have shape (batch, tokens) with tokens >= 1, got {tuple(ids.shape)}")
         return ids.to(self.device)
 
-    def logits(self, ids: Tensor) -> Tensor:
-        """Next-token logits (B, T, V). Gradients are not disabled: wrap in torch.no_grad() if unneeded."""
+    def _ids_and_mask(self, ids: Any, attention_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        ids, mask = split(ids, attention_mask)
         ids = self._check_ids(ids)
+        if mask is None:
+            return ids, None
+        mask = torch.as_tensor(mask, device=self.device).reshape(ids.shape)  # (B, T), 1 = real token
+        return ids, (None if bool(mask.bool().all()) else mask.long())
+
+    def logits(self, ids: Tensor | TokenBatch, attention_mask: Tensor | None = None) -> Tensor:
+        """Next-token logits (B, T, V) of ids (B, T) or a `TokenBatch` (its mask honoured; pad positions'
+        logits are meaningless). Gradients are not disabled: wrap in torch.no_grad() if unneeded."""
+        ids, mask = self._ids_and_mask(ids, attention_mask)
         if self.kind == "hf":
-            return self.model(input_ids=ids, use_cache=False).logits
-        return _gpt_logits(self.model(ids))
+            return self.model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+        with key_padding(mask):
+            return _gpt_logits(self.model(ids))
 
     def embed(self, ids: Tensor) -> Tensor:
         """Input embeddings (B, T, d) of the token ids, differentiable; feed them to forward_embeds."""
@@ -152,22 +177,48 @@ class LoadedModel:
             return self.model(inputs_embeds=embeds, use_cache=False).logits
         return _gpt_logits(self.model.forward_embeds(embeds))
 
-    def run_with_cache(self, ids: Tensor, attention: bool = True,
-                       layers: Iterable[int] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """Logits (B, T, V) and a cache of detached activations under TransformerLens names (see module
-        docstring), for the given layers (all by default): `capture()` around one forward."""
-        ids = self._check_ids(ids)
-        with self.capture(attention=attention, layers=layers) as store:
-            logits = self.logits(ids)
-        if attention:
-            wanted = range(self.n_layers) if layers is None else layers
-            missing = [i for i in wanted if pattern_name(int(i)) not in store]
-            if missing:
-                raise AttnlabError(f"no attention weights were recorded for layer(s) {missing}: their "
-                                   f"attention does not go through attnlab.models.hooks.attend; route it "
-                                   f"there (as attn_implementation='attnlab' and attnlab.retrofit do) or "
-                                   f"pass attention=False")
-        return logits, dict(store)
+    def run_with_cache(self, ids: Tensor | TokenBatch, *, names_filter: NamesFilter = None,
+                       attention: bool = True, layers: Iterable[int] | None = None,
+                       attention_mask: Tensor | None = None) -> tuple[Tensor, ActivationCache]:
+        """Logits (B, T, V) and a cache of detached activations under TransformerLens names
+        (attnlab.models.hookpoints: `blocks.3.attn.hook_pattern`, `hook_q`, `hook_resid_mid`, ...; today's
+        `blocks.3.attn.pattern` reads as an alias). `names_filter`: a name, a list of names or a callable
+        name -> bool (None: every point but the scores and rotated q/k); `attention=False` leaves out what
+        needs the attention weights; `layers` keeps those blocks only."""
+        ids, mask = self._ids_and_mask(ids, attention_mask)
+        names = select(self, names_filter, attention=attention, layers=layers)
+        store = ActivationCache()
+        with install(self, capture_fns(names, store)):
+            logits = self.logits(ids, attention_mask=mask)
+        self._check_recorded(names, store)
+        return logits, store
+
+    def run_with_hooks(self, ids: Tensor | TokenBatch, fwd_hooks: Iterable[tuple[NamesFilter, HookFn]] = (),
+                       *, attention_mask: Tensor | None = None) -> Tensor:
+        """Logits (B, T, V) of one forward with `fwd_hooks`, TransformerLens's [(name, fn), ...]: fn(tensor,
+        hook) sees the activation and may return a same-shape replacement (activation patching); a name may
+        also be a callable name -> bool. The hooks are removed afterwards."""
+        with self.hooks(fwd_hooks):
+            return self.logits(ids, attention_mask=attention_mask)
+
+    @contextmanager
+    def hooks(self, fwd_hooks: Iterable[tuple[NamesFilter, HookFn]]) -> Iterator[None]:
+        """`fwd_hooks` on every forward inside the block (TransformerLens's `model.hooks(...)`)."""
+        with install(self, as_hook_dict(self, fwd_hooks)):
+            yield
+
+    def _check_recorded(self, names: list[str], store: dict[str, Tensor]) -> None:
+        missing = [n for n in names if n not in store]
+        if not missing:
+            return
+        layers = sorted({int(n.split(".")[1]) for n in missing if n.endswith("attn.hook_pattern")})
+        if layers:
+            raise AttnlabError(f"no attention weights were recorded for layer(s) {layers}: their "
+                               f"attention does not go through attnlab.models.hooks.attend; route it "
+                               f"there (as attn_implementation='attnlab' and attnlab.retrofit do) or "
+                               f"pass attention=False")
+        raise AttnlabError(f"{len(missing)} hook point(s) saw no activation ({', '.join(missing[:3])}): the "
+                           f"forward did not reach them; pass names_filter without them")
 
     @contextmanager
     def capture(self, *, attention: bool = True, layers: Iterable[int] | None = None,

@@ -6,12 +6,17 @@ Inside `record_attention()` it also stores the weights under TransformerLens-sty
 (`blocks.{layer}.attn.pattern`, shape (batch, heads, q_len, kv_len)), and with `scores=True` the
 pre-normalizer logits scale * q . k (`blocks.{layer}.attn.scores`, same shape, -inf where the span hides
 the key); inside `attention_override(...)`
-it swaps the normalizer, span or temperature at inference, for every layer or some.
+it swaps the normalizer, span or temperature at inference, for every layer or some. Inside `tap_attention(fn)`
+(the TransformerLens hook points of `attnlab.models.hookpoints`) `fn(layer, kind, tensor)` sees, and may
+replace, q / k / v as they enter, the weights (`kind` "pattern"; the output is then recomputed as weights @ v,
+exact for every normalizer since the null key's value is zero) and the output z; inside `key_padding(mask)`
+keys where the (batch, keys) mask is False are hidden from every query (right-padded batches of attnlab's
+GPT, whose own forward takes no mask).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -41,8 +46,16 @@ class _Recorder:
     scores: bool = False
 
 
+@dataclass
+class _Tap:
+    fn: Callable[[int, str, Tensor], Tensor]
+    kinds: Callable[[int], frozenset[str]]  # which of q, k, v, scores, pattern, z layer i wants
+
+
 _override: ContextVar[_Override | None] = ContextVar("attnlab_override", default=None)
 _recorder: ContextVar[_Recorder | None] = ContextVar("attnlab_recorder", default=None)
+_tap: ContextVar[_Tap | None] = ContextVar("attnlab_tap", default=None)
+_padding: ContextVar[Tensor | None] = ContextVar("attnlab_padding", default=None)
 
 
 def pattern_name(layer: int) -> str:
@@ -84,6 +97,16 @@ def attend(layer: int, q: Tensor, k: Tensor, v: Tensor, *, normalizer: str | Nor
             span = _combine(span, ov.span, q.shape[-2], k.shape[-2])
         if ov.temperature != 1.0:
             scale = (scale if scale is not None else q.shape[-1] ** -0.5) / ov.temperature
+    pad = _padding.get()
+    if pad is not None and pad.shape[-1] == k.shape[-2] and not bool(pad.all()):
+        mask = resolve_span(span).mask(q.shape[-2], k.shape[-2], q.device) if not isinstance(span, Tensor) \
+            else span
+        span = MaskSpan(mask & pad.to(q.device)[:, None, None, :])  # (B, 1, Lq, Lk)
+    tap = _tap.get()
+    kinds = tap.kinds(layer) if tap is not None else frozenset()
+    if kinds:
+        return _attend_tapped(layer, q, k, v, tap, kinds, normalizer=normalizer, span=span, scale=scale,
+                              backend=backend)
     rec = _recorder.get()
     if rec is not None and (rec.layers is None or layer in rec.layers):
         out, weights = attention(q, k, v, normalizer=normalizer, span=span, scale=scale, return_weights=True)
@@ -92,6 +115,59 @@ def attend(layer: int, q: Tensor, k: Tensor, v: Tensor, *, normalizer: str | Nor
             rec.store[scores_name(layer)] = _scores(q, k, span, scale)
         return out
     return attention(q, k, v, normalizer=normalizer, span=span, scale=scale, backend=backend)
+
+
+def _attend_tapped(layer: int, q: Tensor, k: Tensor, v: Tensor, tap: _Tap, kinds: frozenset[str], *,
+                   normalizer: str | Normalizer, span: str | Span | Tensor, scale: float | None,
+                   backend: str) -> Tensor:
+    """`attend` with hook points: q (B, H, Lq, D), k and v (B, Hkv, Lk, D) may be replaced before, the
+    weights (B, H, Lq, Lk) and the output z (B, H, Lq, D) after."""
+    for kind in ("q", "k", "v"):
+        if kind in kinds:
+            new = tap.fn(layer, kind, {"q": q, "k": k, "v": v}[kind])
+            q, k, v = (new if kind == "q" else q), (new if kind == "k" else k), (new if kind == "v" else v)
+    if "scores" in kinds:
+        tap.fn(layer, "scores", _scores(q, k, span, scale))
+    rec = _recorder.get()
+    recording = rec is not None and (rec.layers is None or layer in rec.layers)
+    if "pattern" in kinds or recording:
+        out, weights = attention(q, k, v, normalizer=normalizer, span=span, scale=scale, return_weights=True)
+        if "pattern" in kinds:
+            patched = tap.fn(layer, "pattern", weights)
+            if patched is not weights:  # the null key's value is 0, so out = weights @ v for every normalizer
+                weights = patched
+                out = (patched.to(v.dtype) @ expand_kv(v, q.shape[1])).to(out.dtype)  # (B, H, Lq, D)
+        if recording:
+            rec.store[pattern_name(layer)] = weights.detach()
+            if rec.scores:
+                rec.store[scores_name(layer)] = _scores(q, k, span, scale)
+    else:
+        out = attention(q, k, v, normalizer=normalizer, span=span, scale=scale, backend=backend)
+    if "z" in kinds:
+        out = tap.fn(layer, "z", out)
+    return out
+
+
+@contextmanager
+def tap_attention(fn: Callable[[int, str, Tensor], Tensor],
+                  kinds: Callable[[int], frozenset[str]]) -> Iterator[None]:
+    """Inside the block, `attend` calls fn(layer, kind, tensor) for each kind in kinds(layer) ("q", "k",
+    "v", "scores", "pattern", "z"; shapes as in `_attend_tapped`) and uses what it returns."""
+    token = _tap.set(_Tap(fn=fn, kinds=kinds))
+    try:
+        yield
+    finally:
+        _tap.reset(token)
+
+
+@contextmanager
+def key_padding(mask: Tensor | None) -> Iterator[None]:
+    """Hide the keys where `mask` (batch, keys), True = real token, is False from every query."""
+    token = _padding.set(None if mask is None else mask.to(torch.bool))
+    try:
+        yield
+    finally:
+        _padding.reset(token)
 
 
 @contextmanager
