@@ -10,6 +10,7 @@ import http.client
 import json
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -269,3 +270,85 @@ def test_connections_are_capped_and_freed(local: ExplorerServer) -> None:
     while local._open and time.monotonic() < deadline:
         time.sleep(0.05)
     assert local._open == 0 and request(local, "GET", "/api/info")[0] == 200
+
+
+def test_slow_clients_do_not_lock_out_a_real_request(local: ExplorerServer) -> None:
+    # 40 clients (more than max_connections) each send a header byte every 2 s and never finish their head:
+    # a real request made meanwhile is answered within 2 s. Bounded: the slow clients stop after 5 s.
+    port = local.server_address[1]
+    slow = [_raw(local, b"GET / HTTP/1.1\r\nHost: 127.0.0.1:" + str(port).encode()) for _ in range(40)]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(2.0):
+            for s in slow:
+                try:
+                    s.sendall(b"0")
+                except OSError:  # this one gave way to a real request: fine
+                    pass
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.5)  # every slow client is connected and holding a place
+        for _ in range(3):
+            start = time.monotonic()
+            assert request(local, "GET", "/api/info")[0] == 200
+            assert time.monotonic() - start < 2.0
+            time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join(5)
+        for s in slow:
+            s.close()
+
+
+def test_a_request_head_has_one_deadline_however_it_trickles(local: ExplorerServer) -> None:
+    local.request_timeout, local.head_seconds = 5.0, 1.0  # each byte well within the idle timeout
+    sock = _raw(local, b"GET / HTTP/1.1\r\n")
+    start, closed = time.monotonic(), False
+    while not closed and time.monotonic() - start < 4.0:
+        try:
+            sock.sendall(b"X")
+        except OSError:
+            break
+        closed = _closed_within(sock, 0.2)[0]
+    sock.close()
+    assert time.monotonic() - start < 2.5  # cut at the 1 s head deadline, not after 4 s of trickling
+
+
+@pytest.mark.parametrize("name", ["Host", "Origin"])
+def test_duplicate_host_or_origin_headers_are_a_400(local: ExplorerServer, stub: StubExplorer,
+                                                    name: str) -> None:
+    port = local.server_address[1]
+    own = f"127.0.0.1:{port}" if name == "Host" else f"http://127.0.0.1:{port}"
+    extra = f"Host: 127.0.0.1:{port}\r\n" if name == "Origin" else ""
+    sock = _raw(local, (f"POST /api/analyze HTTP/1.1\r\n{extra}{name}: {own}\r\n{name}: {own}\r\n"
+                        f"Content-Type: application/json\r\nContent-Length: {len(BODY)}\r\n\r\n").encode()
+                + BODY)
+    _, answer = _closed_within(sock, 3.0)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.0 400"), answer[:100]
+    assert f"the request has 2 {name} headers".encode() in answer and stub.calls == 0
+
+
+def test_a_client_that_goes_away_prints_no_traceback(stub: StubExplorer, capfd) -> None:
+    # The page aborts superseded requests by design: the answer then meets a reset connection.
+    answered = threading.Event()
+
+    def slow_analyze(params: Any, stale: Any = None) -> dict[str, Any]:
+        time.sleep(0.3)  # the client is gone by now
+        answered.set()
+        return {"text": "x" * 100_000}
+
+    stub.analyze = slow_analyze  # type: ignore[method-assign]
+    with _serve(stub) as srv:
+        sock = _raw(srv, _post_head(srv, len(BODY)) + BODY)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+        time.sleep(0.1)
+        sock.close()
+        assert answered.wait(5)
+        time.sleep(0.3)  # the write fails now
+        assert request(srv, "GET", "/api/info")[0] == 200
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) <= 1, err

@@ -19,20 +19,27 @@ Who may talk to it:
 - A request whose Origin header is present and is not the server's own origin is refused (403), and a POST
   must be `application/json`: a page on another site can send neither without the browser asking first
   (a CORS preflight, which this server never grants), so no web page can drive the model.
-- Sockets time out when idle (`request_timeout`), a body must arrive within `body_seconds`, JSON may nest
-  only `MAX_DEPTH` deep, and at most `max_connections` connections are served at once (more are closed at
-  once), so stalled or hostile clients cannot pile up threads.
+- Sockets time out when idle (`request_timeout`), a whole request head (request line and headers) must
+  arrive within `head_seconds` and a body within `body_seconds` however slowly it trickles, JSON may nest
+  only `MAX_DEPTH` deep, and at most `max_connections` connections are served at once. When all are taken,
+  a new connection takes the place of the one that has waited longest for its request head (slow or idle
+  clients cannot lock out a real one); with none waiting, the new one is closed at once.
+- A request with two Host or two Origin headers is a 400 (HTTP says so for Host; two Origins could split
+  what the checks read from what a proxy read). A client that goes away mid-answer (the page aborts
+  superseded requests) is not an error: nothing is printed.
 """
 
 from __future__ import annotations
 
 import hmac
+import io
 import ipaddress
 import json
 import math
 import re
 import secrets
 import socket
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -47,6 +54,7 @@ from attnlab.explorer.params import RequestError, parse_params
 MAX_BODY = 64 * 1024
 MAX_DEPTH = 16  # a request is an object holding a list of numbers at most: depth 2
 REQUEST_TIMEOUT = 15.0  # seconds a socket may sit idle mid-request
+HEAD_SECONDS = 10.0  # seconds the whole request head (line and headers) may take, idle keep-alive included
 BODY_SECONDS = 30.0  # seconds the whole body may take
 MAX_CONNECTIONS = 32
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~-]{16,256}")  # safe in a URL, a cookie and a header as is
@@ -115,8 +123,10 @@ class ExplorerServer(ThreadingHTTPServer):
             token = secrets.token_urlsafe(24)
         self.token = None if token is None else check_token(token)
         self.request_timeout, self.body_seconds = REQUEST_TIMEOUT, BODY_SECONDS
+        self.head_seconds = HEAD_SECONDS
         self.max_connections = MAX_CONNECTIONS
         self._open = 0
+        self._waiting: dict[socket.socket, float] = {}  # connections waiting for a request head: since when
         self._open_lock = threading.Lock()
         super().__init__((host, port), ExplorerHandler)
         self.cookie_name = f"attnlab_explorer_{self.server_address[1]}"  # cookies ignore ports: one each
@@ -132,11 +142,23 @@ class ExplorerServer(ThreadingHTTPServer):
         return self.base_url if self.token is None else f"{self.base_url}?token={self.token}"
 
     def process_request(self, request: socket.socket, client_address: Any) -> None:
-        # One thread per connection, at most max_connections of them: beyond that, close at once.
+        # One thread per connection, at most max_connections of them: beyond that, the connection waiting
+        # longest for its request head gives way (its blocked read ends; its thread exits in a moment), or,
+        # with none waiting, the new one is closed at once.
+        victim = None
         with self._open_lock:
             full = self._open >= self.max_connections
+            if full and self._waiting:
+                victim = min(self._waiting, key=self._waiting.__getitem__)
+                del self._waiting[victim]
+                full = False
             if not full:
                 self._open += 1
+        if victim is not None:
+            try:
+                victim.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already gone
+                pass
         if full:
             self.shutdown_request(request)
             return
@@ -155,6 +177,19 @@ class ExplorerServer(ThreadingHTTPServer):
     def _release(self) -> None:
         with self._open_lock:
             self._open -= 1
+
+    def waiting_for_head(self, sock: socket.socket, waiting: bool) -> None:
+        """Mark a connection as waiting for a request head (evictable when all places are taken), or not."""
+        with self._open_lock:
+            if waiting:
+                self._waiting.setdefault(sock, time.monotonic())
+            else:
+                self._waiting.pop(sock, None)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return  # the client went away or stalled past its deadline: nothing to report
+        super().handle_error(request, client_address)
 
     def ticket(self) -> int:
         """Number model requests in arrival order, so a waiting one can tell it is no longer the newest."""
@@ -181,8 +216,27 @@ class ExplorerHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.timeout = self.server.request_timeout  # StreamRequestHandler sets it on the socket
         super().setup()
+        self._reader = _DeadlineReader(self.connection, self.server.request_timeout)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def finish(self) -> None:
+        self.server.waiting_for_head(self.connection, False)
+        super().finish()
+
+    def handle_one_request(self) -> None:
+        # The whole head, from the wait for its first byte to the blank line, shares one deadline.
+        self._reader.deadline = time.monotonic() + self.server.head_seconds
+        self.server.waiting_for_head(self.connection, True)
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()
+        self.server.waiting_for_head(self.connection, False)
+        self._reader.deadline = time.monotonic() + self.server.body_seconds
+        return ok
 
     def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
+        self.connection.settimeout(self.server.request_timeout)  # reads may have left a shorter one
         self.send_response(status)
         for k, v in (headers or {}).items():
             self.send_header(k, v)
@@ -248,8 +302,17 @@ class ExplorerHandler(BaseHTTPRequestHandler):
                     "(ending in ?token=...), or send the header 'Authorization: Bearer <token>'")
         return False
 
+    def _single_headers(self) -> bool:
+        for name in ("Host", "Origin"):
+            count = len(self.headers.get_all(name) or [])
+            if count > 1:
+                self.close_connection = True
+                self._error(HTTPStatus.BAD_REQUEST, f"the request has {count} {name} headers; send one")
+                return False
+        return True
+
     def _allowed(self) -> bool:
-        return self._host_ok() and self._origin_ok() and self._token_ok()
+        return self._single_headers() and self._host_ok() and self._origin_ok() and self._token_ok()
 
     def do_GET(self) -> None:  # noqa: N802
         if not self._allowed():
@@ -282,15 +345,15 @@ class ExplorerHandler(BaseHTTPRequestHandler):
 
     def _read_body(self, length: int) -> bytes | None:
         """The body, or None (answered, connection closed) if it stalls past body_seconds or ends early."""
-        deadline = time.monotonic() + self.server.body_seconds
         chunks, got = [], 0
         while got < length:
-            if time.monotonic() > deadline:
+            try:
+                chunk = self.rfile.read1(length - got)  # one socket read, bounded by the body deadline
+            except TimeoutError:
                 self.close_connection = True
                 self._error(HTTPStatus.REQUEST_TIMEOUT, f"the body did not arrive within "
                             f"{self.server.body_seconds:g} s; send it at once")
                 return None
-            chunk = self.rfile.read1(length - got)  # one socket read; each may wait request_timeout
             if not chunk:
                 self.close_connection = True
                 self._error(HTTPStatus.BAD_REQUEST, f"the body ended after {got} of {length} bytes "
@@ -361,6 +424,25 @@ class ExplorerHandler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}")
             return
         self._json(HTTPStatus.OK, result)
+
+
+class _DeadlineReader(io.RawIOBase):
+    """A connection's socket reads, each waiting at most `idle` seconds and never past `deadline`
+    (time.monotonic()): a client trickling a byte every few seconds cannot hold a request open."""
+
+    def __init__(self, sock: socket.socket, idle: float) -> None:
+        super().__init__()
+        self.sock, self.idle, self.deadline = sock, idle, math.inf
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request's deadline passed")
+        self.sock.settimeout(min(self.idle, left))
+        return self.sock.recv_into(buffer)
 
 
 def _depth(obj: Any) -> int:
