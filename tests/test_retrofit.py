@@ -18,7 +18,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 import attnlab
 from attnlab.attention import Normalizer, unregister_normalizer
 from attnlab.attention.base import reference_attend
-from attnlab.errors import AttnlabError, ConfigError, ModelNotFoundError
+from attnlab.errors import AttnlabError, ConfigError, ModelError
 from attnlab.models.hooks import attention_override, record_attention
 from attnlab.models.retrofit import RECORD_KEY, SINK_INIT, RetrofitState, retrofit_parameters
 
@@ -304,7 +304,8 @@ def test_load_refuses_weights_that_do_not_match_the_record(model: LlamaForCausal
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg[RECORD_KEY]["gated"] = True  # the record asks for gates the weights do not hold
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ModelNotFoundError, match="lacks model.layers.0.self_attn.attnlab.gate"):
+    with pytest.raises(ModelError, match=r"weights do not match config.json \(missing "
+                                         r"model.layers.0.self_attn.attnlab.gate.bias"):
         attnlab.load_model(tmp_path, dtype=torch.float64)
     cfg[RECORD_KEY] = {**cfg[RECORD_KEY], "gated": False, "version": 99}
     (tmp_path / "config.json").write_text(json.dumps(cfg))

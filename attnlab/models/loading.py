@@ -38,9 +38,10 @@ from typing import Any
 
 import torch
 
-from attnlab.errors import AttnlabError, ConfigError, ModelNotFoundError, OutputError
+from attnlab.errors import AttnlabError, ConfigError, ModelError, ModelNotFoundError, OutputError
 from attnlab.io import atomic_folder
 from attnlab.models.adapter import LoadedModel, from_gpt, from_hf
+from attnlab.models.integrity import check_finite, check_loading_info, quiet_load_report
 
 SMOLLM2 = "smollm2-135m"
 ALIASES = {"smollm2": SMOLLM2, "smollm2-135m": SMOLLM2, "smollm2-135m-instruct": SMOLLM2}
@@ -58,19 +59,23 @@ _MARKER = "attnlab-converted.json"  # written last into a converted cache folder
 
 
 def load_model(name_or_path: str | os.PathLike = SMOLLM2, *, dtype: torch.dtype | str = torch.float32,
-               device: str | torch.device = "cpu") -> LoadedModel:
-    """Load a causal LM by name, hub id or path (see the module docstring), in eval mode, on `device`."""
+               device: str | torch.device = "cpu", strict: bool = True) -> LoadedModel:
+    """Load a causal LM by name, hub id or path (see the module docstring), in eval mode, on `device`.
+
+    The weights are checked once: a NaN or infinite tensor is refused with its name (`ModelError`), and so is
+    a Hugging Face folder whose tensors do not match its config.json (missing, unexpected, wrong shape)
+    unless `strict=False` asks for a partial load (which warns with the names)."""
     start = time.perf_counter()
     dtype = resolve_dtype(dtype)
     device = resolve_device(device)
     key = str(name_or_path)
     if key.strip().lower() in ALIASES:
         lm = _load_hf_folder(smollm2_folder(), dtype=dtype, device=device, name=SMOLLM2,
-                             source=str(smollm2_gguf_path()))
+                             source=str(smollm2_gguf_path()), strict=strict)
     else:
         path = Path(key).expanduser()
         if not path.exists() and is_hub_id(name_or_path):
-            lm = _load_hub(key, dtype=dtype, device=device)
+            lm = _load_hub(key, dtype=dtype, device=device, strict=strict)
         elif not path.exists():
             hint = "" if os.sep in key or key.endswith(".gguf") else \
                 f"; known names: {', '.join(sorted(ALIASES))}"
@@ -80,9 +85,11 @@ def load_model(name_or_path: str | os.PathLike = SMOLLM2, *, dtype: torch.dtype 
                 raise ModelNotFoundError(f"{path} is a file but not a .gguf; pass a .gguf file or the folder "
                                          f"holding the model. Supported: {SUPPORTED}")
             folder = convert_gguf(path, _gguf_cache_folder(path))
-            lm = _load_hf_folder(folder, dtype=dtype, device=device, name=path.stem, source=str(path))
+            lm = _load_hf_folder(folder, dtype=dtype, device=device, name=path.stem, source=str(path),
+                                 strict=strict)
         else:
-            lm = _load_folder(path, dtype=dtype, device=device)
+            lm = _load_folder(path, dtype=dtype, device=device, strict=strict)
+    check_finite(lm.model, lm.source)
     lm.model.eval()
     lm.load_seconds = time.perf_counter() - start
     return lm
@@ -170,7 +177,7 @@ def hub_snapshot(repo_id: str, revision: str = "main") -> Path:
                              f"{revision!r} is unknown; {fix}")
 
 
-def _load_hub(repo_id: str, *, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+def _load_hub(repo_id: str, *, dtype: torch.dtype, device: torch.device, strict: bool = True) -> LoadedModel:
     snapshot = hub_snapshot(repo_id)
     config = _read_config(snapshot)
     if is_attnlab_config(config):
@@ -178,7 +185,7 @@ def _load_hub(repo_id: str, *, dtype: torch.dtype, device: torch.device) -> Load
         lm.name = repo_id
         return lm
     return _load_hf_folder(snapshot, dtype=dtype, device=device, name=repo_id, source=str(snapshot),
-                           config=config)
+                           config=config, strict=strict)
 
 
 # -- folders -----------------------------------------------------------------------------------------------
@@ -206,11 +213,14 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 def is_attnlab_config(config: dict[str, Any]) -> bool:
     """attnlab's GPT writes a config.json without HF's `model_type`, marked as attnlab's."""
+    if str(config.get("model_type", "")).startswith("attnlab_retrofit_"):
+        return False  # a Hugging Face model saved after attnlab.retrofit (attnlab.models.hf_native)
     marker = str(config.get("model_type", "")) + str(config.get("format", "")) + str(config.get("kind", ""))
     return "attnlab" in marker.lower() or "attnlab" in config or "attnlab_version" in config
 
 
-def _load_folder(path: Path, *, dtype: torch.dtype, device: str | torch.device) -> LoadedModel:
+def _load_folder(path: Path, *, dtype: torch.dtype, device: str | torch.device, strict: bool = True
+                 ) -> LoadedModel:
     if not (path / "config.json").is_file():
         # A training run's folder: its model lives in OUT/checkpoint (or .checkpoint.old after a kill
         # mid-swap, see attnlab.train.checkpoint).
@@ -221,7 +231,8 @@ def _load_folder(path: Path, *, dtype: torch.dtype, device: str | torch.device) 
     config = _read_config(path)
     if is_attnlab_config(config):
         return _load_attnlab(path, config, dtype=dtype, device=device)
-    return _load_hf_folder(path, dtype=dtype, device=device, name=path.name, source=str(path), config=config)
+    return _load_hf_folder(path, dtype=dtype, device=device, name=path.name, source=str(path), config=config,
+                           strict=strict)
 
 
 def _load_attnlab(path: Path, config: dict[str, Any], *, dtype: torch.dtype,
@@ -232,7 +243,11 @@ def _load_attnlab(path: Path, config: dict[str, Any], *, dtype: torch.dtype,
     from attnlab.models.gpt import GPT
 
     _check_safetensors([path / "model.safetensors"])
-    gpt = GPT.from_pretrained(str(path)).to(device=device, dtype=dtype)
+    try:
+        gpt = GPT.from_pretrained(str(path)).to(device=device, dtype=dtype)
+    except RuntimeError as exc:  # load_state_dict's size mismatch: name the tensors in one line
+        raise ModelError(f"{path}: the weights do not match config.json ({_one_line(exc)[:300]}); save the "
+                         f"model again with GPT.save") from exc
     # The tokenizer is a training choice, recorded next to the model by `attnlab train`.
     tokenizer = config.get("tokenizer")
     train_config = path / "train_config.json"
@@ -247,12 +262,17 @@ def _load_attnlab(path: Path, config: dict[str, Any], *, dtype: torch.dtype,
 
 
 def _load_hf_folder(path: Path, *, dtype: torch.dtype, device: str | torch.device, name: str, source: str,
-                    config: dict[str, Any] | None = None) -> LoadedModel:
+                    config: dict[str, Any] | None = None, strict: bool = True) -> LoadedModel:
     from transformers import AutoModelForCausalLM
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+    from attnlab.models import hf_native
+
     config = config if config is not None else _read_config(path)
     model_type = config.get("model_type")
+    base = hf_native.base_model_type(model_type)
+    if base is not None:  # saved after attnlab.retrofit: make its type known before anything reads it
+        hf_native.native_classes(base)
     if model_type is None or model_type not in CONFIG_MAPPING:
         raise AttnlabError(f"{path}/config.json names model_type {model_type!r}, which this transformers "
                            f"does not know; supported architectures: {', '.join(_supported())}")
@@ -266,12 +286,17 @@ def _load_hf_folder(path: Path, *, dtype: torch.dtype, device: str | torch.devic
     try:
         # Load with eager attention, check the class routes attention through the interface, then switch
         # (from_hf does): asking from_pretrained for "attnlab" on an unsupported class fails less clearly.
-        if "attnlab_retrofit" in config:  # saved after attnlab.retrofit: rebuild it, learned tensors included
+        if hf_native.RECORD_KEY in config or base is not None:  # a retrofit: rebuilt with its learned tensors
             from attnlab.models.retrofit import load_retrofitted
 
-            model = load_retrofitted(path, config["attnlab_retrofit"], dtype=dtype)
+            with quiet_load_report():
+                model, info = load_retrofitted(path, config, dtype=dtype)
         else:
-            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, attn_implementation="eager")
+            # ignore_mismatched_sizes: wrong shapes are reported by name below rather than raised from torch
+            with quiet_load_report():
+                model, info = AutoModelForCausalLM.from_pretrained(
+                    str(path), dtype=dtype, attn_implementation="eager", output_loading_info=True,
+                    ignore_mismatched_sizes=True)
     except AttnlabError:
         raise  # already one clear line (a bad retrofit record, weights that do not match it)
     except ValueError as exc:
@@ -284,7 +309,8 @@ def _load_hf_folder(path: Path, *, dtype: torch.dtype, device: str | torch.devic
         # content: a truncated pytorch_model.bin, or tensors whose shapes do not match config.json.
         raise _unloadable(path, exc) from exc
     check_supported(model)
-    check_causal(model)
+    check_causal(model)  # an unusable architecture is the first thing to say, before which tensors differ
+    check_loading_info(str(path), info, strict=strict, has_record=hf_native.RECORD_KEY in config)
     model.to(device)
     return from_hf(model, _hf_tokenizer(path), name=name, source=source)
 

@@ -13,7 +13,10 @@ The model runs `attn_implementation="attnlab"`, whose attention function (`attnl
 child on every call: it builds the normalizer from the learned tensors (so gradients reach them), intersects
 the model's own mask with the retrofit span, and applies the gate. `record_attention` and
 `attention_override` work on top, as on any attnlab model. The choice is recorded in
-`model.config.attnlab_retrofit`, so `model.save_pretrained(d)` then `attnlab.load_model(d)` rebuilds it.
+`model.config.attnlab_retrofit`, and the config is saved under the model_type `attnlab_retrofit_<base>`
+(`attnlab.models.hf_native`), so after `model.save_pretrained(d)` both `attnlab.load_model(d)` and plain
+`AutoModelForCausalLM.from_pretrained(d)` rebuild it (or the latter fails naming attnlab; never a plain
+model).
 
 Starting from the pretrained function: softmax is the identity retrofit (same kernel as HF's sdpa); the gate
 is exactly 1 at init; a sink starts at `SINK_INIT` (see there), close to but never exactly softmax.
@@ -36,11 +39,13 @@ from attnlab.attention.registry import (
     normalizer_keywords,
     normalizer_names,
 )
-from attnlab.errors import AttnlabError, ConfigError, ModelNotFoundError
+from attnlab.errors import AttnlabError, ConfigError
+from attnlab.models import hf_native
 from attnlab.models.gate import HeadGate
 from attnlab.models.hf import RETROFIT_ATTR, check_causal, check_supported, use_attnlab_attention
+from attnlab.models.hf_native import RECORD_KEY, record_arguments
 
-RECORD_KEY = "attnlab_retrofit"  # the config.json key (not "attnlab", which marks attnlab's own GPT folders)
+# RECORD_KEY "attnlab_retrofit" is the config.json key (not "attnlab", which marks attnlab's own GPT folders)
 RECORD_VERSION = 1
 
 SINK_INIT = -12.0
@@ -169,7 +174,7 @@ def retrofit(model: nn.Module, normalizer: str = "softmax", *, gated: bool = Fal
     layers = attention_modules(model)
     cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     heads, hidden = int(cfg.num_attention_heads), int(cfg.hidden_size)
-    init = _initial_learned(name, heads, sink_init)
+    init = initial_learned(name, heads, sink_init)
     try:
         create_normalizer(name, **opts, **init).check_heads(heads)
     except (TypeError, ValueError) as exc:
@@ -189,6 +194,7 @@ def retrofit(model: nn.Module, normalizer: str = "softmax", *, gated: bool = Fal
             attn.register_forward_hook(_clear_gate_input, with_kwargs=True, always_call=True)
     model.config.attnlab_retrofit = {"normalizer": name, "options": opts, "gated": gated,
                                      "span": span_name(sp), "version": RECORD_VERSION}
+    hf_native.mark_native(model)  # save_pretrained then writes a model_type that transformers loads as this
     return model
 
 
@@ -221,65 +227,29 @@ def span_name(span: Span | None) -> str | None:
 
 
 # -- loading a saved retrofit -----------------------------------------------------------------------------
-def load_retrofitted(path: Path, record: object, *, dtype: torch.dtype) -> nn.Module:
-    """Load the HF folder `path` whose config records a retrofit: the base weights through from_pretrained
-    (told to expect the retrofit keys, so it reports none as unexpected), then `retrofit` as recorded, then
-    the retrofit's own tensors from the same weight files."""
-    kwargs = _record_arguments(path, record)
+def load_retrofitted(path: Path, config: dict[str, Any], *, dtype: torch.dtype) -> tuple[nn.Module, dict]:
+    """Load the HF folder `path` saved after `retrofit` (config dict `config`) through its native class
+    (`attnlab.models.hf_native`), whose init applies the recorded retrofit, so transformers loads the learned
+    tensors with the rest and reports any that are missing or unexpected. Returns (model, loading info).
+    Folders saved by an older attnlab (base model_type + record) load the same way, with a warning."""
     from transformers import AutoConfig
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
+    from attnlab.advice import advise
+
+    record_arguments(f"{path}/config.json", config.get(RECORD_KEY))
+    model_type = str(config.get("model_type"))
+    base = hf_native.base_model_type(model_type) or model_type
+    config_cls, model_cls = hf_native.native_classes(base)
+    if hf_native.is_legacy(config):
+        advise(f"{path} was saved by an older attnlab (model_type {model_type!r} plus an '{RECORD_KEY}' "
+               f"record), which plain transformers loads as the un-retrofitted model; convert it once with "
+               f"attnlab.models.hf_native.upgrade_folder({str(path)!r}) (rewrites config.json) or re-save it")
     hf_config = AutoConfig.from_pretrained(str(path))
-    if type(hf_config) not in MODEL_FOR_CAUSAL_LM_MAPPING:
-        raise AttnlabError(f"{path} records an attnlab retrofit, but {hf_config.model_type!r} is not a "
-                           f"causal language model architecture")
-    cls = MODEL_FOR_CAUSAL_LM_MAPPING[type(hf_config)]
-    ignore = [*(cls._keys_to_ignore_on_load_unexpected or []), rf"(^|\.){RETROFIT_ATTR}\."]
-    # A throwaway subclass carries the extra ignore pattern, so the real class is never mutated; the model
-    # gets its real class back right after loading.
-    loader = type(cls.__name__, (cls,), {"_keys_to_ignore_on_load_unexpected": ignore,
-                                          "__module__": cls.__module__, "__qualname__": cls.__qualname__})
-    model = loader.from_pretrained(str(path), config=hf_config, dtype=dtype, attn_implementation="eager")
-    model.__class__ = cls
-    retrofit(model, **kwargs)
-    _load_retrofit_tensors(model, path)
-    return model
-
-
-def _record_arguments(path: Path, record: object) -> dict[str, Any]:
-    if not isinstance(record, dict) or not isinstance(record.get("normalizer"), str):
-        raise ConfigError(f"{path}/config.json: '{RECORD_KEY}' must be an object with at least a "
-                          f"'normalizer' name, got {record!r}"[:300])
-    version = record.get("version", RECORD_VERSION)
-    if not isinstance(version, int) or version > RECORD_VERSION:
-        raise ConfigError(f"{path}/config.json: retrofit record version {version!r} is newer than this "
-                          f"attnlab reads ({RECORD_VERSION}); upgrade attnlab")
-    return {"normalizer": record["normalizer"], "gated": record.get("gated", False),
-            "span": record.get("span"), "options": record.get("options") or {}}
-
-
-def _load_retrofit_tensors(model: nn.Module, path: Path) -> None:
-    expected = set(retrofit_parameters(model))
-    found: dict[str, Tensor] = {}
-    files = sorted(path.glob("*.safetensors"))
-    if files:
-        from safetensors import safe_open
-
-        for f in files:
-            with safe_open(str(f), framework="pt") as st:
-                found.update({k: st.get_tensor(k) for k in st.keys() if f".{RETROFIT_ATTR}." in f".{k}"})
-    else:
-        for f in sorted(path.glob("pytorch_model*.bin")):
-            sd = torch.load(f, map_location="cpu", weights_only=True)
-            found.update({k: v for k, v in sd.items() if f".{RETROFIT_ATTR}." in f".{k}"})
-    missing, extra = sorted(expected - set(found)), sorted(set(found) - expected)
-    if missing or extra:
-        what = f"lacks {missing[0]}" if missing else f"holds {extra[0]}, which its record does not create"
-        raise ModelNotFoundError(f"{path}: the weights do not match the recorded retrofit "
-                                 f"{retrofit_record(model)} (the folder {what}, {len(missing) + len(extra)} "
-                                 f"keys in all); re-save the retrofitted model with model.save_pretrained")
-    result = model.load_state_dict(found, strict=False)
-    assert not result.unexpected_keys, result.unexpected_keys  # found is a subset of the model's keys
+    hf_config.__class__ = config_cls  # a legacy folder's config is the base class; same fields
+    model, info = model_cls.from_pretrained(str(path), config=hf_config, dtype=dtype,
+                                            output_loading_info=True, ignore_mismatched_sizes=True)
+    model.__class__ = model_cls.__mro__[1]  # the base class, as `retrofit` leaves it (only __init__ differs)
+    return model, info
 
 
 # -- checks -----------------------------------------------------------------------------------------------
@@ -349,7 +319,8 @@ def _check_span(span: str | Span | None) -> Span | None:
     return sp
 
 
-def _initial_learned(name: str, heads: int, sink_init: float | Tensor | None) -> dict[str, Tensor]:
+def initial_learned(name: str, heads: int, sink_init: float | Tensor | None) -> dict[str, Tensor]:
+    """The learned tensors `retrofit` starts a layer with (sink logits at SINK_INIT or `sink_init`)."""
     init = learned_parameters(name, heads)
     if sink_init is None:
         if name == "sinks" and "logits" in init:

@@ -1,0 +1,177 @@
+"""Saved retrofits as first-class transformers models: `AutoModelForCausalLM.from_pretrained(dir)` loads a
+folder saved after `attnlab.retrofit` as the same model (normalizer, span, gates, learned tensors), or fails
+naming attnlab; it never loads silently as the un-retrofitted base model.
+
+How: `retrofit` gives the model's config a subclass of its own config class whose `model_type` is
+`attnlab_retrofit_<base>` (e.g. `attnlab_retrofit_llama`), so `save_pretrained` writes that type into
+config.json. attnlab registers the type with `AutoConfig.register` and a matching subclass of the base causal
+LM class (`AttnlabRetrofitLlamaForCausalLM(LlamaForCausalLM)`) with `AutoModelForCausalLM.register`; that
+class's `__init__` applies the recorded retrofit, so transformers creates the learned tensors before it loads
+the weights and checks them like any other key (none missing, none unexpected).
+
+Why registration and not `auto_map` (custom code copied into every folder): it needs no code execution
+(`trust_remote_code`), no network and no copied module that can go stale, and the folder stays plain
+config + safetensors. The cost: the process must have attnlab's model code loaded (any `attnlab.retrofit`,
+`attnlab.load_model`, or `attnlab.models.hf_native.register()`); a process without it gets transformers'
+"model type `attnlab_retrofit_llama` ... does not recognize this architecture", which names attnlab, rather
+than a different model. `import attnlab` alone does not register (it stays lazy so `attnlab --help` is fast).
+
+Folders saved by attnlab before this (base `model_type` plus an `attnlab_retrofit` record) still load with
+`attnlab.load_model`, with a warning; `upgrade_folder(dir)` rewrites their config.json in place.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from attnlab.errors import AttnlabError, ConfigError, ModelNotFoundError
+
+PREFIX = "attnlab_retrofit_"
+RECORD_KEY = "attnlab_retrofit"  # the config.json key (retrofit.py re-exports it)
+
+_classes: dict[str, tuple[type, type]] = {}  # base model_type -> (native config class, native model class)
+
+
+def native_model_type(base_type: str) -> str:
+    """The model_type a retrofitted `base_type` model is saved under ("llama" -> "attnlab_retrofit_llama")."""
+    return PREFIX + base_type
+
+
+def base_model_type(model_type: str) -> str | None:
+    """The base architecture of a native retrofit model_type, None for any other type."""
+    return model_type[len(PREFIX):] if isinstance(model_type, str) and model_type.startswith(PREFIX) else None
+
+
+def native_classes(base_type: str) -> tuple[type, type]:
+    """(config class, causal LM class) for retrofitted `base_type` models, created and registered once."""
+    if base_type in _classes:
+        return _classes[base_type]
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    if base_type not in CONFIG_MAPPING:
+        raise AttnlabError(f"a retrofit of model_type {base_type!r}, which this transformers does not know; "
+                           f"install the transformers version that saved it")
+    base_config = CONFIG_MAPPING[base_type]
+    if base_config not in MODEL_FOR_CAUSAL_LM_MAPPING:
+        raise AttnlabError(f"{base_type!r} is not a causal language model architecture, so it has no "
+                           f"retrofit")
+    base_model = MODEL_FOR_CAUSAL_LM_MAPPING[base_config]
+    stem = "".join(part.capitalize() for part in base_type.replace("-", "_").split("_"))
+    config_cls = type(f"AttnlabRetrofit{stem}Config", (base_config,), {
+        "model_type": native_model_type(base_type), "__module__": __name__,
+        "__doc__": f"{base_config.__name__} of a model retrofitted by attnlab (config.{RECORD_KEY})."})
+
+    def __init__(self: nn.Module, config: Any, *args: Any, **kwargs: Any) -> None:
+        base_model.__init__(self, config, *args, **kwargs)
+        _apply_record(self, config)
+
+    def _init_weights(self: nn.Module, module: nn.Module) -> None:
+        base_model._init_weights(self, module)
+        _init_retrofit_weights(self, module)
+
+    model_cls = type(f"AttnlabRetrofit{base_model.__name__}", (base_model,), {
+        "config_class": config_cls, "__init__": __init__, "_init_weights": _init_weights,
+        "__module__": __name__,
+        "__doc__": f"{base_model.__name__} with the attnlab retrofit its config records, applied at init."})
+    globals()[config_cls.__name__] = config_cls  # importable by name (pickle, copy)
+    globals()[model_cls.__name__] = model_cls
+    AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+    AutoModelForCausalLM.register(config_cls, model_cls, exist_ok=True)
+    _classes[base_type] = (config_cls, model_cls)
+    return config_cls, model_cls
+
+
+def register() -> None:
+    """Register the retrofit model types of every supported architecture with transformers' Auto classes
+    (idempotent), so plain `AutoModelForCausalLM.from_pretrained(dir)` loads saved retrofits."""
+    from attnlab.models.hf import SUPPORTED_ARCHITECTURES
+
+    for arch in SUPPORTED_ARCHITECTURES:
+        native_classes(arch)
+
+
+def mark_native(model: nn.Module) -> None:
+    """Give a just-retrofitted model's config its native class, so `save_pretrained` writes the retrofit's
+    model_type. The model keeps its own class."""
+    config = model.config
+    base = base_model_type(config.model_type) or config.model_type
+    config.__class__ = native_classes(base)[0]
+
+
+def record_arguments(where: str, record: object) -> dict[str, Any]:
+    """The `retrofit` keyword arguments a config's record asks for (validated, one line when bad)."""
+    from attnlab.models.retrofit import RECORD_VERSION
+
+    if not isinstance(record, dict) or not isinstance(record.get("normalizer"), str):
+        raise ConfigError(f"{where}: '{RECORD_KEY}' must be an object with at least a 'normalizer' name, "
+                          f"got {record!r}"[:300])
+    version = record.get("version", RECORD_VERSION)
+    if not isinstance(version, int) or version > RECORD_VERSION:
+        raise ConfigError(f"{where}: retrofit record version {version!r} is newer than this attnlab reads "
+                          f"({RECORD_VERSION}); upgrade attnlab")
+    return {"normalizer": record["normalizer"], "gated": record.get("gated", False),
+            "span": record.get("span"), "options": record.get("options") or {}}
+
+
+def _apply_record(self: nn.Module, config: Any) -> None:
+    from attnlab.models.retrofit import retrofit
+
+    record = getattr(config, RECORD_KEY, None)
+    if record is None:
+        raise ConfigError(f"{type(config).__name__} (model_type {config.model_type!r}) needs its "
+                          f"'{RECORD_KEY}' record, which says which attnlab attention to build; restore "
+                          f"it in config.json, or load the base model with model_type "
+                          f"{base_model_type(config.model_type)!r}")
+    retrofit(self, **record_arguments(f"config of {type(self).__name__}", record))
+
+
+def _init_retrofit_weights(self: nn.Module, module: nn.Module) -> None:
+    """HF initialises only tensors the checkpoint lacked (a partial load): retrofit tensors start where
+    `retrofit` starts them (gates open, sinks at SINK_INIT), not at whatever the base class would draw."""
+    from attnlab.models.gate import HeadGate
+    from attnlab.models.retrofit import RetrofitState, initial_learned
+
+    if isinstance(module, HeadGate):
+        nn.init.zeros_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, RetrofitState):
+        init = initial_learned(module.normalizer_name, self.config.num_attention_heads, None)
+        for k, p in module.learned.items():
+            if k in init:
+                p.data.copy_(init[k].to(p.dtype))
+
+
+# -- folders saved by an older attnlab --------------------------------------------------------------------
+def is_legacy(config: dict[str, Any]) -> bool:
+    """A config.json written before retrofits had their own model_type (a base type plus the record)."""
+    return RECORD_KEY in config and base_model_type(str(config.get("model_type"))) is None
+
+
+def upgrade_folder(path: str | Path) -> Path:
+    """Rewrite an older attnlab retrofit folder's config.json (base model_type + record) to the native
+    model_type, so plain transformers loads it as the retrofit; the weights are untouched. Returns the
+    config file."""
+    from attnlab.io import atomic_write_text
+
+    file = Path(path) / "config.json"
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"cannot read {file} ({exc}); point at a folder saved after "
+                                 f"attnlab.retrofit") from exc
+    if not isinstance(config, dict) or RECORD_KEY not in config:
+        raise ConfigError(f"{file} has no '{RECORD_KEY}' record, so it is not an attnlab retrofit folder")
+    if is_legacy(config):
+        config["model_type"] = native_model_type(str(config.get("model_type")))
+        atomic_write_text(file, json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return file
+
+
+__all__ = ["PREFIX", "base_model_type", "is_legacy", "mark_native", "native_classes", "native_model_type",
+           "record_arguments", "register", "upgrade_folder"]
