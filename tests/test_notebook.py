@@ -76,7 +76,12 @@ def test_attention_pattern_of_one_head_and_of_their_mean(lm) -> None:
     mean = attnlab.attention_pattern(lm, text, layer=1)
     torch.testing.assert_close(mean.weights, cache["blocks.1.attn.pattern"][0].double().mean(0))
     shown = pat._repr_html_()
-    assert "data:image/png;base64," in shown and not EXTERNAL.search(shown)
+    # interactive and self-contained: inline data and script, a head selector, every head drawn small
+    assert "<script>" in shown and "class='ap-data'" in shown and not EXTERNAL.search(shown)
+    assert shown.count("<option value=") == 1 + 4 and shown.count("class='ap-cell'") == 4
+    assert "<option value='2'>head 2</option>" in shown
+    assert pat.heads.shape == (4, 10, 10) and torch.equal(pat.heads[2], w)
+    assert pat._repr_png_().startswith(b"\x89PNG\r\n") and pat._repr_png_() == pat.png()  # non-HTML frontends
     s = pat.summary()
     assert fmt_num(s["entropy_mean"], 4) in shown and fmt_num(s["first_token"], 4) in shown
     assert "layer 1, head 2" in shown and "mean over heads" in mean._repr_html_()

@@ -1,6 +1,9 @@
 """One head's attention pattern on one text, for a notebook: `attnlab.attention_pattern(model, text, layer,
 head)` returns an `AttentionPattern`, shown inline as a heatmap over the tokens with the numbers that
-summarise it (entropy, attention on token 0, weight on the null sink).
+summarise it (entropy, attention on token 0, weight on the null sink). In Jupyter the view is interactive and
+self-contained (attnlab.diagnose.pattern_view: a head selector, token labels, hover readout of both tokens
+and the weight, every head of the layer as small multiples; inline script, nothing fetched); frontends
+without HTML get the static PNG (`_repr_png_`, also `.png()` and `.save(path)`).
 
     weights  (q, k)  row i: how query token i spreads its attention over the keys (causal: k <= i)
 
@@ -29,7 +32,7 @@ class AttentionPattern:
     """Attention weights (q, k) of one head (or the mean over heads) and the tokens they are over."""
 
     def __init__(self, weights: Tensor, tokens: Sequence[str], *, layer: int | None = None,
-                 head: int | None = None, model: str = "") -> None:
+                 head: int | None = None, model: str = "", heads: Tensor | None = None) -> None:
         w = torch.as_tensor(weights).detach().to("cpu", torch.float64)
         if w.dim() != 2:
             raise ValueError(f"weights must be (queries, keys) for one head, got shape {tuple(w.shape)}; "
@@ -38,6 +41,11 @@ class AttentionPattern:
             raise ValueError(f"{len(tokens)} tokens for {w.shape[1]} keys; pass one token string per key")
         self.weights, self.tokens = w, [str(t) for t in tokens]
         self.layer, self.head, self.model = layer, head, model
+        # every head of the layer (H, q, k), for the interactive view's selector and small multiples
+        self.heads = None if heads is None else torch.as_tensor(heads).detach().to("cpu", torch.float64)
+        if self.heads is not None and (self.heads.dim() != 3 or self.heads.shape[1:] != w.shape):
+            raise ValueError(f"heads must be (heads, {w.shape[0]}, {w.shape[1]}), got "
+                             f"{tuple(self.heads.shape)}")
 
     # -- the numbers ------------------------------------------------------------------------------------
     def entropy(self) -> Tensor:
@@ -86,9 +94,18 @@ class AttentionPattern:
 
         return save_png(self.figure(), path)
 
+    def png(self) -> bytes:
+        """The static heatmap as PNG bytes (what `_repr_png_` shows in frontends without HTML)."""
+        from attnlab.present.plots import png_bytes
+
+        return png_bytes(self.figure())
+
+    def _repr_png_(self) -> bytes:
+        return self.png()
+
     def _repr_html_(self) -> str:
+        from attnlab.diagnose.pattern_view import render
         from attnlab.present import fmt_num
-        from attnlab.present.plots import png_data_uri
 
         s = self.summary()
         rows = "".join(f"<tr><td>{html.escape(name)}</td><td style='text-align:right'>{fmt_num(value, 4)}"
@@ -96,9 +113,8 @@ class AttentionPattern:
                            ("entropy, mean over queries (nats)", s["entropy_mean"]),
                            ("attention on token 0, mean over queries", s["first_token"]),
                            ("weight on the null sink (1 - row sum)", s["null_sink"])))
-        return (f"<div><b>{html.escape(self.title)}</b> ({len(self.tokens)} tokens)"
-                f"<table>{rows}</table><img alt='{html.escape(self.title, quote=True)}' "
-                f"src='{png_data_uri(self.figure())}' style='max-width:100%'></div>")
+        return render(title=self.title, summary_rows=rows, tokens=self.tokens, weights=self.weights,
+                      heads=self.heads, head=self.head, labelled=MAX_LABELLED_TOKENS)
 
     def __repr__(self) -> str:
         s = self.summary()
@@ -135,13 +151,13 @@ def attention_pattern(model: Any, text: str, layer: int, head: int | None = None
     ids = lm.encode(text)[:, :max_tokens]
     with torch.no_grad():
         _, cache = lm.run_with_cache(ids, layers=[layer])
-    weights = cache[pattern_name(layer)][0]  # (H, q, k)
-    weights = weights.float().mean(0) if head is None else weights[head]
+    heads = cache[pattern_name(layer)][0]  # (H, q, k)
+    weights = heads.float().mean(0) if head is None else heads[head]  # (q, k)
     tokens = [lm.decode([int(i)]) for i in ids[0].tolist()]
     if not math.isfinite(float(weights.sum())):
         raise DataError(f"{lm.name} layer {layer} gives non-finite attention weights on this text; check the "
                         f"model's dtype (float16 overflows) or its weights")
-    return AttentionPattern(weights, tokens, layer=layer, head=head, model=lm.name)
+    return AttentionPattern(weights, tokens, layer=layer, head=head, model=lm.name, heads=heads)
 
 
 __all__ = ["AttentionPattern", "attention_pattern"]
