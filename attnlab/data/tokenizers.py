@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from attnlab.errors import DataError
 
 TOKENIZER_NAMES = ("byte", "smollm2")
+NAME_FILE = "attnlab_tokenizer.json"  # a tokenizer known by name ("byte"), saved beside a model
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -58,6 +59,13 @@ class ByteTokenizer:
         data = bytes(_as_int_list(ids))  # ValueError for ids outside 0..255
         return data.decode("utf-8", errors="replace")
 
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Record "byte" in `directory`/attnlab_tokenizer.json (there is nothing else to save), so
+        `load_tokenizer(directory)` and `attnlab.load_model(directory)` find it. Returns the file."""
+        from attnlab.io import atomic_write_json
+
+        return atomic_write_json(Path(directory) / NAME_FILE, {"tokenizer": self.name})
+
     def __repr__(self) -> str:
         return "ByteTokenizer()"
 
@@ -83,6 +91,10 @@ class HFTokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         return self.hf.decode(_as_int_list(ids), skip_special_tokens=False)
 
+    def save_pretrained(self, directory: str | os.PathLike) -> tuple[str, ...]:
+        """Save the Hugging Face tokenizer's files into `directory` (its own `save_pretrained`)."""
+        return tuple(self.hf.save_pretrained(str(directory)))
+
     def __repr__(self) -> str:
         return f"HFTokenizer(name={self.name!r}, vocab_size={self.vocab_size})"
 
@@ -103,12 +115,27 @@ def load_tokenizer(name_or_path: str | os.PathLike = "byte") -> ByteTokenizer | 
     if key == "smollm2":
         return HFTokenizer(_load_smollm2(), name="smollm2")
     path = Path(key).expanduser()
+    if path.is_dir() and (path / NAME_FILE).is_file() and not (path / "tokenizer.json").is_file():
+        return load_tokenizer(_saved_name(path))
     if path.is_dir():
         return HFTokenizer(_load_hf_folder(path), name=str(path))
     raise ValueError(
         f"unknown tokenizer {key!r}: use one of {', '.join(TOKENIZER_NAMES)}, "
         "or a folder holding a Hugging Face tokenizer (tokenizer.json)"
     )
+
+
+def _saved_name(path: Path) -> str:
+    import json
+
+    try:
+        name = json.loads((path / NAME_FILE).read_text(encoding="utf-8")).get("tokenizer")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DataError(f"cannot read {path / NAME_FILE} ({exc}); fix or delete it") from exc
+    if name not in TOKENIZER_NAMES:
+        raise DataError(f"{path / NAME_FILE} names tokenizer {name!r}; expected one of "
+                        f"{', '.join(TOKENIZER_NAMES)}")
+    return str(name)
 
 
 def _load_hf_folder(path: Path) -> Any:

@@ -25,8 +25,10 @@ of the virtual (null) key.
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -303,6 +305,14 @@ class LoadedModel:
         """True when positions enter through rotary embeddings, so a cache may re-assign them
         (StreamingLLM's re-positioning); False for learned absolute positions (GPT-2)."""
         return self._rope
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Save the model and its tokenizer into `directory`, so `attnlab.load_model(directory)` gives back
+        both (a HF model through its own `save_pretrained`, a retrofit included; attnlab's GPT through
+        `GPT.save`). Returns the folder."""
+        from attnlab.models.saving import save_loaded
+
+        return save_loaded(self, directory)
 
 
 # -- helpers ----------------------------------------------------------------------------------------------

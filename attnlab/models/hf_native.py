@@ -71,12 +71,13 @@ def native_classes(base_type: str) -> tuple[type, type]:
         base_model.__init__(self, config, *args, **kwargs)
         _apply_record(self, config)
 
-    def _init_weights(self: nn.Module, module: nn.Module) -> None:
-        base_model._init_weights(self, module)
-        _init_retrofit_weights(self, module)
+    def _initialize_missing_keys(self: nn.Module, *args: Any, **kwargs: Any) -> None:
+        base_model._initialize_missing_keys(self, *args, **kwargs)
+        _init_missing_retrofit_tensors(self)
 
     model_cls = type(f"AttnlabRetrofit{base_model.__name__}", (base_model,), {
-        "config_class": config_cls, "__init__": __init__, "_init_weights": _init_weights,
+        "config_class": config_cls, "__init__": __init__,
+        "_initialize_missing_keys": _initialize_missing_keys,
         "__module__": __name__,
         "__doc__": f"{base_model.__name__} with the attnlab retrofit its config records, applied at init."})
     globals()[config_cls.__name__] = config_cls  # importable by name (pickle, copy)
@@ -108,6 +109,9 @@ def record_arguments(where: str, record: object) -> dict[str, Any]:
     """The `retrofit` keyword arguments a config's record asks for (validated, one line when bad)."""
     from attnlab.models.retrofit import RECORD_VERSION
 
+    if record is None:
+        raise ConfigError(f"{where} needs its '{RECORD_KEY}' record, which says which attnlab attention to "
+                          f"build; restore it in config.json (e.g. from the run that saved it)")
     if not isinstance(record, dict) or not isinstance(record.get("normalizer"), str):
         raise ConfigError(f"{where}: '{RECORD_KEY}' must be an object with at least a 'normalizer' name, "
                           f"got {record!r}"[:300])
@@ -122,29 +126,29 @@ def record_arguments(where: str, record: object) -> dict[str, Any]:
 def _apply_record(self: nn.Module, config: Any) -> None:
     from attnlab.models.retrofit import retrofit
 
-    record = getattr(config, RECORD_KEY, None)
-    if record is None:
-        raise ConfigError(f"{type(config).__name__} (model_type {config.model_type!r}) needs its "
-                          f"'{RECORD_KEY}' record, which says which attnlab attention to build; restore "
-                          f"it in config.json, or load the base model with model_type "
-                          f"{base_model_type(config.model_type)!r}")
-    retrofit(self, **record_arguments(f"config of {type(self).__name__}", record))
+    where = f"the config of this {config.model_type!r} model"
+    retrofit(self, **record_arguments(where, getattr(config, RECORD_KEY, None)))
 
 
-def _init_retrofit_weights(self: nn.Module, module: nn.Module) -> None:
-    """HF initialises only tensors the checkpoint lacked (a partial load): retrofit tensors start where
-    `retrofit` starts them (gates open, sinks at SINK_INIT), not at whatever the base class would draw."""
-    from attnlab.models.gate import HeadGate
+def _init_missing_retrofit_tensors(model: nn.Module) -> None:
+    """After a partial load: retrofit tensors the checkpoint lacked start where `retrofit` starts them (gates
+    open, sinks at SINK_INIT). HF's own init never reaches them (they sit inside the base model, whose
+    `_init_weights` knows only its own layers), so they would otherwise keep uninitialised memory. Loaded
+    tensors carry transformers' `_is_hf_initialized` flag and are left alone."""
+    import torch
+
     from attnlab.models.retrofit import RetrofitState, initial_learned
 
-    if isinstance(module, HeadGate):
-        nn.init.zeros_(module.weight)
-        nn.init.zeros_(module.bias)
-    elif isinstance(module, RetrofitState):
-        init = initial_learned(module.normalizer_name, self.config.num_attention_heads, None)
-        for k, p in module.learned.items():
-            if k in init:
-                p.data.copy_(init[k].to(p.dtype))
+    for state in (m for m in model.modules() if isinstance(m, RetrofitState)):
+        init = initial_learned(state.normalizer_name, model.config.num_attention_heads, None)
+        fresh = {**{f"learned.{k}": v for k, v in init.items()},
+                 **({} if state.gate is None else {"gate.weight": None, "gate.bias": None})}
+        for name, p in state.named_parameters():
+            if getattr(p, "_is_hf_initialized", False) or name not in fresh:
+                continue
+            with torch.no_grad():
+                value = fresh[name]
+                p.copy_(torch.zeros_like(p) if value is None else value.to(p.dtype))
 
 
 # -- folders saved by an older attnlab --------------------------------------------------------------------

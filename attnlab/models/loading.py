@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from attnlab.data.tokenizers import NAME_FILE as TOKENIZER_NAME_FILE
 from attnlab.errors import AttnlabError, ConfigError, ModelError, ModelNotFoundError, OutputError
 from attnlab.io import atomic_folder
 from attnlab.models.adapter import LoadedModel, from_gpt, from_hf
@@ -250,6 +251,8 @@ def _load_attnlab(path: Path, config: dict[str, Any], *, dtype: torch.dtype,
                          f"model again with GPT.save") from exc
     # The tokenizer is a training choice, recorded next to the model by `attnlab train`.
     tokenizer = config.get("tokenizer")
+    if tokenizer is None and any((path / f).is_file() for f in (TOKENIZER_NAME_FILE, "tokenizer.json")):
+        tokenizer = str(path)  # saved beside the model by LoadedModel.save_pretrained
     train_config = path / "train_config.json"
     if tokenizer is None and train_config.is_file():
         try:
