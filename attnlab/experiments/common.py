@@ -8,7 +8,6 @@ resume happens at the granularity of a whole (seed, variant) part, see `base.Par
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -33,9 +32,10 @@ def shakespeare_split(val_fraction: float = 0.1, seed: int = 0, max_chars: int |
 
 
 def progress_bar(total: int, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+    """`update(n=1)` / `close()` progress through the one progress module (bar, notebook bar or log lines)."""
+    from attnlab.train.progress import counter
 
-    return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, leave=False, dynamic_ncols=True)
+    return counter(total, desc, enabled)
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: int, schedule: str = "cosine") -> float:

@@ -1,5 +1,11 @@
-"""Progress of a training run: a tqdm bar on a terminal, plain lines when stderr is a file or a pipe
-(CI logs, nohup, torchrun's captured output), where a bar's carriage returns would be one endless line."""
+"""Progress of long work (training, the report, the studies, the explorer's preparation), in one module:
+a tqdm bar on a terminal; a notebook bar in a Jupyter kernel (tqdm.notebook's widget when ipywidgets is
+installed, else the text bar, which Jupyter redraws in place); plain lines when stderr is a file or a pipe
+(CI logs, nohup, torchrun's captured output), where a bar's carriage returns would be one endless line.
+
+`Progress.update(step)` takes the absolute step; `counter(total, desc, enabled)` is the same thing with
+tqdm's own habit, `update(n=1)` increments, for loops that just count.
+"""
 
 from __future__ import annotations
 
@@ -22,12 +28,11 @@ class Progress:
         self.enabled = enabled
         isatty = getattr(self.stream, "isatty", None)
         self.tty = tty if tty is not None else bool(isatty and isatty())
+        self.notebook = tty is None and stream is None and in_notebook()
         self.bar = None
-        if enabled and self.tty:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, initial=initial, unit="step", file=self.stream, dynamic_ncols=True,
-                            desc=desc, leave=False)
+        if enabled and (self.tty or self.notebook):
+            self.bar = _bar_class(self.notebook)(total=total, initial=initial, unit="step", file=self.stream,
+                                                 dynamic_ncols=True, desc=desc, leave=self.notebook)
         self.started = time.perf_counter()
         self.last_line_step, self.last_line_time = initial, self.started
 
@@ -60,6 +65,49 @@ class Progress:
             self.bar.close()
 
 
+class Counter:
+    """tqdm's counting habit (`update(n=1)`, `close()`) over `Progress`, for loops that count items."""
+
+    def __init__(self, total: int, desc: str, enabled: bool = True) -> None:
+        self.n = 0
+        self.progress = Progress(total, desc=desc, enabled=enabled)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        self.progress.update(self.n)
+
+    def close(self) -> None:
+        self.progress.close()
+
+
+def counter(total: int, desc: str, enabled: bool = True) -> Counter:
+    """A progress counter (bar, notebook bar or plain lines, as `Progress`) that `update(n=1)` advances."""
+    return Counter(total, desc, enabled)
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel, where stderr is not a terminal but a bar works."""
+    ipython = sys.modules.get("IPython")  # never import IPython just to ask
+    if ipython is None:
+        return False
+    shell = ipython.get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def _bar_class(notebook: bool) -> Any:
+    if notebook:
+        try:
+            import ipywidgets  # noqa: F401  (tqdm's notebook bar is an ipywidget)
+            from tqdm.notebook import tqdm
+
+            return tqdm
+        except ImportError:
+            pass  # the text bar: Jupyter applies its carriage returns, so it redraws in place
+    from tqdm.std import tqdm
+
+    return tqdm
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:
@@ -69,4 +117,4 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
-__all__ = ["Progress"]
+__all__ = ["Counter", "Progress", "counter", "in_notebook"]
