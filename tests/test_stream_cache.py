@@ -17,7 +17,7 @@ from transformers import (
 
 from attnlab.errors import ConfigError
 from attnlab.stream import StreamRunner, make_policy
-from attnlab.stream.cache import StreamCache, StreamState, plan_step, split_steps
+from attnlab.stream.cache import RunnerCache, StreamState, plan_step, split_steps
 from attnlab.stream.policies import ChunkedPolicy, FullPolicy, RecomputePolicy, SinksPolicy, WindowPolicy
 from attnlab.stream.rope import rope_of
 
@@ -310,6 +310,6 @@ def test_model_without_rope() -> None:
 
 def test_stream_cache_rejects_direct_use() -> None:
     model = tiny()
-    cache = StreamCache(SinksPolicy(1, 4), rope_of(model), 2)
+    cache = RunnerCache(SinksPolicy(1, 4), rope_of(model), 2)
     with pytest.raises(RuntimeError, match="outside a planned step"):
         model(torch.zeros(1, 3, dtype=torch.long), cache=cache, use_cache=True)

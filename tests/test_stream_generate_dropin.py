@@ -158,6 +158,27 @@ def test_second_turn_continues_the_stream() -> None:
     assert out2[:, stream.shape[1]:].tolist() == want2.tolist()
 
 
+def test_a_new_prompt_alone_after_a_turn_fails_clearly() -> None:
+    """A second turn given only the new prompt (shorter than the stream so far) left generate no new token:
+    it used to die in the model with "cannot reshape tensor of 0 elements"; now one line, cache unchanged."""
+    model = tiny()
+    cache = StreamingCache(model, make_policy("sinks", sinks=2, window=10))
+    model.generate(prompt(8), cache=cache, max_new_tokens=20, do_sample=False)
+    seen = cache.tokens_seen
+    with pytest.raises(ConfigError, match=rf"no new token for this cache, which has already seen {seen} "
+                                          r"tokens: pass generate the whole stream so far"):
+        model.generate(prompt(5, seed=2), cache=cache, max_new_tokens=3, do_sample=False)
+    assert cache.tokens_seen == seen
+
+
+def test_the_old_cache_name_still_works_with_a_deprecation_warning() -> None:
+    import attnlab.stream as stream
+    from attnlab.stream.cache import RunnerCache
+
+    with pytest.warns(DeprecationWarning, match="StreamCache is now RunnerCache"):
+        assert stream.StreamCache is RunnerCache
+
+
 def test_past_key_values_keyword_works_too() -> None:
     model = tiny()
     pol = make_policy("window", window=8)

@@ -1,6 +1,7 @@
 """A bounded KV cache for Hugging Face causal LMs, driven by a policy (see `attnlab.stream.policies`).
 
-`StreamCache` is a `transformers.Cache` whose layers hold two parts per layer:
+`RunnerCache` (the cache `StreamRunner` drives; formerly `StreamCache`) is a `transformers.Cache` whose
+layers hold two parts per layer:
 
     sinks   (B, Hkv, ns, D)   stream tokens 0 .. ns-1, rotated at positions 0 .. ns-1
     window  (B, Hkv, nw, D)   stream tokens w0 .. t-1, rotated at positions j - off
@@ -123,7 +124,7 @@ class StreamLayer(CacheLayerMixin):
     is_sliding = False
     is_compileable = False
 
-    def __init__(self, owner: StreamCache) -> None:
+    def __init__(self, owner: RunnerCache) -> None:
         super().__init__()
         self.owner = owner
         self.sink_k: Tensor | None = None
@@ -143,7 +144,7 @@ class StreamLayer(CacheLayerMixin):
                ) -> tuple[Tensor, Tensor]:
         step = self.owner.step
         if step is None:
-            raise RuntimeError("StreamCache.update outside a planned step: feed tokens through "
+            raise RuntimeError("RunnerCache.update outside a planned step: feed tokens through "
                                "attnlab.stream.StreamRunner, not model(...) directly")
         if key_states.shape[-2] != step.q:
             raise RuntimeError(f"the step was planned for {step.q} tokens but the layer got "
@@ -213,8 +214,10 @@ class StreamLayer(CacheLayerMixin):
                 setattr(self, name, val.index_select(0, beam_idx.to(val.device)))
 
 
-class StreamCache(Cache):
-    """A `transformers.Cache` that keeps what `policy` says, with RoPE keys re-positioned in the cache."""
+class RunnerCache(Cache):
+    """A `transformers.Cache` that keeps what `policy` says, with RoPE keys re-positioned in the cache; each
+    step is planned by its driver, `StreamRunner` (for `model.generate`, use `StreamingCache`). Formerly
+    `StreamCache`; that name still works, with a DeprecationWarning."""
 
     layer_class: type[StreamLayer] = StreamLayer
 
@@ -258,3 +261,14 @@ class StreamCache(Cache):
     def nbytes(self) -> int:
         """Bytes held by this cache's key/value tensors."""
         return sum(layer.nbytes() for layer in self.layers)
+
+
+def __getattr__(name: str) -> object:
+    # The old name, too close to StreamingCache (the drop-in for model.generate) to tell them apart.
+    if name == "StreamCache":
+        import warnings
+
+        warnings.warn("attnlab.stream.StreamCache is now RunnerCache (the cache StreamRunner drives); for "
+                      "model.generate use StreamingCache", DeprecationWarning, stacklevel=2)
+        return RunnerCache
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from attnlab.errors import AttnlabError, ConfigError
-from attnlab.stream.cache import Step, StreamCache, StreamLayer, plan_step, split_steps
+from attnlab.stream.cache import RunnerCache, Step, StreamLayer, plan_step, split_steps
 from attnlab.stream.policies import MemoryPolicy, Policy, RecomputePolicy
 from attnlab.stream.runner import _hf_mask, _unwrap, hf_stream_setup
 
@@ -63,7 +63,7 @@ class _GenerateLayer(StreamLayer):
         return self.owner.state.t
 
 
-class StreamingCache(StreamCache):
+class StreamingCache(RunnerCache):
     """A `transformers.Cache` for `model.generate(..., cache=StreamingCache(model, policy))`: memory bounded
     by `policy` (sinks, window, chunked; full grows), greedy tokens equal to StreamRunner's."""
 
@@ -124,6 +124,14 @@ class StreamingCache(StreamCache):
             raise AttnlabError("this StreamingCache was left half-updated by an interrupted forward; "
                                "start a new StreamingCache")
         t, boundary = self.state.t, self.policy.full_from()
+        if q == 0:
+            # generate feeds the model only the tokens past get_seq_length(); a new prompt passed alone is
+            # shorter than the stream, leaving nothing, and the model would fail on an empty reshape.
+            raise ConfigError(
+                f"generate's input holds no new token for this cache, which has already seen {t} tokens: "
+                f"pass generate the whole stream so far, then the new prompt (ids = torch.cat([out, new], "
+                f"1); cache.prefill(ids[:, cache.get_seq_length():-1]); "
+                f"model.generate(ids, cache=cache, ...))")
         # A step that completes the sinks and goes on past them needs per-query sink copies: never causal.
         causal = boundary is None or not t < boundary < t + q
         if causal:
@@ -135,8 +143,9 @@ class StreamingCache(StreamCache):
             raise ConfigError(
                 f"a forward of {q} tokens from stream position {t} runs past what {self.policy.name} keeps "
                 f"(its queries see different keys), which the causal mask generate builds cannot express; "
-                f"feed the prompt with cache.prefill(input_ids[:, :-1]) first, then call "
-                f"model.generate(input_ids, cache=cache, ...)")
+                f"feed the prompt with cache.prefill(input_ids[:, cache.get_seq_length():-1]) first, then "
+                f"call model.generate(input_ids, cache=cache, ...) with input_ids the whole stream so far "
+                f"(earlier prompts and replies, then the new prompt)")
         self.step = step
         return step
 

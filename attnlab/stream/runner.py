@@ -3,7 +3,7 @@
 `StreamRunner(model, policy).feed(ids)` returns next-token logits for every new token, exactly as if the
 tokens had been fed one at a time (StreamingLLM's evaluation protocol), whatever the number fed at once:
 
-* Hugging Face causal LMs with RoPE (Llama, Mistral, Qwen2, SmolLM2, ...): a `StreamCache` is passed as the
+* Hugging Face causal LMs with RoPE (Llama, Mistral, Qwen2, SmolLM2, ...): a `RunnerCache` is passed as the
   cache, with explicit `position_ids` and a 4-D attention mask for each step (see `attnlab.stream.cache`).
   Attention implementations: "attnlab", "sdpa", "eager".
 * attnlab's GPT: its `KVCache` stores keys before RoPE together with their positions, so a policy is
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError
-from attnlab.stream.cache import StreamCache, split_steps
+from attnlab.stream.cache import RunnerCache, split_steps
 from attnlab.stream.policies import FullPolicy, MemoryPolicy, Policy, RecomputePolicy
 from attnlab.stream.rope import Rope, rope_of
 
@@ -97,7 +97,7 @@ class StreamRunner:
         self._history: Tensor | None = None  # recompute: the last W tokens
         self._stream_idx: Tensor | None = None  # GPT: stream index of each cached key
         if self.policy.uses_cache and self.kind == "hf":
-            self.cache = StreamCache(self.policy, self.rope, self.n_layers)
+            self.cache = RunnerCache(self.policy, self.rope, self.n_layers)
         elif self.kind == "attnlab" and not isinstance(self.policy, RecomputePolicy):
             from attnlab.models.gpt_parts import KVCache
 
@@ -112,14 +112,14 @@ class StreamRunner:
         """Bytes of keys/values (or recompute's token window) this runner holds now."""
         if self.cache is None:
             return 0 if self._history is None else self._history.numel() * self._history.element_size()
-        if isinstance(self.cache, StreamCache):
+        if isinstance(self.cache, RunnerCache):
             return self.cache.nbytes()
         tensors = (*self.cache.keys, *self.cache.values)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def cache_length(self) -> int:
         """Tokens held in the cache now (counted, not inferred from the tensors)."""
-        if isinstance(self.cache, StreamCache):
+        if isinstance(self.cache, RunnerCache):
             return self.cache.seq_length
         if self.cache is not None:
             return len(self.cache)
