@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from attnlab.errors import AttnlabError, DataError, OutputError
+from attnlab.errors import AttnlabError, ConfigError, DataError, OutputError
 
 
 def cache_dir() -> Path:
@@ -34,9 +34,18 @@ def cache_dir() -> Path:
     return path
 
 
+def reject_empty(value: str | Path | None, flag: str = "--out", what: str = "") -> None:
+    """An empty flag value is a mistake (a shell variable that was never set), not "here": Path("") is
+    the current folder, so refuse it before it becomes one. `what`: what to pass instead."""
+    if isinstance(value, str) and not value.strip():
+        what = what or (f"a folder, e.g. {flag} runs/x" if flag == "--out" else "a path")
+        raise ConfigError(f"{flag} is empty; pass {what} (or leave the flag out for the default)")
+
+
 def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
     """Create the output folder `path` (or find it) and prove it writable by creating and removing a
     temporary file, so a bad `--out` fails before the work, not after it. Returns the path."""
+    reject_empty(path, flag)
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise OutputError(f"{flag} {path} is a file; pass a folder (it is created if missing)")
@@ -46,6 +55,7 @@ def check_out_dir(path: str | Path, flag: str = "--out") -> Path:
 
 def check_out_file(path: str | Path, flag: str = "--out") -> Path:
     """`check_out_dir` for an output file: its folder must be writable and the path not a folder."""
+    reject_empty(path, flag)
     path = Path(path).expanduser()
     if path.is_dir():
         raise OutputError(f"{flag} {path} is a folder; pass a file name, e.g. {path / 'results.json'}")

@@ -188,6 +188,27 @@ def test_run_and_compare_check_out_before_training(tmp_path: Path, capsys: pytes
 
 
 @pytest.mark.usefixtures("no_study")
+@pytest.mark.parametrize("argv", [
+    ["run", "offbyone", "--preset", "smoke"], ["compare", "--preset", "smoke"], ["train", "--steps", "1"],
+    ["stream", "eval", "--policy", "full", "--model", NOWHERE], ["report", NOWHERE]])
+def test_empty_out_is_refused_not_taken_as_here(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> None:
+    # Path("") is "."; an unset shell variable must not write a run into the current folder or the default.
+    monkeypatch.chdir(tmp_path)
+    _fails(capsys, [*argv, "--out", ""], "--out is empty; pass a folder")
+    assert not any(tmp_path.iterdir()) and not Path("runs").exists()
+
+
+@pytest.mark.parametrize("argv", [["train", "--steps", "1", "--out", "o"], ["data", "info"],
+                                  ["report", NOWHERE, "--out", "o"]])
+def test_empty_text_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                               monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "here.txt").write_text("a text in the current folder must not be read instead")
+    _fails(capsys, [*argv, "--text", ""], "is empty; pass a")
+
+
+@pytest.mark.usefixtures("no_study")
 def test_seed_count_has_an_upper_bound(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _fails(capsys, ["run", "offbyone", "--seeds", "101", "--out", str(tmp_path / "r")],
            "--seeds must be a positive integer, at most 100", "got 101")

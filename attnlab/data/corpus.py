@@ -171,6 +171,8 @@ def shakespeare_text() -> str:
 
 def read_text(path: str | Path) -> str:
     """A UTF-8 text file, or a folder of *.txt files concatenated in sorted name order."""
+    if isinstance(path, str) and not path.strip():  # Path("") is the current folder
+        raise DataError("the text path is empty; pass a text file or a folder of .txt files")
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"text {path} does not exist; pass an existing file or a folder of .txt files")

@@ -23,11 +23,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "'org/name'), Hugging Face folder, .gguf file or attnlab checkpoint; default smollm2-135m")
     p.add_argument("--model", dest="model_flags", action="append", default=[], metavar="MODEL",
                    help="same as a positional MODEL (repeatable)")
-    p.add_argument("--text", type=Path, default=None, metavar="FILE",
+    p.add_argument("--text", default=None, metavar="FILE",
                    help="UTF-8 text file or folder of .txt files (default: a Shakespeare passage)")
     p.add_argument("--max-tokens", type=int, default=None,
                    help="tokens each model reads (default 512, or 128 with --quick)")
-    p.add_argument("--out", type=Path, default=Path("report"), metavar="DIR",
+    p.add_argument("--out", default="report", metavar="DIR",
                    help="output folder (default: report)")
     p.add_argument("--quick", action="store_true", help="a small, fast preset (fewer probes and lengths)")
     add_device_flags(p, what="the models run")
@@ -39,12 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from attnlab.advice import check_cpu_half
     from attnlab.diagnose.report import DEFAULT_MODEL, run_report
-    from attnlab.io import check_out_dir
+    from attnlab.io import check_out_dir, reject_empty
 
+    reject_empty(args.text, "--text", "a text file or a folder of .txt files")
+    text = None if args.text is None else Path(args.text)  # a Path: report reads it as a file
     models = list(args.models) + list(args.model_flags) or [DEFAULT_MODEL]
-    check_out_dir(args.out)  # before the models load and run, not after
+    args.out = check_out_dir(args.out)  # before the models load and run, not after; the string: "" is refused
     check_cpu_half(args.device, args.dtype)
-    report = run_report(models, text=args.text, max_tokens=args.max_tokens, out=args.out,
+    report = run_report(models, text=text, max_tokens=args.max_tokens, out=args.out,
                         progress=not args.no_progress, quick=args.quick, **load_kwargs(args))
     for section in report["models"]:
         s = section["summary"]

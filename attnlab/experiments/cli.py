@@ -81,8 +81,10 @@ def _advise_run(args: argparse.Namespace, config: object) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from attnlab.experiments import run_study
+    from attnlab.io import reject_empty
 
-    out = Path(args.out) if args.out else Path("runs") / args.name
+    reject_empty(args.out)
+    out = Path(args.out) if args.out is not None else Path("runs") / args.name
     _check(args.name, args, out)
     device, autocast = _training_placement(args)
     doc = run_study(args.name, args.preset, out, seeds=args.seeds, progress=True, device=device,

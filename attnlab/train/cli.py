@@ -60,7 +60,8 @@ HELP = {
 
 def _optional(kind: type) -> typing.Callable[[str], Any]:
     def parse(text: str) -> Any:
-        return None if text.strip().lower() in ("none", "") else kind(text)
+        # "none" is None; an empty value stays empty, for the config to refuse (Path("") would be ".").
+        return None if text.strip().lower() == "none" else kind(text)
 
     parse.__name__ = kind.__name__
     return parse

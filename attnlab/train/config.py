@@ -81,6 +81,11 @@ class TrainConfig:
         if self.autocast not in AUTOCAST:
             raise ConfigError(f"TrainConfig.autocast must be one of {', '.join(AUTOCAST)}, "
                               f"got {self.autocast!r}")
+        for name in ("out", "text"):
+            value = getattr(self, name)
+            if isinstance(value, str) and not value.strip():
+                raise ConfigError(f"--{name} is empty; pass a {'folder' if name == 'out' else 'file'}, or "
+                                  f"leave the flag out for the default")
         if self.resume and self.out is None:
             raise ConfigError("resume needs the run's output folder: pass --out DIR with --resume")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 from attnlab.experiments.compare.config import ARMS, MAX_SEEDS, PRESETS
 
@@ -69,7 +68,7 @@ def _compare(args: argparse.Namespace) -> int:
     from attnlab.io import check_out_dir
 
     config = config_from_args(args)
-    out = check_out_dir(Path(args.out))
+    out = check_out_dir(args.out)  # the string: Path("") would be the current folder
     if args.resume and not (out / "parts").is_dir():
         print(f"attnlab: note: nothing to resume in {out}; starting the run", file=sys.stderr)
     command = "attnlab compare " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "attnlab compare"
