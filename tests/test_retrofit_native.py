@@ -156,6 +156,21 @@ def test_save_pretrained_keeps_the_tokenizer(one_thread, tmp_path: Path) -> None
     assert (tmp_path / "tok" / "tokenizer.json").is_file()
 
 
+def test_saved_weights_follow_the_umask(one_thread, tmp_path: Path) -> None:
+    """transformers writes model.safetensors 0600 through a private temporary file; attnlab's saves (and the
+    SmolLM2/GGUF conversion, through the same follow_umask) give it 0666 less the umask, like the rest."""
+    import os
+
+    model, tok = tiny_llama(seed=0)
+    old = os.umask(0o022)
+    try:
+        from_hf(model, tok, name="tiny", source="test").save_pretrained(tmp_path)
+    finally:
+        os.umask(old)
+    modes = {f.name: oct(f.stat().st_mode & 0o777) for f in tmp_path.iterdir()}
+    assert modes["model.safetensors"] == modes["config.json"] == modes["tokenizer.json"] == "0o644", modes
+
+
 def test_gpt_save_pretrained_keeps_the_byte_tokenizer(one_thread, tmp_path: Path) -> None:
     from attnlab.models import GPT, GPTConfig
     from attnlab.models.adapter import from_gpt

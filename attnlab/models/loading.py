@@ -43,6 +43,7 @@ from attnlab.errors import AttnlabError, ConfigError, ModelError, ModelNotFoundE
 from attnlab.io import atomic_folder
 from attnlab.models.adapter import LoadedModel, from_gpt, from_hf
 from attnlab.models.integrity import check_finite, check_loading_info, quiet_load_report
+from attnlab.models.saving import follow_umask
 
 SMOLLM2 = "smollm2-135m"
 ALIASES = {"smollm2": SMOLLM2, "smollm2-135m": SMOLLM2, "smollm2-135m-instruct": SMOLLM2}
@@ -435,6 +436,7 @@ def convert_gguf(gguf: Path, folder: Path) -> Path:
                        fix="set ATTNLAB_CACHE to a writable folder") as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        follow_umask(tmp)  # the weights come out 0600 otherwise, beside 0644 files
         (tmp / _MARKER).write_text(json.dumps({
             "source": str(gguf), "size": gguf.stat().st_size,
             "seconds": round(time.perf_counter() - start, 1),
