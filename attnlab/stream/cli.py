@@ -93,6 +93,10 @@ def _load(args: argparse.Namespace) -> Any:
 
 def _outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
     """(results file, plot file or None) from --out (a folder, or a .json file) and --plot."""
+    from attnlab.io import reject_empty
+
+    reject_empty(args.out)
+    reject_empty(args.plot, "--plot", "a .png file name")
     out = Path(args.out).expanduser()
     if out.suffix.lower() == ".json":
         return out, Path(args.plot) if args.plot else None
