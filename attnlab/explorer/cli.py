@@ -46,9 +46,12 @@ def run(args: argparse.Namespace) -> int:
     from attnlab.explorer.engine import Explorer
 
     check_cpu_half(getattr(args, "device", None), getattr(args, "dtype", None))
+    check_port_free(args.host, args.port)  # before the model loads: a busy port should cost no minutes
     print(f"attnlab explore: loading {args.model} ...", file=sys.stderr, flush=True)
     loaded = attnlab.load_model(args.model, **load_kwargs(args))
-    explorer = Explorer(loaded, name=args.model)
+    print(f"attnlab explore: loaded in {loaded.load_seconds or 0:.1f} s; preparing the page ...",
+          file=sys.stderr, flush=True)
+    explorer = Explorer(loaded, name=args.model, progress=True)
     try:
         server = ExplorerServer(explorer, args.host, args.port, token)
     except OSError as exc:
@@ -70,3 +73,27 @@ def run(args: argparse.Namespace) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise one line when nothing can listen on host:port now (port 0 always works)."""
+    import socket
+
+    from attnlab.errors import ConfigError
+
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"--host {host!r} is not an address this machine has ({exc.strerror}); "
+                          f"use 127.0.0.1 or one of this machine's addresses") from None
+    with socket.socket(family, kind, proto) as probe:
+        # As the server itself binds (HTTPServer sets SO_REUSEADDR): a port left in TIME_WAIT is free, one
+        # that another program listens on is not.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port} ({exc.strerror}): another program holds "
+                              f"it; pick another --port (0 = any free port) or stop that program") from None

@@ -101,8 +101,9 @@ class Explorer:
 
     def __init__(self, loaded: Any, *, name: str | None = None, limits: Limits | None = None,
                  n_directions: int = 4, corpus: tuple[str, ...] = CORPUS, default_text: str = DEFAULT_TEXT,
-                 default_tokens: int = 128) -> None:
+                 default_tokens: int = 128, progress: bool = False) -> None:
         self.loaded = loaded
+        self.progress = progress  # report the one slow start-up step (the directions) on stderr
         self.name = name or getattr(loaded, "name", None) or "model"
         self.limits = limits or Limits()
         self.n_layers = int(loaded.n_layers)
@@ -131,18 +132,26 @@ class Explorer:
         found = [load_cached(key, layer) for layer in range(self.n_layers)]
         if all(d is not None and d.components.shape[0] == self.n_directions for d in found):
             return found  # type: ignore[return-value]
+        from attnlab.train.progress import counter
+
+        bar = counter(len(corpus) + 1, "explore: steering directions (first start only, then cached)",
+                      enabled=self.progress)
         rows: list[list[Tensor]] = [[] for _ in range(self.n_layers)]
         with torch.inference_mode():
             for text in corpus:
                 ids = self._encode_raw(text)[:, : self.limits.max_tokens]
-                _, cache = self.loaded.run_with_cache(ids, attention=False)
+                wanted = [f"blocks.{layer}.hook_resid_post" for layer in range(self.n_layers)]
+                _, cache = self.loaded.run_with_cache(ids, names_filter=wanted)
                 for layer in range(self.n_layers):
                     rows[layer].append(cache[f"blocks.{layer}.hook_resid_post"][0, 1:].float())
+                bar.update()
         out = []
         for layer in range(self.n_layers):
             d = pca_directions(torch.cat(rows[layer]), layer, self.n_directions)
             save_cached(key, d)
             out.append(d)
+        bar.update()
+        bar.close()
         return out
 
     def info(self) -> dict[str, Any]:

@@ -77,6 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="0 = greedy (default); a finite value > 0 samples")
     gen.add_argument("--top-k", type=int, default=0, dest="top_k",
                      help="when sampling, draw from the k most likely tokens only; 0 = no cut (default)")
+    gen.add_argument("--top-p", type=float, default=1.0, dest="top_p",
+                     help="when sampling, draw from the smallest set of most likely tokens whose probability "
+                     "adds up to at least P (nucleus sampling), 0 < P <= 1; 1 = no cut (default)")
+    gen.add_argument("--repetition-penalty", type=float, default=1.0, dest="repetition_penalty",
+                     help="divide a positive logit (multiply a negative one) of every token already in this "
+                     "turn's prompt or reply by this, as HF generate does; > 1 discourages repeats "
+                     "(e.g. 1.2), 1 = off (default); greedy decoding too")
     gen.add_argument("--seed", type=int, default=0, help="sampling seed, 0 .. 2**64-1 (default 0)")
     gen.add_argument("--chat", action=argparse.BooleanOptionalAction, default=None,
                      help="wrap each turn in the tokenizer's chat template (default: when it has one)")
@@ -188,7 +195,7 @@ def _generate(args: argparse.Namespace) -> int:
     from attnlab.stream.generate import StreamGenerator, check_sampling
 
     check_sampling(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                   seed=args.seed)
+                   seed=args.seed, top_p=args.top_p, repetition_penalty=args.repetition_penalty)
     if args.prompt is not None and not args.prompt.strip():
         raise DataError("--prompt is empty; give it some text, or leave --prompt out to read turns from "
                         "stdin")
@@ -206,7 +213,8 @@ def _generate(args: argparse.Namespace) -> int:
     if chat is None:
         chat = bool(getattr(getattr(lm.tokenizer, "hf", None), "chat_template", None))
     gen = StreamGenerator(lm, policy, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                          top_k=args.top_k, seed=args.seed, chat=chat)
+                          top_k=args.top_k, seed=args.seed, chat=chat, top_p=args.top_p,
+                          repetition_penalty=args.repetition_penalty)
     turns = [args.prompt] if args.prompt is not None else _stdin_turns()
     for prompt in turns:
         if not prompt.strip():
@@ -230,6 +238,9 @@ def _advise_generate(args: argparse.Namespace) -> None:
 
     if args.temperature == 0 and args.top_k:
         advise(f"--top-k {args.top_k} applies when sampling; --temperature 0 is greedy, so it is unused "
+               f"(pass --temperature 0.7, say, to sample)")
+    if args.temperature == 0 and args.top_p < 1:
+        advise(f"--top-p {args.top_p:g} applies when sampling; --temperature 0 is greedy, so it is unused "
                f"(pass --temperature 0.7, say, to sample)")
     if args.temperature == 0 and args.seed:
         advise(f"--seed {args.seed} applies when sampling; --temperature 0 is greedy and deterministic")

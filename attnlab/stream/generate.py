@@ -7,6 +7,12 @@ like a reply's last token, is fed at the start of the next turn). With `chat=Tru
 tokenizer's chat template. What
 StreamingLLM gives is endless fluent text with constant memory; it does not extend the context: text that
 has left the window (except the sinks) is forgotten.
+
+Choosing a token, in the order Hugging Face's `generate` applies the same settings: the repetition penalty
+(CTRL, Keskar et al. 2019: a logit z of a token already in this turn's prompt or reply becomes z / p if
+z > 0, else z * p; p > 1 discourages repeats, 1 is off; it applies to greedy decoding too), then greedy
+argmax, or temperature, top-k, and top-p (nucleus sampling, Holtzman et al. 2020: sample from the smallest
+set of most likely tokens whose probability adds up to at least p; 1 is off).
 """
 
 from __future__ import annotations
@@ -41,7 +47,8 @@ class TurnStats:
 MAX_SEED = 2**64 - 1  # the largest seed torch.Generator.manual_seed takes
 
 
-def check_sampling(*, max_new_tokens: int, temperature: float, top_k: int | None, seed: int) -> None:
+def check_sampling(*, max_new_tokens: int, temperature: float, top_k: int | None, seed: int,
+                   top_p: float = 1.0, repetition_penalty: float = 1.0) -> None:
     """Raise ConfigError (naming the flag and the allowed range) for settings that generation would
     reject with a torch error, or worse, accept: a NaN temperature samples garbage."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -53,6 +60,12 @@ def check_sampling(*, max_new_tokens: int, temperature: float, top_k: int | None
                           f"got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
         raise ConfigError(f"top_k (--top-k) must be an integer >= 1, or 0 for no top-k cut, got {top_k!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)) or not 0 < top_p <= 1:
+        raise ConfigError(f"top_p (--top-p) must be a number in (0, 1] (1 = no nucleus cut), got {top_p!r}")
+    if isinstance(repetition_penalty, bool) or not isinstance(repetition_penalty, (int, float)) \
+            or not math.isfinite(repetition_penalty) or repetition_penalty <= 0:
+        raise ConfigError(f"repetition_penalty (--repetition-penalty) must be a finite number > 0 (1 = off, "
+                          f"above 1 discourages repeats, e.g. 1.2), got {repetition_penalty!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise ConfigError(f"seed (--seed) must be an integer in [0, 2**64 - 1], got {seed!r}")
 
@@ -62,16 +75,19 @@ class StreamGenerator:
 
     def __init__(self, lm: Any, policy: Policy, *, max_new_tokens: int = 128, temperature: float = 0.0,
                  top_k: int | None = None, seed: int = 0, prefill_step: int = 256,
-                 chat: bool = False) -> None:
+                 chat: bool = False, top_p: float = 1.0, repetition_penalty: float = 1.0) -> None:
         if not hasattr(lm, "encode") or not hasattr(lm, "tokenizer"):
             raise TypeError("StreamGenerator needs a LoadedModel (attnlab.load_model) with a tokenizer")
-        check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed)
+        check_sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed,
+                       top_p=top_p, repetition_penalty=repetition_penalty)
         self.lm = lm
         self.chat = chat
         self.runner = StreamRunner(lm, policy, max_step=prefill_step)
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.top_k = top_k
+        self.top_p = float(top_p)
+        self.repetition_penalty = float(repetition_penalty)
         self.gen = torch.Generator().manual_seed(seed)
         self.eos = getattr(lm.tokenizer, "eos_id", None)
         self.stats: list[TurnStats] = []
@@ -88,13 +104,32 @@ class StreamGenerator:
         return hf.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                       add_generation_prompt=True)
 
-    def _pick(self, logits: Tensor) -> int:
+    def scores(self, logits: Tensor, seen: Tensor | None = None) -> Tensor:
+        """The scores (V,) a token is chosen from: logits (V,) after the repetition penalty over `seen`
+        (N,) ids, then (when sampling) temperature, top-k and top-p, -inf where a token is cut."""
+        scores = logits.double()  # (V,)
+        if self.repetition_penalty != 1.0 and seen is not None and seen.numel():
+            ids = seen.to(scores.device).unique()
+            z = scores[ids]
+            scores = scores.index_copy(0, ids, torch.where(z > 0, z / self.repetition_penalty,
+                                                             z * self.repetition_penalty))
         if self.temperature == 0:
-            return int(logits.argmax())
-        scores = logits.double() / self.temperature
+            return scores
+        scores = scores / self.temperature
         if self.top_k:
             kth = torch.topk(scores, min(self.top_k, scores.numel())).values[-1]
             scores = scores.masked_fill(scores < kth, float("-inf"))
+        if self.top_p < 1.0:
+            probs, order = torch.softmax(scores, -1).sort(descending=True)  # (V,) each
+            before = probs.cumsum(-1) - probs  # mass of the tokens ranked above each one
+            drop = order[before >= self.top_p]  # the most likely token always stays (before = 0)
+            scores = scores.index_fill(0, drop, float("-inf"))
+        return scores
+
+    def _pick(self, logits: Tensor, seen: Tensor | None = None) -> int:
+        scores = self.scores(logits, seen)
+        if self.temperature == 0:
+            return int(scores.argmax())
         return int(torch.multinomial(torch.softmax(scores, -1).cpu(), 1, generator=self.gen))
 
     def turn(self, prompt: str) -> Iterator[str]:
@@ -110,7 +145,8 @@ class StreamGenerator:
         out: list[int] = []
         emitted = ""
         for _ in range(self.max_new_tokens):
-            tok = self._pick(logits)
+            seen = torch.cat([ids[0].cpu(), torch.tensor(out, dtype=torch.long)])  # this turn's tokens
+            tok = self._pick(logits, seen)
             if self.eos is not None and tok == self.eos:
                 self._pending = torch.tensor([[tok]])  # end of turn: fed with the next turn
                 break
@@ -137,10 +173,10 @@ class StreamGenerator:
 
 def stream_generate(lm: Any, policy: Policy, prompts: Iterable[str], *, write: Callable[[str], Any],
                     max_new_tokens: int = 128, temperature: float = 0.0, top_k: int | None = None,
-                    seed: int = 0) -> list[TurnStats]:
+                    seed: int = 0, top_p: float = 1.0, repetition_penalty: float = 1.0) -> list[TurnStats]:
     """Run `prompts` turn after turn through one stream, writing text pieces with `write` as they come."""
     gen = StreamGenerator(lm, policy, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                          seed=seed)
+                          seed=seed, top_p=top_p, repetition_penalty=repetition_penalty)
     for prompt in prompts:
         for piece in gen.turn(prompt):
             write(piece)
