@@ -203,8 +203,24 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+def atomic_write_json(path: str | Path, obj: Any, *, strict: bool = False) -> Path:
+    """`obj` as JSON. strict: a non-finite float is written as null (JSON has no NaN; most readers other than
+    Python's refuse the bare `NaN` it would otherwise write); the writer says why next to it."""
+    if strict:
+        obj = finite_or_null(json.loads(json.dumps(obj, default=_json_default)))
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default,
+                                              allow_nan=not strict) + "\n")
+
+
+def finite_or_null(obj: Any) -> Any:
+    """A copy of decoded JSON with every NaN or infinite float replaced by None."""
+    if isinstance(obj, float):
+        return obj if obj == obj and obj not in (float("inf"), float("-inf")) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [finite_or_null(v) for v in obj]
+    return obj
 
 
 def _json_default(obj: Any) -> Any:

@@ -213,6 +213,51 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys) -> None:
     assert "empty" in capsys.readouterr().err
 
 
+def _nan_llama() -> torch.nn.Module:
+    model = tiny_llama(2)
+    with torch.no_grad():
+        model.model.layers[1].self_attn.q_proj.weight[0, 0] = math.nan  # one weight: every query of head 0
+    return model
+
+
+def _strict_json(path) -> dict:
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{path} holds a bare {name}: not JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+@pytest.mark.parametrize("mode", ["token", "chunked"])
+def test_a_nan_model_gives_no_perplexity_and_says_why(tmp_path, ids, mode: str) -> None:
+    # Before: NaN NLLs were taken for unscored positions and dropped, so a broken model scored a plausible
+    # perplexity (one NaN in q_proj: 1421 in token mode, the clean model's 114.5 in chunked mode).
+    res = stream_eval(_nan_llama(), ids, SinksPolicy(2, 10), tokens=40, mode=mode, chunk=8, progress=False,
+                      bin_size=20)
+    assert res["perplexity"] is None and res["nll_mean"] is None
+    assert "40 of 40 scored positions had a non-finite NLL" in res["perplexity_null"]
+    assert all(b["perplexity"] is None for b in res["bins"])
+    save_results(tmp_path / "r.json", res, {"mode": mode})
+    doc = _strict_json(tmp_path / "r.json")
+    assert doc["results"]["perplexity"] is None and doc["results"]["perplexity_null"]
+
+
+def test_cli_exits_non_zero_when_the_perplexity_is_not_finite(tmp_path, capsys, monkeypatch) -> None:
+    import attnlab.models.loading
+    from attnlab.cli import main
+
+    monkeypatch.setattr(attnlab.models.loading, "load_model", lambda *a, **k: byte_lm(_nan_llama()))
+    text = tmp_path / "t.txt"
+    text.write_text("To be, or not to be, that is the question. " * 3)
+    out = tmp_path / "r.json"
+    code = main(["stream", "eval", "--policy", "sinks", "--sinks", "2", "--window", "10", "--tokens", "40",
+                 "--text", str(text), "--out", str(out), "--plot", str(tmp_path / "p.png")])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("attnlab: error:")]
+    assert code == 2 and len(lines) == 1, err
+    assert "no perplexity for --policy sinks(2,10)" in lines[0] and "non-finite NLL" in lines[0]
+    assert _strict_json(out)["results"]["perplexity"] is None  # the results are still written, strictly
+
+
 # -- SmolLM2 ---------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")

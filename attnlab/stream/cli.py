@@ -120,7 +120,7 @@ def _policies(args: argparse.Namespace, specs: list[str], context: int | None) -
 def _eval(args: argparse.Namespace) -> int:
     from attnlab.advice import advise
     from attnlab.data.corpus import load_text
-    from attnlab.errors import ConfigError
+    from attnlab.errors import ConfigError, ModelError
     from attnlab.io import check_out_dir, check_out_file
     from attnlab.stream.eval import plot_nll, save_results, stream_eval
     from attnlab.stream.policies import RecomputePolicy
@@ -162,9 +162,10 @@ def _eval(args: argparse.Namespace) -> int:
         res = stream_eval(lm, ids, pol, args.tokens, mode=args.mode, chunk=args.chunk, stride=stride,
                           bin_size=args.bin_size)
         results.append(res)
-        print(f"{pol.name:>18}: perplexity {res['perplexity']:.3f} over {res['tokens']} tokens, "
-              f"{res['tokens_per_s']:.1f} tok/s, cache {res['cache_bytes_final'] / 2**20:.2f} MiB",
-              flush=True)
+        ppl = "n/a (not finite)" if res["perplexity"] is None else f"{res['perplexity']:.3f}"
+        speed = "" if res["tokens_per_s"] is None else f"{res['tokens_per_s']:.1f} tok/s, "
+        print(f"{pol.name:>18}: perplexity {ppl} over {res['tokens']} tokens, {speed}"
+              f"cache {res['cache_bytes_final'] / 2**20:.2f} MiB", flush=True)
         # Written after every policy, so a long comparison keeps what it has finished.
         save_results(out, results if len(args.policy) > 1 else results[0], config,
                      keep_nll=not args.no_nll)
@@ -172,6 +173,10 @@ def _eval(args: argparse.Namespace) -> int:
     if plot:
         plot_nll(results, plot, title=f"{lm.name}, {args.mode} mode")
         print(f"wrote {plot}")
+    failed = [r for r in results if r["perplexity"] is None]
+    if failed:  # the main number is missing: a run that "succeeds" without it would pass for a result
+        raise ModelError(f"no perplexity for --policy {failed[0]['policy']}: {failed[0]['perplexity_null']}; "
+                         f"{out} holds null there")
     return 0
 
 

@@ -103,7 +103,7 @@ def stream_eval(model: Any, text: str | Tensor, policy: Policy, tokens: int | No
     module, _, _ = _unwrap(model)
     ids = stream_ids(model, text, tokens).to(next(module.parameters()).device)
     n = ids.shape[1] - 1  # scored positions 0 .. n-1
-    nll = torch.full((n,), float("nan"), dtype=torch.float64)
+    nll = torch.full((n,), float("nan"), dtype=torch.float64)  # NaN until scored (recompute skips some)
     rss_bins: list[int] = []
     cache_peak = 0
     start = time.perf_counter()
@@ -131,8 +131,11 @@ def stream_eval(model: Any, text: str | Tensor, policy: Policy, tokens: int | No
         scored = n
         cache_final, cache_len = runner.cache_bytes(), runner.cache_length()
     bar.close()
+    scored_mask = torch.zeros(n, dtype=torch.bool)
+    scored_mask[::stride] = True  # the positions the loops above wrote (every one unless recompute strides)
     seconds = time.perf_counter() - start
-    result = summarize(nll, policy=policy, mode=mode, chunk=chunk if mode == "chunked" else 1, stride=stride,
+    result = summarize(nll, scored_mask, policy=policy, mode=mode, chunk=chunk if mode == "chunked" else 1,
+                       stride=stride,
                        bin_size=bin_size, seconds=seconds, scored=scored, stream_tokens=int(ids.shape[1]),
                        cache_peak=cache_peak, cache_final=cache_final, cache_length=cache_len,
                        rss_bins=rss_bins, model_name=getattr(model, "name", type(module).__name__))
@@ -195,30 +198,44 @@ def _eval_recompute(module: torch.nn.Module, ids: Tensor, W: int, nll: Tensor, m
     return len(scored_pos)
 
 
-def summarize(nll: Tensor, *, policy: Policy, mode: str, chunk: int, stride: int, bin_size: int,
-              seconds: float,
+def summarize(nll: Tensor, scored_mask: Tensor | None = None, *, policy: Policy, mode: str, chunk: int,
+              stride: int, bin_size: int, seconds: float,
               scored: int, stream_tokens: int, cache_peak: int, cache_final: int, cache_length: int,
               rss_bins: Sequence[int], model_name: str) -> dict[str, Any]:
-    """The results dict: overall and per-bin perplexity over the scored (non-NaN) positions."""
-    ok = ~torch.isnan(nll)
-    mean = float(nll[ok].mean()) if ok.any() else float("nan")
+    """The results dict: overall and per-bin perplexity over the scored positions (`scored_mask`; default:
+    the non-NaN ones). A scored position whose NLL is not finite (NaN or infinite logits: a non-finite
+    weight or activation) makes the perplexities it enters null, with the reason in `perplexity_null`:
+    averaging the rest would hide the failure behind a plausible number."""
+    scored_mask = ~torch.isnan(nll) if scored_mask is None else scored_mask
+    finite = torch.isfinite(nll)
+    bad = scored_mask & ~finite
+    n_bad = int(bad.sum())
+    ok = scored_mask & finite
+    mean = float(nll[ok].mean()) if ok.any() and not n_bad else None
     bins = []
     for lo in range(0, nll.numel(), bin_size):
-        part = nll[lo:lo + bin_size]
-        part = part[~torch.isnan(part)]
-        if part.numel():
-            bins.append({"start": lo, "end": min(lo + bin_size, nll.numel()), "tokens": int(part.numel()),
-                         "nll": float(part.mean()), "perplexity": math.exp(float(part.mean()))})
-    return {
+        part, in_part = nll[lo:lo + bin_size], scored_mask[lo:lo + bin_size]
+        if in_part.any():
+            vals = part[in_part]
+            good = bool(torch.isfinite(vals).all())
+            bins.append({"start": lo, "end": min(lo + bin_size, nll.numel()), "tokens": int(vals.numel()),
+                         "nll": float(vals.mean()) if good else None,
+                         "perplexity": math.exp(float(vals.mean())) if good else None})
+    result = {
         "model": model_name, "policy": policy.name, "mode": mode, "chunk": chunk, "stride": stride,
         "cache_capacity": policy.capacity, "stream_tokens": stream_tokens, "tokens": scored,
-        "nll_mean": mean, "perplexity": math.exp(mean) if math.isfinite(mean) else float("nan"),
+        "nll_mean": mean, "perplexity": None if mean is None else math.exp(mean),
         "bin_size": bin_size, "bins": bins,
-        "seconds": seconds, "tokens_per_s": scored / seconds if seconds > 0 else float("nan"),
+        "seconds": seconds, "tokens_per_s": scored / seconds if seconds > 0 else None,
         "cache_bytes_peak": cache_peak, "cache_bytes_final": cache_final, "cache_length_final": cache_length,
         "rss_bytes_per_bin": list(rss_bins), "peak_rss_bytes": peak_rss_bytes(),
-        "nll": [None if math.isnan(x) else round(x, 5) for x in nll.tolist()],
+        "nll": [round(x, 5) if math.isfinite(x) else None for x in nll.tolist()],
     }
+    if mean is None:
+        result["perplexity_null"] = (
+            f"{n_bad} of {int(scored_mask.sum())} scored positions had a non-finite NLL (the model gave NaN "
+            f"or infinite logits: check it for non-finite weights)" if n_bad else "no position was scored")
+    return result
 
 
 def plot_nll(results: Sequence[dict[str, Any]], path: str | Path, *, smooth: int = 100,
@@ -300,4 +317,4 @@ def save_results(path: str | Path, results: dict[str, Any] | list[dict[str, Any]
         items = [{k: v for k, v in r.items() if k != "nll"} for r in items]
     payload = {"provenance": provenance(config, seed=0), "results": items if isinstance(results, list)
                else items[0]}
-    return atomic_write_json(path, payload)
+    return atomic_write_json(path, payload, strict=True)
