@@ -90,6 +90,7 @@ def test_plain_transformers_and_load_model_give_the_retrofit(one_thread, tmp_pat
     want = _logits(model)
     model.save_pretrained(tmp_path)
     assert _config(tmp_path)["model_type"] == "attnlab_retrofit_llama"
+    assert _config(tmp_path)["architectures"] == ["AttnlabRetrofitLlamaForCausalLM"]  # not plain Llama's
     plain = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64)
     assert isinstance(plain, type(model)) and plain.config.attnlab_retrofit == model.config.attnlab_retrofit
     torch.testing.assert_close(_logits(plain), want, **SAME)
@@ -110,6 +111,18 @@ def test_a_load_of_a_load_saves_the_same_model(one_thread, tmp_path: Path) -> No
     attnlab.load_model(tmp_path / "a", dtype=torch.float64).model.save_pretrained(tmp_path / "b")
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "b", dtype=torch.float64)
     torch.testing.assert_close(_logits(again), _logits(model), **SAME)
+
+
+def test_a_retrofitted_config_pickles_by_name(one_thread) -> None:
+    import pickle
+
+    config = _retrofitted("sinks").config
+    code = ("import pickle, sys\nc = pickle.loads(sys.stdin.buffer.read())\n"
+            "print(type(c).__name__, c.model_type, c.attnlab_retrofit['normalizer'])")
+    run = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(config), capture_output=True,
+                         timeout=300, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert run.stdout.decode().split() == ["AttnlabRetrofitLlamaConfig", "attnlab_retrofit_llama", "sinks"], \
+        run.stderr.decode()[-2000:]
 
 
 def test_without_attnlab_transformers_refuses_rather_than_loading_another_model(tmp_path: Path) -> None:

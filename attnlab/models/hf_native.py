@@ -31,6 +31,7 @@ from torch import nn
 from attnlab.errors import AttnlabError, ConfigError, ModelNotFoundError
 
 PREFIX = "attnlab_retrofit_"
+_CLASS_PREFIX = "AttnlabRetrofit"
 RECORD_KEY = "attnlab_retrofit"  # the config.json key (retrofit.py re-exports it)
 
 _classes: dict[str, tuple[type, type]] = {}  # base model_type -> (native config class, native model class)
@@ -63,8 +64,16 @@ def native_classes(base_type: str) -> tuple[type, type]:
                            f"retrofit")
     base_model = MODEL_FOR_CAUSAL_LM_MAPPING[base_config]
     stem = "".join(part.capitalize() for part in base_type.replace("-", "_").split("_"))
-    config_cls = type(f"AttnlabRetrofit{stem}Config", (base_config,), {
-        "model_type": native_model_type(base_type), "__module__": __name__,
+    def to_dict(self: Any) -> dict[str, Any]:
+        # Tools that pick a class by `architectures` (vLLM's registry) must not find the plain base class.
+        out = base_config.to_dict(self)
+        if out.get("architectures"):
+            out["architectures"] = [a if a.startswith(_CLASS_PREFIX) else _CLASS_PREFIX + a
+                                    for a in out["architectures"]]
+        return out
+
+    config_cls = type(f"{_CLASS_PREFIX}{stem}Config", (base_config,), {
+        "model_type": native_model_type(base_type), "__module__": __name__, "to_dict": to_dict,
         "__doc__": f"{base_config.__name__} of a model retrofitted by attnlab (config.{RECORD_KEY})."})
 
     def __init__(self: nn.Module, config: Any, *args: Any, **kwargs: Any) -> None:
@@ -75,7 +84,7 @@ def native_classes(base_type: str) -> tuple[type, type]:
         base_model._initialize_missing_keys(self, *args, **kwargs)
         _init_missing_retrofit_tensors(self)
 
-    model_cls = type(f"AttnlabRetrofit{base_model.__name__}", (base_model,), {
+    model_cls = type(f"{_CLASS_PREFIX}{base_model.__name__}", (base_model,), {
         "config_class": config_cls, "__init__": __init__,
         "_initialize_missing_keys": _initialize_missing_keys,
         "__module__": __name__,
@@ -149,6 +158,15 @@ def _init_missing_retrofit_tensors(model: nn.Module) -> None:
             with torch.no_grad():
                 value = fresh[name]
                 p.copy_(torch.zeros_like(p) if value is None else value.to(p.dtype))
+
+
+def __getattr__(name: str) -> Any:
+    # The classes are made on first use; a process that unpickles a retrofitted config finds them here.
+    if name.startswith(_CLASS_PREFIX):
+        register()
+        if name in globals():
+            return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # -- folders saved by an older attnlab --------------------------------------------------------------------
