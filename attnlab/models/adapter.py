@@ -1,9 +1,10 @@
 """`LoadedModel`: one small interface over a Hugging Face causal LM or attnlab's own GPT.
 
 Diagnostics, streaming and the explorer only talk to this class, so they never branch on architecture.
-Activations are captured under TransformerLens names (Nanda & Bloom, TransformerLens, 2022), through one
-path, `LoadedModel.capture()` (a context manager around any forward) or `run_with_cache(ids)` (capture
-around one forward); the report, the studies' probes and the explorer all read this cache:
+Activations are captured under TransformerLens names (Nanda & Bloom, TransformerLens, 2022): the hook
+points, their shapes and how each is read are in `attnlab.models.hookpoints` (`run_with_cache`,
+`run_with_hooks` and `hooks` go through it). `capture()` is the older context manager the report, the
+studies' probes and the explorer use around any forward:
 
     name                          shape          what
     blocks.{i}.hook_resid_pre     (B, T, d)      residual stream entering block i (embeddings for i = 0)
@@ -19,7 +20,8 @@ position embeddings (GPT-2), and the last block's output is taken *before* the f
 `hidden_states[-1]` is after it for most models). Attention weights come from `attnlab.models.hooks.attend`,
 the door every attnlab attention call goes through, computed by the eager reference backend. They are the
 normalizer's own weights: rows of softmax1 and learned sinks sum to less than 1, the rest being the weight
-of the virtual (null) key.
+of the virtual (null) key. `encode([...])` gives a right-padded `TokenBatch` (attnlab.models.batch) whose
+mask every forward honours.
 """
 
 from __future__ import annotations
@@ -101,7 +103,8 @@ class LoadedModel:
             raise DataError(f"{self.name} was loaded without a tokenizer; pass token ids, or put the "
                             f"tokenizer files (tokenizer.json) next to the model")
         if isinstance(text, (list, tuple)):
-            pad = getattr(self.tokenizer, "pad_id", None)
+            # The pad id only fills positions the mask hides; the tokenizer's own pad, else its EOS, else 0.
+            pad = getattr(getattr(self.tokenizer, "hf", None), "pad_token_id", None)
             pad = pad if pad is not None else getattr(self.tokenizer, "eos_id", None)
             return pad_batch(text, self.tokenizer.encode, int(pad or 0), self.device)
         if not isinstance(text, str):
