@@ -349,3 +349,40 @@ def test_internal_bug_is_reraised_by_main(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setattr(attnlab.data.corpus, "load_text", buggy)
     with pytest.raises(ValueError, match="^internal$"):
         main(["data", "info", "--text", str(_text(tmp_path))])
+
+
+def test_generate_from_a_nan_model_prints_no_nul_bytes(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    # NaN scores used to be argmaxed into token 0, a NUL byte with the byte tokenizer, printed as the reply.
+    import torch
+
+    import attnlab.models.loading as loading
+
+    real = loading.load_model
+
+    def nan_model(*args: object, **kwargs: object) -> object:
+        lm = real(*args, **kwargs)  # finite at load (the load check passes); NaN appears afterwards
+        with torch.no_grad():
+            next(lm.model.parameters()).fill_(float("nan"))
+        return lm
+
+    monkeypatch.setattr(loading, "load_model", nan_model)
+    ckpt = _tiny_checkpoint(tmp_path / "ck")
+    code = main(["stream", "generate", "--model", str(ckpt), "--policy", "window", "--window", "32",
+                 "--prompt", "to be", "--max-new-tokens", "3"])
+    out, err = capsys.readouterr()
+    lines = [ln for ln in err.splitlines() if ln.startswith("attnlab: error:")]
+    assert code == 2 and len(lines) == 1 and "gave NaN (or no finite) next-token scores" in lines[0], err
+    assert "\x00" not in out
+
+
+@pytest.mark.parametrize(("policy", "needle"), [(["--policy", "full"], "keeps them all"),
+                                                (["--policy", "sinks", "--sinks", "2", "--window", "20"],
+                                                 "sees only those it keeps")])
+def test_generate_warns_of_a_prompt_past_the_context(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     policy: list[str], needle: str) -> None:
+    ckpt = _tiny_checkpoint(tmp_path / "ck")  # context 64
+    assert main(["stream", "generate", "--model", str(ckpt), *policy, "--prompt", "x" * 100,
+                 "--max-new-tokens", "2"]) == 0
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("attnlab: warning:")]
+    assert len(warnings) == 1 and "the prompt is 10" in warnings[0] and needle in warnings[0], warnings

@@ -224,6 +224,7 @@ def _generate(args: argparse.Namespace) -> int:
     for prompt in turns:
         if not prompt.strip():
             continue
+        _advise_prompt(lm, policy, int(lm.encode(gen.format(prompt)).shape[1]))
         for piece in gen.turn(prompt):
             sys.stdout.write(piece)
             sys.stdout.flush()
@@ -236,6 +237,20 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"[{new} tokens in {secs:.1f} s, {new / secs:.1f} tok/s; stream {last.stream_tokens} tokens, "
               f"cache {last.cache_bytes / 2**20:.1f} MiB ({policy.name})]", file=sys.stderr)
     return 0
+
+
+def _advise_prompt(lm: Any, policy: Any, tokens: int) -> None:
+    """A prompt past the model's context (what stream eval says of a text that runs past it)."""
+    from attnlab.advice import advise
+
+    if lm.max_context and tokens > lm.max_context:
+        if policy.capacity is None:
+            advise(f"the prompt is {tokens} tokens, past {lm.name}'s context of {lm.max_context}: --policy "
+                   f"{policy.name} keeps them all, at positions the model never trained on, so the reply "
+                   f"degrades; shorten the prompt or use --policy sinks")
+        elif tokens > policy.capacity:
+            advise(f"the prompt is {tokens} tokens and --policy {policy.name} keeps {policy.capacity} "
+                   f"(past {lm.name}'s context of {lm.max_context}): the reply sees only those it keeps")
 
 
 def _advise_generate(args: argparse.Namespace) -> None:

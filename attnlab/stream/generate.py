@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attnlab.errors import ConfigError, DataError
+from attnlab.errors import ConfigError, DataError, ModelError
 from attnlab.stream.policies import Policy
 from attnlab.stream.runner import StreamRunner
 
@@ -127,6 +127,11 @@ class StreamGenerator:
         return scores
 
     def _pick(self, logits: Tensor, seen: Tensor | None = None) -> int:
+        if bool(torch.isnan(logits).any()) or not bool((logits > float("-inf")).any()):
+            # argmax of NaN scores is token 0 (a NUL byte for byte tokenizers): printed, it passes for output
+            raise ModelError(f"{getattr(self.lm, 'name', 'the model')} gave NaN (or no finite) next-token "
+                             f"scores: it has a non-finite weight or activation; check the model's "
+                             f"weights (a NaN or inf, or values that overflow in this dtype)")
         scores = self.scores(logits, seen)
         if self.temperature == 0:
             return int(scores.argmax())
