@@ -238,3 +238,30 @@ def test_batch_with_an_empty_text_fails_in_one_line(lm: LoadedModel) -> None:
         lm.encode([])
     with pytest.raises(TypeError, match="item 1 is int"):
         lm.encode(["a", 3])
+
+
+def test_fused_projection_model_reads_q_k_v_where_attention_starts() -> None:
+    """GPT-2 has one c_attn for q, k and v and no rotary embeddings: its hook_q/k/v come from attnlab's
+    attention door, the same tensors, and every TransformerLens habit works as on Llama."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=256, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=0,
+                     eos_token_id=0)
+    lm = from_hf(GPT2LMHeadModel(cfg).eval().double(), ByteTokenizer(), "gpt2-tiny", "memory")
+    ids = lm.encode("To be, or not to be")
+    with torch.no_grad():
+        _, cache = lm.run_with_cache(ids)
+        for name in ("blocks.0.attn.hook_q", "blocks.0.attn.hook_k", "blocks.1.attn.hook_v",
+                     "blocks.1.hook_resid_mid", "blocks.1.attn.hook_z"):
+            assert torch.equal(lm.run_with_hooks(ids, fwd_hooks=[(name, lambda t, h: t.clone())]),
+                               lm.logits(ids)), name
+    assert cache["blocks.0.attn.hook_q"].shape == (1, ids.shape[1], 4, 8)
+    mid = cache["blocks.1.hook_resid_pre"] + cache["blocks.1.hook_attn_out"]
+    torch.testing.assert_close(cache["blocks.1.hook_resid_mid"], mid, rtol=0, atol=1e-12)
+    # q . k of the captured tensors reproduces the captured pattern (GPT-2 scales by 1/sqrt(d_head))
+    q, k = cache["blocks.0.attn.hook_q"][0], cache["blocks.0.attn.hook_k"][0]  # (T, H, D) each
+    scores = torch.einsum("qhd,khd->hqk", q, k) / 8 ** 0.5
+    scores = scores.masked_fill(torch.ones_like(scores, dtype=torch.bool).triu(1), float("-inf"))
+    torch.testing.assert_close(scores.softmax(-1), cache["blocks.0.attn.hook_pattern"][0], rtol=0, atol=1e-12)
+    _assert_batch_matches_singles(lm, lm.encode(TEXTS))

@@ -150,7 +150,7 @@ def attention_pattern(model: Any, text: str, layer: int, head: int | None = None
                           f"(or None for their mean)")
     ids = lm.encode(text)[:, :max_tokens]
     with torch.no_grad():
-        _, cache = lm.run_with_cache(ids, layers=[layer])
+        _, cache = lm.run_with_cache(ids, names_filter=pattern_name(layer))
     heads = cache[pattern_name(layer)][0]  # (H, q, k)
     weights = heads.float().mean(0) if head is None else heads[head]  # (q, k)
     tokens = [lm.decode([int(i)]) for i in ids[0].tolist()]

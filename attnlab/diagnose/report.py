@@ -115,6 +115,14 @@ def choose_passage(text: str | Path | None, max_tokens: int) -> Passage:
         "full_sha256": hashlib.sha256(full.encode("utf-8")).hexdigest()})
 
 
+_REPORT_POINTS = ("hook_resid_pre", "hook_resid_post", "attn.hook_pattern", "ln_final.hook_normalized")
+
+
+def _report_points(name: str) -> bool:
+    """The hook points the report's metrics and summary read."""
+    return name.endswith(_REPORT_POINTS)
+
+
 # -- one model --------------------------------------------------------------------------------------------
 class _Steps:
     """Progress over the report's steps (`attnlab.train.progress.Progress`: a tqdm bar on a terminal, a
@@ -192,7 +200,9 @@ def report_model(lm: Any, passage: Passage, cfg: ReportConfig, progress: bool = 
             logits = steps.run("forward", lm.logits, ids)
             loss = next_token_loss(logits, ids)
             del logits
-            _, cache = steps.run("capture", lm.run_with_cache, ids)
+            # only what the metrics and the summary read: every hook point would hold ~7 more (B, T, d)
+            # tensors per layer
+            _, cache = steps.run("capture", lm.run_with_cache, ids, names_filter=_report_points)
         metric_times: dict[str, float] = {}
         metrics = steps.run("metrics", cache_metrics, cache, lm.n_layers, cfg.top_k, metric_times)
         summary = steps.run("summary", summarize, cache, lm.n_layers)
