@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from attnlab.experiments.verdicts import VERDICT_COLOURS
 from attnlab.io import atomic_write_text
 from attnlab.present import Raw, badge, code, esc, figure_html, grid, label, page, para, pre, section, table
 
-VERDICT_COLOURS = {"held": "#1a7f37", "did not hold": "#cf222e", "inconclusive at this scale": "#9a6700"}
 SPREAD = "bars: ± 1 std over seeds"
 
 # label -> (x, mean, spread or None); spread is the ± half-width of the bar drawn on each point.
