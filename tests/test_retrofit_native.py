@@ -266,3 +266,35 @@ def test_a_retrofit_type_without_its_record_is_refused(one_thread, tmp_path: Pat
     _edit_config(tmp_path, **{RECORD_KEY: None})
     with pytest.raises(ConfigError, match="needs its 'attnlab_retrofit' record"):
         attnlab.load_model(tmp_path)
+
+
+def test_check_finite_is_not_fooled_by_a_sum_that_overflows() -> None:
+    from attnlab.models.integrity import check_finite
+
+    layer = torch.nn.Linear(4, 4)
+    with torch.no_grad():
+        layer.weight.fill_(3e38)  # finite, but its float32 sum is inf: the exact check must clear it
+    check_finite(layer, "big")
+    with torch.no_grad():
+        layer.bias[2] = -float("inf")
+    with pytest.raises(ModelError, match=r"big: weight bias holds NaN or infinite values \(1 tensor\)"):
+        check_finite(layer, "big")
+
+
+@pytest.mark.realmodel
+def test_smollm2_retrofit_loads_the_same_through_plain_transformers(one_thread, tmp_path: Path) -> None:
+    """Measured with the old format (base model_type): plain transformers dropped the gates and moved the
+    logits by up to 36 (74% argmax agreement) on this prompt; now the load is bit for bit."""
+    lm = attnlab.load_model("smollm2")
+    model = attnlab.retrofit(lm.model, "softmax1", gated=True)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in retrofit_parameters(model).values():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    ids = lm.encode("To be, or not to be, that is the question: Whether 'tis nobler in the mind to suffer")
+    with torch.no_grad():
+        want = model(ids).logits
+        lm.save_pretrained(tmp_path)
+        got = AutoModelForCausalLM.from_pretrained(tmp_path)(ids).logits
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+    assert attnlab.load_model(tmp_path).encode("To be").tolist() == lm.encode("To be").tolist()
