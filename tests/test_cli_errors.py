@@ -386,3 +386,40 @@ def test_generate_warns_of_a_prompt_past_the_context(tmp_path: Path, capsys: pyt
                  "--max-new-tokens", "2"]) == 0
     warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("attnlab: warning:")]
     assert len(warnings) == 1 and "the prompt is 10" in warnings[0] and needle in warnings[0], warnings
+
+
+# -- settings that run but are ignored: one warning line each ----------------------------------------------
+def _warnings(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("attnlab: warning:")]
+
+
+@pytest.mark.parametrize(("argv", "unused"), [
+    (["eval", "--policy", "sinks(4,16)", "--sinks", "2", "--window", "8"], ["--sinks 2", "--window 8"]),
+    (["eval", "--policy", "full", "--sinks", "2"], ["--sinks 2"]),
+    (["eval", "--policy", "window", "--policy", "sinks(2,8)", "--chunk-size", "8"], ["--chunk-size 8"]),
+    (["eval", "--policy", "sinks", "--sinks", "2", "--window", "8"], []),  # read: no warning
+    (["generate", "--policy", "window(8)", "--window", "8", "--prompt", "hi"], ["--window 8"]),
+])
+def test_size_flags_no_policy_reads_warn(tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str],
+                                         unused: list[str]) -> None:
+    out = ["--out", str(tmp_path / "r.json")] if argv[0] == "eval" else []
+    assert main(["stream", *argv, "--model", NOWHERE, *out]) == 2  # warned before the model loads
+    got = _warnings(capsys)
+    assert len(got) == len(unused), got
+    for line, flag in zip(got, unused, strict=True):
+        assert f"{flag} is unused" in line, line
+
+
+def test_train_eval_every_without_validation_text_warns(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    tiny = ["--layers", "1", "--d-model", "16", "--heads", "2", "--context", "16", "--batch-size", "2",
+            "--steps", "1", "--warmup", "0", "--text", str(_text(tmp_path))]
+    argv = ["train", *tiny, "--val-fraction", "0", "--eval-every", "2", "--out", str(tmp_path / "a")]
+    assert main(argv) == 0
+    got = _warnings(capsys)
+    assert len(got) == 1 and "--eval-every 2 is unused: --val-fraction 0" in got[0], got
+
+
+def test_train_seed_out_of_range_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _fails(capsys, ["train", "--seed", "99999999999999999999999", "--out", str(tmp_path / "o")],
+           "--seed must be an integer in [0, 2**63 - 1], got 99999999999999999999999")

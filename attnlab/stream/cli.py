@@ -22,10 +22,13 @@ def _policy_args(p: argparse.ArgumentParser, many: bool) -> None:
                        help=help_policy + ". Repeat to compare policies in one run (one plot, one JSON).")
     else:
         p.add_argument("--policy", default="sinks", metavar="POLICY", help=help_policy + " (default sinks)")
-    p.add_argument("--sinks", type=int, default=4, help="attention sinks S for --policy sinks (default 4)")
-    p.add_argument("--window", type=int, default=1020,
-                   help="recent tokens W kept by window/sinks/recompute, the query included (default 1020)")
-    p.add_argument("--chunk-size", type=int, default=512, dest="chunk_size",
+    # Defaults are None here and filled in by _policies, so a size flag no policy reads can be told apart
+    # from its default and warned about.
+    p.add_argument("--sinks", type=int, default=None, help="attention sinks S for --policy sinks (default 4)")
+    p.add_argument("--window", type=int, default=None,
+                   help="recent tokens W kept by window/sinks/recompute/memory, the query included "
+                   "(default 1020)")
+    p.add_argument("--chunk-size", type=int, default=None, dest="chunk_size",
                    help="chunk C for --policy chunked (default 512)")
     p.add_argument("--model", default="smollm2-135m",
                    help="model name, Hugging Face hub id in the local cache ('gpt2', 'org/name') or path "
@@ -110,9 +113,30 @@ def _outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
     return out / "results.json", Path(args.plot) if args.plot else out / "nll.png"
 
 
+_SIZE_FLAGS = {  # dest: (flag, default, the bare policy names that read it)
+    "sinks": ("--sinks", 4, ("sinks",)),
+    "window": ("--window", 1020, ("window", "sinks", "recompute", "memory")),
+    "chunk_size": ("--chunk-size", 512, ("chunked",)),
+}
+
+
 def _policies(args: argparse.Namespace, specs: list[str], context: int | None) -> list[Any]:
+    """The policies of `specs`; on the first call (before the model loads), a warning for each size flag
+    that none of them reads: a spec with sizes, sinks(4,16), takes none from the flags."""
+    from attnlab.advice import advise
     from attnlab.stream.policies import parse_policy
 
+    if not getattr(args, "sizes_checked", False):
+        args.sizes_checked = True
+        bare = [s.strip().lower() for s in specs if "(" not in s]
+        for dest, (flag, default, readers) in _SIZE_FLAGS.items():
+            value = getattr(args, dest)
+            if value is None:
+                setattr(args, dest, default)
+            elif not any(name in readers for name in bare):
+                advise(f"{flag} {value} is unused: {' and '.join('--policy ' + s for s in specs)} "
+                       f"{'does' if len(specs) == 1 else 'do'} not read it (it sizes the bare policy names "
+                       f"{', '.join(readers)}; a spec with sizes such as sinks(4,1020) sets its own)")
     return [parse_policy(s, sinks=args.sinks, window=args.window, chunk=args.chunk_size, max_context=context)
             for s in specs]
 
@@ -154,7 +178,7 @@ def _eval(args: argparse.Namespace) -> int:
                 advise(f"--policy {pol.name} keeps every token, and the stream runs past {lm.name}'s context "
                        f"of {lm.max_context} tokens: positions beyond it were never trained, so its "
                        f"perplexity there measures that failure (StreamingLLM's baseline), not the policy")
-    config = {k: v for k, v in vars(args).items() if k != "func"}
+    config = {k: v for k, v in vars(args).items() if k not in ("func", "sizes_checked")}
     config["text"] = args.text or "shakespeare"
     results = []
     for pol in policies:

@@ -141,6 +141,11 @@ def main(args: argparse.Namespace) -> int:
     if config.out is None:
         config = TrainConfig.from_dict({**config.to_dict(), "out": "runs/train"})
     check_schedule(config.steps, config.warmup)
+    if config.val_fraction == 0 and config.eval_every and "eval_every" in vars(args):
+        from attnlab.advice import advise
+
+        advise(f"--eval-every {config.eval_every} is unused: --val-fraction 0 holds no text out to validate "
+               f"on; pass --val-fraction 0.1, say (or drop --eval-every)")
     summary = train(config, progress=True)
     main_rank = summary.get("world_size", 1) == 1 or _rank() == 0
     if summary.get("complete"):

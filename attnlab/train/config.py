@@ -68,6 +68,8 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"TrainConfig.{name} must be an integer >= 0, got {value!r}")
+        if self.seed > 2**63 - 1:  # torch generators take 64-bit seeds; a bigger one was a traceback
+            raise ConfigError(f"--seed must be an integer in [0, 2**63 - 1], got {self.seed}")
         for name in ("lr", "weight_decay", "grad_clip"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
