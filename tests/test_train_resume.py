@@ -76,15 +76,42 @@ def test_a_diverging_run_never_saves_nan_weights(text_file, tmp_path, capsys):
     assert code == 2 and len(err) == 1 and err[0].startswith("attnlab: error: "), err
     assert "training diverged at step 2: the " in err[0]
     assert f"the last good checkpoint is {out / 'checkpoint'} (step 1)" in err[0]
-    assert f"attnlab train --out {out} --resume --lr 1e+29" in err[0]
+    assert f"attnlab train --out {out} --resume --lr 0.001" in err[0]  # not 1e+29, which diverges too
     weights = load_file(out / "checkpoint" / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert json.loads((out / "checkpoint" / "trainer.json").read_text())["step"] == 1
-    # Without any checkpoint yet, nothing is written at all.
-    assert cli_main(["train", *SMALL, "--steps", "2", "--warmup", "1", "--lr", "1e30", "--text",
-                     str(text_file), "--out", str(tmp_path / "none")]) == 2
-    assert "no checkpoint had been saved yet" in capsys.readouterr().err
+    # Without any checkpoint yet, nothing is written at all, and the advice is not a --resume that fails.
+    argv = ["train", *SMALL, "--steps", "2", "--warmup", "1", "--lr", "1e30", "--text", str(text_file),
+            "--out", str(tmp_path / "none")]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint had been saved yet" in err and "--resume" not in err
+    assert "rerun the same attnlab train command with --overwrite --lr 0.001" in err
     assert not (tmp_path / "none" / "checkpoint").exists()
+    assert cli_main([*argv, "--overwrite", "--lr", "0.001"]) == 0  # the advice works
+
+
+def test_a_resume_that_diverges_at_once_is_not_called_the_last_good_checkpoint(text_file, tmp_path, capsys):
+    # The checkpoint saved one step before a divergence is finite but already ruined (lr 1e30): resuming it
+    # with a sane lr diverges at once. It is not "the last good checkpoint", and resuming is not the fix.
+    out = tmp_path / "run"
+    argv = ["train", *SMALL, "--steps", "3", "--warmup", "1", "--lr", "1e30", "--save-every", "1", "--text",
+            str(text_file), "--out", str(out)]
+    assert cli_main(argv) == 2
+    capsys.readouterr()
+    assert cli_main(["train", "--out", str(out), "--resume", "--lr", "0.001"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("attnlab: error: ")]
+    assert len(err) == 1 and "training diverged at step 2" in err[0], err
+    assert f"it diverged at the first step after resuming from {out / 'checkpoint'} (step 1)" in err[0]
+    assert "last good checkpoint" not in err[0] and "--resume" not in err[0]
+    assert "rerun the same attnlab train command with --overwrite --lr 0.0001" in err[0]
+    assert cli_main([*argv, "--overwrite", "--lr", "0.0001"]) == 0  # the advice works
+
+
+def test_an_lr_beyond_float32_is_one_line(text_file, tmp_path, capsys):
+    assert cli_main(["train", *SMALL, "--steps", "2", "--lr", "1e39", "--text", str(text_file),
+                     "--out", str(tmp_path / "r")]) == 2
+    assert "TrainConfig.lr must be at most 1e38, got 1e+39" in capsys.readouterr().err
 
 
 def test_a_config_too_big_for_memory_is_refused_before_it_starts(monkeypatch, tmp_path, capsys):

@@ -76,6 +76,8 @@ class TrainConfig:
                 raise ConfigError(f"TrainConfig.{name} must be a finite number >= 0, got {value!r}")
         if self.lr == 0:
             raise ConfigError("TrainConfig.lr must be > 0, e.g. --lr 1e-3")
+        if self.lr > 1e38:  # the optimizer works in float32: a larger lr is a torch overflow traceback
+            raise ConfigError(f"TrainConfig.lr must be at most 1e38, got {self.lr:g}; e.g. --lr 1e-3")
         if self.min_lr is not None and not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"TrainConfig.min_lr must lie in [0, lr={self.lr}], got {self.min_lr}")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -145,7 +145,7 @@ def fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, *, steps: int, lr:
         save_every: int = 0, resume: bool = False, checkpoint_files: dict[str, Any] | None = None,
         save_model: Callable[[nn.Module, Path], None] | None = None, on_nonfinite: str = "raise",
         log_every: int = 25, progress: bool = True, desc: str = "train", on_step: StepHook | None = None,
-        catch_signals: bool = True, resume_hint: str | None = None,
+        catch_signals: bool = True, resume_hint: str | Callable[[Path | None], str] | None = None,
         lr_scale: Callable[[str], float] | None = None) -> dict[str, Any]:
     """Train `model` for `steps` optimizer steps; returns the loss curve, timing and where it stopped.
 
@@ -173,7 +173,8 @@ def fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, *, steps: int, lr:
         on_step: on_step(step, record) after every update, step 1-based; record = {"step", "loss", "lr",
             "grad_norm", "tokens", "elapsed_s"}; keys it adds ("val_loss", ...) show in the progress.
         catch_signals: Ctrl-C/SIGTERM finish the step, checkpoint, return with interrupted=True.
-        resume_hint: appended to the divergence message (e.g. the CLI command that resumes with a lower lr).
+        resume_hint: appended to the divergence message (e.g. the CLI command that resumes with a lower lr);
+            a callable gets the checkpoint to resume from (None when there is none) and returns the text.
 
     Returns:
         {"curve": [[step0, loss], ...] (0-based step, every log_every and the last), "steps": updates done
@@ -327,7 +328,7 @@ def _fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, ctx: Dist, stop: 
     seconds = time.perf_counter() - started
     if diverged_at is not None:
         if o["on_nonfinite"] == "raise":
-            raise _diverged(diverged_at, cause, out, o["resume_hint"])
+            raise _diverged(diverged_at, cause, out, o["resume_hint"], start_step if o["resume"] else None)
         checkpoint = None
     else:
         checkpoint = save(step)
@@ -365,17 +366,25 @@ def _all_finite(params: list[Tensor]) -> bool:
     return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
 
 
-def _diverged(step: int, cause: str, out: Path | None, hint: str | None) -> TrainingDiverged:
+def _diverged(step: int, cause: str, out: Path | None, hint: str | Callable[[Path | None], str] | None,
+              resumed_at: int | None) -> TrainingDiverged:
     from attnlab.train.checkpoint import checkpoint_step, find_checkpoint
 
     good = find_checkpoint(out) if out is not None else None
-    if good is not None:
+    fix = hint(good) if callable(hint) else hint
+    if good is not None and resumed_at == step == checkpoint_step(good):
+        # The first update after resuming diverged: the checkpoint is finite but no good start (saved just
+        # before an earlier divergence, its weights may already be huge), so resuming it again is no fix.
+        where = (f"it diverged at the first step after resuming from {good} (step {resumed_at}): its weights "
+                 f"are finite but do not train")
+        fix = hint(None) if callable(hint) else hint
+    elif good is not None:
         where = f"the last good checkpoint is {good} (step {checkpoint_step(good)})"
     elif out is not None:
         where = f"no checkpoint had been saved yet in {out}"
     else:
         where = "no checkpoints were being written"
-    fix = hint or "lower the learning rate or lengthen the warmup"
+    fix = fix or "lower the learning rate or lengthen the warmup"
     return TrainingDiverged(f"training diverged at step {step + 1}: {cause}; nothing non-finite was saved, "
                             f"{where}; {fix}", step + 1, cause, good)
 

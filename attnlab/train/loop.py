@@ -224,9 +224,16 @@ def _train(config: TrainConfig, ctx: Dist, progress: bool, callback: Callback | 
         if callback is not None:
             callback(step, entry)
 
-    hint = ("lower the learning rate or lengthen the warmup" if out is None else
-            f"resume from it with a smaller learning rate: attnlab train --out {out} --resume "
-            f"--lr {config.lr / 10:g}")
+    smaller = min(config.lr / 10, 1e-3)  # --lr 1e30 diverges; 1e29 would too
+
+    def hint(good: Path | None) -> str:
+        if out is None:
+            return "lower the learning rate or lengthen the warmup"
+        if good is None:  # nothing to resume from: a --resume command would only fail
+            return (f"start over with a smaller learning rate: rerun the same attnlab train command with "
+                    f"--overwrite --lr {smaller:g}")
+        return (f"resume with a smaller learning rate: attnlab train --out {out} --resume --lr {smaller:g} "
+                f"(or start over: rerun the command with --overwrite --lr {smaller:g})")
     run = fit(model, _gpt_loss, batches.batch, steps=config.steps, lr=config.lr, warmup=config.warmup,
               min_lr_ratio=_floor(config), weight_decay=config.weight_decay, grad_clip=config.grad_clip,
               device=ctx.device, autocast=config.autocast, sharded_batches=True, seed=config.seed,
