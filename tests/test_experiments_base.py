@@ -13,6 +13,7 @@ from attnlab.experiments.base import (
     HELD,
     INCONCLUSIVE,
     NOT_HELD,
+    NOT_TESTABLE,
     Parts,
     check_fields,
     choose_preset,
@@ -60,9 +61,12 @@ def test_one_seed_bootstraps_over_items_instead_of_assuming_a_spread():
 
 def test_paired_ratio_over_items_uses_the_same_resampled_items():
     base = [1.0, 5.0, 2.0, 8.0, 3.0, 6.0, 4.0, 7.0]
-    ev = evidence("ratio", ["a", "b"], [{"a": [2.02 * x for x in base], "b": base}], items="windows", block=1)
+    jitter = [2.02, 2.03, 2.01, 2.02, 2.04, 2.02, 2.03, 2.02]
+    ev = evidence("ratio", ["a", "b"], [{"a": [j * x for j, x in zip(jitter, base, strict=True)], "b": base}],
+                  items="windows", block=1)
     c = claim("a is twice b", "s", "p", "a / b", ev, 2.0, "above")
-    assert c["verdict"] == HELD and c["result"]["interval"][1] - c["result"]["interval"][0] < 1e-9
+    # Unpaired, items from 1 to 8 would make the ratio's interval wide; paired, it is as narrow as the jitter.
+    assert c["verdict"] == HELD and c["result"]["interval"][1] - c["result"]["interval"][0] < 0.03
 
 
 def test_equivalence_claim_is_two_sided():
@@ -77,20 +81,28 @@ def test_equivalence_claim_is_two_sided():
         claim("close", "s", "p", "d", _seeds([0.0, 0.1]), (0.05, -0.05), "within")
 
 
-def test_unmeasurable_interval_is_inconclusive_with_the_reason():
+def test_unmeasurable_interval_is_not_testable_with_the_reason():
     one_item = claim("x", "s", "p", "e", _items([3.0]), 2.0, "above")
-    assert one_item["verdict"] == INCONCLUSIVE and not one_item["result"]["se_measured"]
+    assert one_item["verdict"] == NOT_TESTABLE and not one_item["result"]["se_measured"]
     assert "need 2" in one_item["result"]["reason"]
-    assert claim("x", "s", "p", "e", _seeds([float("nan"), 1.0]), 1.0, "above")["verdict"] == INCONCLUSIVE
+    assert claim("x", "s", "p", "e", _seeds([float("nan"), 1.0]), 1.0, "above")["verdict"] == NOT_TESTABLE
     with pytest.raises(ValueError, match="direction must be"):
         claim("x", "s", "p", "e", _seeds([1.0, 2.0]), 1.0, "sideways")
 
 
-def test_premise_not_met_makes_the_claim_inconclusive():
+def test_premise_not_met_makes_the_claim_not_testable():
     c = claim("x", "s", "p", "e", _seeds([5.0, 5.1]), 2.0, "above",
               premise=("baseline has outliers", _seeds([1.0, 1.1]), 10.0, "above"))
-    assert c["verdict"] == INCONCLUSIVE and "premise not met" in c["ours"]
-    assert recompute_verdict(c) == INCONCLUSIVE
+    assert c["verdict"] == NOT_TESTABLE and "premise not met" in c["ours"]
+    assert recompute_verdict(c) == NOT_TESTABLE
+
+
+def test_zero_width_interval_is_not_testable():
+    # Accuracy 1.0 in every seed: a ceiling, where the statistic cannot move, whichever side the threshold is.
+    for thr, direction in ((0.5, "above"), (1.5, "above"), (0.5, "below")):
+        c = claim("x", "s", "p", "e", _seeds([1.0, 1.0, 1.0]), thr, direction)
+        assert c["verdict"] == NOT_TESTABLE and "zero width" in c["result"]["reason"]
+        assert recompute_verdict(json.loads(json.dumps(c))) == NOT_TESTABLE
 
 
 def test_recompute_verdict_from_the_json_alone():
@@ -102,8 +114,10 @@ def test_recompute_verdict_from_the_json_alone():
         assert recompute_verdict(stored) == c["verdict"]
     # The stored values decide: editing them changes the recomputed verdict.
     stored = json.loads(json.dumps(claims[0]))
-    stored["data"]["per_seed"][0]["x"] = [1.0] * 6
+    stored["data"]["per_seed"][0]["x"] = [1.0, 1.01, 0.99, 1.0, 1.02, 1.0]
     assert recompute_verdict(stored) == NOT_HELD
+    stored["data"]["per_seed"][0]["x"] = [1.0] * 6  # every item the same: zero width
+    assert recompute_verdict(stored) == NOT_TESTABLE
 
 
 def test_evidence_rounds_values_and_rejects_missing_columns():

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from attnlab.experiments import depth_vs_context as dvc
-from attnlab.experiments.base import INCONCLUSIVE, recompute_verdict
+from attnlab.experiments.base import NOT_TESTABLE, recompute_verdict
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,8 @@ def test_claims_rest_on_the_convergence_premise(smoke):
         assert premise["threshold"] == dvc.CONVERGED_ACC and premise["data"]["stat"]["op"] == "min"
         assert c["result"]["se_measured"] is True
         assert recompute_verdict(c) == c["verdict"]
-    # 4 steps converge nothing: the claims cannot be judged, and say why
-    assert all(c["verdict"] == INCONCLUSIVE and "every shape converged" in c["result"]["reason"]
+    # 4 steps converge nothing: the premise fails, the claims are not testable, and say why
+    assert all(c["verdict"] == NOT_TESTABLE and "every shape converged" in c["result"]["reason"]
                for c in smoke["claims"])
 
 

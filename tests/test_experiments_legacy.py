@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from attnlab.experiments.base import HELD, INCONCLUSIVE, VERDICT_RULE
+from attnlab.experiments.base import HELD, INCONCLUSIVE, NOT_TESTABLE, VERDICT_RULE
 from attnlab.experiments.legacy import is_legacy, rejudge
 from attnlab.experiments.stats import t_quantile
 
@@ -50,13 +50,19 @@ def test_premise_interval_is_rebuilt_from_its_mean_and_two_standard_errors():
     new = rejudge(_doc([_claim([5.0, 6.0, 7.0], premise=premise)]))["claims"][0]
     lo, hi = new["result"]["premise"]["interval"]
     assert (lo, hi) == pytest.approx((12 - t_quantile(0.975, 2), 12 + t_quantile(0.975, 2)))
-    assert new["verdict"] == INCONCLUSIVE and "premise not met" in new["result"]["reason"]
+    assert new["verdict"] == NOT_TESTABLE and "premise not met" in new["result"]["reason"]
 
 
 def test_one_value_cannot_be_measured_and_says_so():
     new = rejudge(_doc([_claim([2.0])], seeds=(0,)))["claims"][0]
-    assert new["verdict"] == INCONCLUSIVE and new["result"]["se_measured"] is False
+    assert new["verdict"] == NOT_TESTABLE and new["result"]["se_measured"] is False
     assert "re-run the study" in new["result"]["reason"]
+
+
+def test_every_seed_the_same_value_is_not_testable():
+    new = rejudge(_doc([_claim([0.0, 0.0, 0.0], threshold=0.05)]))["claims"][0]
+    assert new["verdict"] == NOT_TESTABLE and "zero width" in new["result"]["reason"]
+    assert new["result"]["reason"] in new["ours"]
 
 
 def test_files_of_the_measured_rule_are_left_alone():

@@ -9,6 +9,7 @@ import pytest
 from attnlab.errors import ConfigError
 from attnlab.experiments import offbyone
 from attnlab.experiments.base import PRESETS, choose_preset
+from attnlab.experiments.verdicts import NO_VERDICT, VERDICTS
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def test_smoke_writes_results_with_provenance_and_claims(smoke_run):
     assert saved["config"]["variants"] == list(offbyone.PRESETS["smoke"].variants)
     assert saved["claims"], "offbyone must test the published claims"
     for c in saved["claims"]:
-        assert c["verdict"] in ("held", "did not hold", "inconclusive at this scale")
+        assert c["verdict"] in (*VERDICTS, NO_VERDICT)
         assert c["paper"] and c["ours"] and c["rule"]
     variants = saved["results"]["variants"]
     assert set(variants) == set(offbyone.PRESETS["smoke"].variants)

@@ -9,6 +9,7 @@ import math
 import pytest
 
 from attnlab.experiments import STUDIES, study_module
+from attnlab.experiments.verdicts import NO_VERDICT, VERDICTS
 
 SMOKE_STUDIES = [name for name in STUDIES if name != "offbyone"]
 
@@ -30,7 +31,7 @@ def test_smoke_results_are_valid_json_with_provenance_and_claims(smoke):
     assert saved["seeds"] == list(study_module(name).PRESETS["smoke"].seeds)
     assert saved["claims"], f"{name} has no claims section"
     for c in saved["claims"]:
-        assert c["verdict"] in ("held", "did not hold", "inconclusive at this scale"), c
+        assert c["verdict"] in (*VERDICTS, NO_VERDICT), c
         assert c["source"] and c["paper"] and c["rule"]
     assert saved["timings"]["total"] > 0
     page = (out / "index.html").read_text()
@@ -137,5 +138,4 @@ def test_markdown_names_the_preset_command_and_verdicts(smoke):
     name, out, doc = smoke
     md = study_markdown(out)
     assert f"attnlab run {name} --preset smoke" in md
-    assert md.count("**held**") + md.count("**did not hold**") + md.count("**inconclusive at this scale**") \
-        == len(doc["claims"])
+    assert sum(md.count(f"**{v}**") for v in (*VERDICTS, NO_VERDICT)) == len(doc["claims"])

@@ -43,7 +43,7 @@ Convergence rule (fixed here, before any run): a trained model counts when the m
 `converged_window` logged training losses (one every 25 steps) is at most `converged_loss` nats and training
 did not diverge. Seeds whose model does not converge are excluded from every claim and table that uses that
 arm (listed in results["convergence"], counted in each claim); a claim needs 2 usable seeds (1 when the config
-has one seed), else it is inconclusive with that reason.
+has one seed), else its interval cannot be measured and it is "not testable", with that reason.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ from torch import Tensor, nn
 
 from attnlab.errors import ConfigError
 from attnlab.experiments.base import (
-    INCONCLUSIVE,
+    NOT_TESTABLE,
     check_fields,
     claim,
     evidence,
@@ -352,7 +352,8 @@ def _ev(runs: dict[str, list[dict[str, Any]]], op: str, key: str, cols: list[tup
 
 def _on_converged(runs: dict[str, list[dict[str, Any]]], names: list[str], build: Any) -> dict[str, Any]:
     """build(used seed indices) -> a claim, on the seeds where all of `names` converged. With fewer than 2
-    such seeds (1 when only one was run) the claim gets no evidence and is inconclusive, with that reason."""
+    such seeds (1 when only one was run) the claim gets no evidence: its interval cannot be measured, so it is
+    not testable, with that reason."""
     total = len(runs[names[0]])
     used = _usable(runs, names)
     need = min(2, total)
@@ -365,7 +366,7 @@ def _on_converged(runs: dict[str, list[dict[str, Any]]], names: list[str], build
     if not enough:
         reason = f"{note}; the claim needs {need} (convergence rule in results['convergence'])"
         c["result"]["reason"] = reason
-        c["verdict"] = c["result"]["verdict"] = INCONCLUSIVE
+        c["verdict"] = c["result"]["verdict"] = NOT_TESTABLE
         c["ours"] = f"not measured: {reason}"
     else:
         c["ours"] += f"; {note}, used"

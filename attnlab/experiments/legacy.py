@@ -3,9 +3,11 @@
 The first rule judged m ± 2·se over seeds (with one seed it assumed se = 10% of |m|). A multi-seed file keeps
 each claim's per-seed values, and each premise's mean and m ± 2·se interval over n seeds, which gives its
 se = (hi - lo) / 4 exactly; so the measured rule's t interval over seeds (`stats.t_interval`: m ± t(n-1)·se)
-is recomputed from the file alone, with each claim's own threshold and direction. A claim with one value (a
-one-seed file, or a probe that does not depend on the seed) kept no per-item values: its interval cannot be
-measured, and it becomes inconclusive with that reason (re-run the study to judge it).
+is recomputed from the file alone, with each claim's own threshold and direction, and judged by
+`verdicts.judge` (a zero-width interval, every seed the same value, is "not testable"). A claim whose premise
+does not hold is "not testable". A claim with one value (a one-seed file, or a probe that does not depend on
+the seed) kept no per-item values: its interval cannot be measured, and it is "not testable" with that reason
+(re-run the study to judge it).
 
 `python -m attnlab.experiments.legacy results/NAME-full ...` rewrites those results files
 (and their index.html) in place.
@@ -19,8 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from attnlab.experiments.base import HELD, INCONCLUSIVE, VERDICT_RULE, describe_test, fmt, judge
+from attnlab.experiments.base import HELD, NOT_TESTABLE, VERDICT_RULE, describe_test, fmt, judge
 from attnlab.experiments.stats import LEVEL, t_interval, t_quantile
+from attnlab.experiments.verdicts import why_not_testable
 from attnlab.io import atomic_write_json
 
 OLD_RULE_MARK = "se = 10% of |m|"  # a phrase only the first rule's text holds
@@ -52,6 +55,9 @@ def rejudge_claim(c: dict[str, Any]) -> dict[str, Any]:
            "level": LEVEL, "n": iv["n"], "method": method, "se_measured": True, "seed_values": c["values"],
            "first_rule_verdict": c["verdict"]}
     ours = f"{c['effect']} = {fmt(iv['value'])} [{fmt(iv['lo'])}, {fmt(iv['hi'])}], {method}"
+    if verdict == NOT_TESTABLE:
+        res["reason"] = why_not_testable(iv)
+        ours += f" ({res['reason']})"
     old_premise = c["result"].get("premise")
     if old_premise is not None:
         piv = _premise_interval(old_premise)
@@ -60,7 +66,9 @@ def rejudge_claim(c: dict[str, Any]) -> dict[str, Any]:
         res["premise"] = {**old_premise, "interval": [piv.get("lo"), piv.get("hi")], "verdict": pverdict,
                           "method": "t interval over seeds (from the stored mean and m ± 2·se)"}
         if pverdict != HELD:
-            res["verdict"] = INCONCLUSIVE
+            if res.get("reason"):
+                ours = ours.replace(f" ({res['reason']})", "")
+            res["verdict"] = NOT_TESTABLE
             res["reason"] = (f"premise not met: {old_premise['what']} = {fmt(piv.get('value'))} "
                              f"[{fmt(piv.get('lo'))}, {fmt(piv.get('hi'))}], needs "
                              f"{describe_test(old_premise['what'], ptest)}")
@@ -72,15 +80,15 @@ def rejudge_claim(c: dict[str, Any]) -> dict[str, Any]:
 
 def _unmeasured(c: dict[str, Any]) -> dict[str, Any]:
     """A claim with one value (one seed, or a probe that does not depend on the seed): the first rule kept no
-    per-item values, so no interval can be measured; inconclusive, saying so."""
+    per-item values, so no interval can be measured: not testable, saying so."""
     reason = ("interval not measured: one value, and the first rule's file kept no per-item values; re-run "
               "the study")
-    res = {"verdict": INCONCLUSIVE, "value": c["result"].get("mean"), "mean": c["result"].get("mean"),
+    res = {"verdict": NOT_TESTABLE, "value": c["result"].get("mean"), "mean": c["result"].get("mean"),
            "interval": None, "level": LEVEL, "n": len(c["values"]), "method": "none (see reason)",
            "se_measured": False, "reason": reason, "seed_values": c["values"],
            "first_rule_verdict": c["verdict"]}
     return {**c, "ours": f"{c['effect']} = {fmt(res['value'])} ({reason})", "result": res,
-            "verdict": INCONCLUSIVE}
+            "verdict": NOT_TESTABLE}
 
 
 def rejudge(doc: dict[str, Any]) -> dict[str, Any]:
