@@ -97,6 +97,27 @@ def test_plain_transformers_and_load_model_give_the_retrofit(one_thread, tmp_pat
     torch.testing.assert_close(_logits(attnlab.load_model(tmp_path, dtype=torch.float64).model), want, **SAME)
 
 
+@pytest.mark.parametrize("arch", ["mistral", "qwen2", "gpt2", "gpt_neox"])
+def test_every_supported_architecture_round_trips(one_thread, tmp_path: Path, arch: str) -> None:
+    from test_hf import _tiny
+
+    torch.manual_seed(0)
+    model = attnlab.retrofit(_tiny(arch).double(), "sinks", gated=True)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in retrofit_parameters(model).values():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.5)
+    ids = IDS % 61
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        model.save_pretrained(tmp_path)
+        assert _config(tmp_path)["model_type"] == f"attnlab_retrofit_{arch}"
+        got = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float64)(input_ids=ids).logits
+        ours = attnlab.load_model(tmp_path, dtype=torch.float64).model(input_ids=ids).logits
+    torch.testing.assert_close(got, want, **SAME)
+    torch.testing.assert_close(ours, want, **SAME)
+
+
 def test_plain_load_generates_like_the_retrofit(one_thread, tmp_path: Path) -> None:
     model = _retrofitted("sinks", gated=True)
     model.save_pretrained(tmp_path)

@@ -93,8 +93,25 @@ def native_classes(base_type: str) -> tuple[type, type]:
     globals()[model_cls.__name__] = model_cls
     AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
     AutoModelForCausalLM.register(config_cls, model_cls, exist_ok=True)
+    _share_weight_renames(base_type, native_model_type(base_type))
+    _share_weight_renames(base_model.__name__, model_cls.__name__)
     _classes[base_type] = (config_cls, model_cls)
     return config_cls, model_cls
+
+
+def _share_weight_renames(base: str, native: str) -> None:
+    """transformers renames checkpoint keys by class name or model_type on load, and back on save
+    (GPT-NeoX's `embed_out` is `lm_head` in memory); the retrofit class and type rename as their base does."""
+    try:
+        from transformers.conversion_mapping import (
+            get_checkpoint_conversion_mapping,
+            register_checkpoint_conversion_mapping,
+        )
+    except ImportError:  # a transformers without key conversions has nothing to share
+        return
+    renames = get_checkpoint_conversion_mapping(base)
+    if renames is not None:
+        register_checkpoint_conversion_mapping(native, renames, overwrite=True)
 
 
 def register() -> None:

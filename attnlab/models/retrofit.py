@@ -183,6 +183,9 @@ def retrofit(model: nn.Module, normalizer: str = "softmax", *, gated: bool = Fal
         if isinstance(getattr(attn, "sinks", None), nn.Parameter):
             raise ConfigError(f"{type(attn).__name__} already learns attention sinks of its own (gpt-oss); "
                               f"retrofit models whose attention is plain softmax")
+    # Before anything changes: an architecture without a retrofit type is refused with the model untouched.
+    # save_pretrained then writes a model_type that transformers loads as this retrofit (hf_native).
+    hf_native.mark_native(model)
     use_attnlab_attention(model)
     for attn in layers:
         ref = next(attn.parameters())
@@ -194,7 +197,6 @@ def retrofit(model: nn.Module, normalizer: str = "softmax", *, gated: bool = Fal
             attn.register_forward_hook(_clear_gate_input, with_kwargs=True, always_call=True)
     model.config.attnlab_retrofit = {"normalizer": name, "options": opts, "gated": gated,
                                      "span": span_name(sp), "version": RECORD_VERSION}
-    hf_native.mark_native(model)  # save_pretrained then writes a model_type that transformers loads as this
     return model
 
 
