@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import platform
@@ -160,7 +161,7 @@ def atomic_folder(folder: str | Path, *, complete: Callable[[Path], bool] | None
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp makes it private; a saved model is a plain readable folder
+        private_dir_to_umask(tmp)  # mkdtemp makes it private; a saved model is a plain readable folder
     except OSError as exc:
         raise OutputError(f"cannot write in {folder.parent} ({_reason(exc)}); {fix}") from exc
     try:
@@ -183,6 +184,29 @@ def atomic_folder(folder: str | Path, *, complete: Callable[[Path], bool] | None
 
 def _reason(exc: OSError) -> str:
     return exc.strerror or str(exc)
+
+
+_FULL_DISK = ("No space left on device", "os error 28", "unexpected pos", "Disk quota exceeded")
+
+
+def write_failure(exc: BaseException) -> str | None:
+    """Why a write failed, when it is the disk's fault (full, over quota, or an I/O error), else None.
+    Writers below attnlab do not all raise OSError: torch.save reports a full disk as RuntimeError
+    ("PytorchStreamWriter failed writing file ...: unexpected pos ..."), safetensors as its own error
+    ("... os error 28")."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG):
+        return _reason(exc)
+    text = str(exc)
+    if isinstance(exc, OSError | RuntimeError) or type(exc).__name__ == "SafetensorError":
+        if any(marker in text for marker in _FULL_DISK):
+            return "no space left on device"
+    return None
+
+
+def private_dir_to_umask(path: Path) -> None:
+    """mkdtemp makes a folder 0700; one that will be renamed into a result gets the usual 0777 less the
+    umask, as mkdir would have given it."""
+    path.chmod(0o777 & ~_umask())
 
 
 def _umask() -> int:

@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from attnlab.errors import ConfigError
-from attnlab.io import atomic_write_json, atomic_write_text
+from attnlab.errors import ConfigError, OutputError
+from attnlab.io import atomic_write_json, atomic_write_text, private_dir_to_umask, write_failure
 
 CHECKPOINT = "checkpoint"
 OLD = ".checkpoint.old"
@@ -97,6 +97,7 @@ def save_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimize
     recover_checkpoint(out)  # a complete tmp left by a kill is promoted, never deleted
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=TMP_PREFIX))
     try:
+        private_dir_to_umask(tmp)  # the checkpoint folder it becomes follows the umask, as mkdir would
         (save_model or save_model_files)(model, tmp)
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         torch.save({**(state or {}), "step": step, "rng": rng_state()}, tmp / STATE_FILE)
@@ -109,9 +110,16 @@ def save_checkpoint(out: Path, model: nn.Module, optimizer: torch.optim.Optimize
         listed = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
         atomic_write_json(tmp / MARKER, {"step": step, "format": 2, "files": listed})
         _fsync_dir(tmp)
-    except Exception:
+    except Exception as exc:
         _discard(tmp)  # an error, not a kill: nothing worth keeping
-        raise
+        reason = write_failure(exc)
+        if reason is None:
+            raise
+        kept = find_checkpoint(out)
+        last = (f"the last good checkpoint, {kept} (step {checkpoint_step(kept)}), is kept"
+                if kept is not None else "no checkpoint had been saved yet")
+        raise OutputError(f"cannot save the step-{step} checkpoint in {out} ({reason}); {last}; free some "
+                          f"space, then run the same command again with --resume") from exc
     final, old = out / CHECKPOINT, out / OLD
     if final.exists():
         if checkpoint_step(final) is not None:
@@ -361,9 +369,14 @@ class MetricsLog:
     def append(self, record: dict[str, Any]) -> None:
         self.records.append(record)
         if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record) + "\n")
-                fh.flush()
+            try:
+                with open(self.path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(record) + "\n")
+                    fh.flush()
+            except OSError as exc:  # a cut line is skipped on read, and resume truncates to the checkpoint
+                raise OutputError(f"cannot append to {self.path} ({exc.strerror or exc}); the last "
+                                  f"checkpoint is kept: free some space, then run the same command again "
+                                  f"with --resume") from exc
 
 
 def check_writable(out: Path) -> None:
