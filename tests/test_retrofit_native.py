@@ -158,6 +158,21 @@ def test_without_attnlab_transformers_refuses_rather_than_loading_another_model(
     assert "model type `attnlab_retrofit_llama`" in run.stdout and "does not recognize" in run.stdout
 
 
+def test_a_script_that_only_registers_loads_the_retrofit(tmp_path: Path) -> None:
+    """The documented recipe for a transformers-only script: register(), then plain from_pretrained."""
+    model = _retrofitted("sinks", gated=True, span="window(5)")
+    model.save_pretrained(tmp_path / "m")
+    code = ("import sys, torch\nimport attnlab.models.hf_native\nattnlab.models.hf_native.register()\n"
+            "from transformers import AutoModelForCausalLM\n"
+            f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'm')!r}, dtype=torch.float64)\n"
+            f"with torch.no_grad():\n    torch.save(m(input_ids=torch.tensor({IDS.tolist()})).logits, "
+            f"{str(tmp_path / 'out.pt')!r})\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    torch.testing.assert_close(torch.load(tmp_path / "out.pt"), _logits(model), **SAME)
+
+
 # -- folders saved by an older attnlab ------------------------------------------------------------------
 def test_an_older_folder_loads_with_advice_and_upgrades(one_thread, tmp_path: Path) -> None:
     model = _retrofitted("sinks", gated=True, span="window(5)")

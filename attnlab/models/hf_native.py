@@ -11,10 +11,11 @@ the weights and checks them like any other key (none missing, none unexpected).
 
 Why registration and not `auto_map` (custom code copied into every folder): it needs no code execution
 (`trust_remote_code`), no network and no copied module that can go stale, and the folder stays plain
-config + safetensors. The cost: the process must have attnlab's model code loaded (any `attnlab.retrofit`,
-`attnlab.load_model`, or `attnlab.models.hf_native.register()`); a process without it gets transformers'
-"model type `attnlab_retrofit_llama` ... does not recognize this architecture", which names attnlab, rather
-than a different model. `import attnlab` alone does not register (it stays lazy so `attnlab --help` is fast).
+config + safetensors. The cost: the type must be registered in the process (`attnlab.retrofit` and
+`attnlab.load_model` register the architecture they handle, `register()` every supported one); a process
+without it gets transformers' "model type `attnlab_retrofit_llama` ... does not recognize this
+architecture", which names attnlab, rather than a different model. `import attnlab` alone does not register
+(it stays lazy so `attnlab --help` is fast).
 
 Folders saved by attnlab before this (base `model_type` plus an `attnlab_retrofit` record) still load with
 `attnlab.load_model`, with a warning; `upgrade_folder(dir)` rewrites their config.json in place.
@@ -64,6 +65,7 @@ def native_classes(base_type: str) -> tuple[type, type]:
                            f"retrofit")
     base_model = MODEL_FOR_CAUSAL_LM_MAPPING[base_config]
     stem = "".join(part.capitalize() for part in base_type.replace("-", "_").split("_"))
+
     def to_dict(self: Any) -> dict[str, Any]:
         # Tools that pick a class by `architectures` (vLLM's registry) must not find the plain base class.
         out = base_config.to_dict(self)
