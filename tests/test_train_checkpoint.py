@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -235,3 +237,45 @@ def test_checkpoint_folders_follow_the_umask(tmp_path, umask):
     finally:
         os.umask(before)
     assert folder.stat().st_mode & 0o777 == 0o777 & ~umask  # was 0700 (mkdtemp's) whatever the umask
+
+
+# -- kill -9 in the final save: the next --resume finishes the run's records ---------------------------------
+_KILL_IN_FINAL_SAVE = """
+import os, signal, sys
+from pathlib import Path
+from attnlab.train import checkpoint as ck
+
+real = ck._discard
+
+def discard(path):
+    # The final save moved the previous checkpoint aside; die while discarding it ({where}).
+    if path.name == ck.OLD and ck.checkpoint_step(path.parent / ck.CHECKPOINT) == {steps}:
+        if "{where}" == "after the rename":
+            os.replace(path, path.with_name(ck.TRASH_PREFIX + "killed"))
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(path)
+
+ck._discard = discard
+from attnlab.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("where", ["before the rename", "after the rename"])
+def test_resume_after_a_kill_in_the_final_save_finishes_the_records(tmp_path, capsys, where):
+    out = tmp_path / "run"
+    argv = ["train", *TINY, "--steps", "2", "--text", str(_tiny_text(tmp_path)), "--out", str(out)]
+    script = _KILL_IN_FINAL_SAVE.replace("{steps}", "2").replace("{where}", where)
+    killed = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300, check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    leftovers = sorted(p.name for p in out.glob(".checkpoint.*"))
+    assert leftovers and not (out / "summary.json").exists()  # what the kill leaves: a full stale copy
+    assert cli_main(["train", "--out", str(out), "--resume"]) == 0
+    assert "is already complete (step 2/2)" in capsys.readouterr().out
+    assert not list(out.glob(".checkpoint.*")) and ck.checkpoint_step(out / "checkpoint") == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] and summary["final_loss"] is not None
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert cli_main(["train", "--out", str(out), "--resume"]) == 0  # a finished run: nothing touched now
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before

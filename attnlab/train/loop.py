@@ -45,6 +45,7 @@ from attnlab.train.checkpoint import (
     find_checkpoint,
     load_train_config,
     missing_files,
+    recover_checkpoint,
 )
 from attnlab.train.config import RESUMABLE_FIELDS, TrainConfig, changed, diff
 from attnlab.train.distributed import Dist, resolve_device, setup_distributed
@@ -273,12 +274,26 @@ def _no_checkpoint(out: Path) -> str:
 
 
 def _complete(config: TrainConfig, out: Path, checkpoint_dir: Path, ctx: Dist) -> dict[str, Any]:
-    """The summary of a run that --resume finds already finished: read from disk, nothing written."""
+    """The summary of a run that --resume finds already finished, read from disk. A kill during or right
+    after the final save leaves its records unfinished: the leftover copies (.checkpoint.old, .trash-*) are
+    discarded and summary.json is written from metrics.jsonl. A finished run's folder is left untouched."""
+    if ctx.main:
+        checkpoint_dir = recover_checkpoint(out) or checkpoint_dir
     try:
         previous = json.loads((out / "summary.json").read_text(encoding="utf-8"))
         previous = previous if isinstance(previous, dict) else {}
     except (OSError, ValueError):
         previous = {}
+    records = MetricsLog(out / METRICS).read()
+    if not previous and ctx.main:
+        train_losses = [r["loss"] for r in records if r.get("split") == "train" and "loss" in r]
+        vals = [r["val_loss"] for r in records if r.get("split") == "val" and "val_loss" in r]
+        previous = {"step": config.steps, "steps": config.steps,
+                    "final_loss": train_losses[-1] if train_losses else None,
+                    "val_loss": vals[-1] if vals else None, "best_val_loss": min(vals) if vals else None,
+                    "out": str(out), "checkpoint": str(checkpoint_dir), "complete": True,
+                    "note": "written on --resume: the run was killed after its final checkpoint"}
+        atomic_write_json(out / "summary.json", {**previous, **provenance(config, config.seed)})
     model = GPT.from_pretrained(checkpoint_dir, map_location=ctx.device)
     summary = {key: previous.get(key) for key in ("final_loss", "val_loss", "best_val_loss", "tokens_per_s",
                                                    "elapsed_s", "text", "num_params")}
@@ -286,7 +301,7 @@ def _complete(config: TrainConfig, out: Path, checkpoint_dir: Path, ctx: Dist) -
                    resumed_from=config.steps, changed_on_resume={}, world_size=ctx.world_size,
                    device=str(ctx.device), out=str(out), checkpoint=str(checkpoint_dir),
                    resume_command=f"attnlab train --out {out} --resume --steps {2 * config.steps}",
-                   model=model, metrics=MetricsLog(out / METRICS).read(), config=config)
+                   model=model, metrics=records, config=config)
     return summary
 
 
