@@ -258,6 +258,17 @@ def test_a_non_finite_gpt_checkpoint_is_refused(one_thread, tmp_path: Path) -> N
         attnlab.load_model(tmp_path)
 
 
+def test_a_gpt_checkpoint_whose_shapes_differ_from_its_config_is_refused(one_thread, tmp_path: Path) -> None:
+    from attnlab.models import GPT, GPTConfig
+
+    GPT(GPTConfig(n_layers=1, d_model=32, n_heads=2, context=16)).save(tmp_path)
+    _edit_config(tmp_path, mlp_ratio=2)
+    with pytest.raises(ModelError, match=r"the weights do not match config\.json \(wrong shape "
+                                         r"blocks\.0\.mlp\.fc\.weight \(128x32 in the file, 64x32 in the "
+                                         r"config\), blocks\.0\.mlp\.proj\.weight .*GPT\.save$"):
+        attnlab.load_model(tmp_path)
+
+
 def test_a_missing_tensor_is_refused_unless_a_partial_load_is_asked_for(one_thread, tmp_path: Path) -> None:
     model = _retrofitted("softmax1", gated=True)
     model.save_pretrained(tmp_path)

@@ -12,6 +12,7 @@ SmolLM2-135M, one CPU thread: 0.03 s in float32, 0.13 s in bfloat16 (isfinite pe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -91,6 +92,19 @@ def quiet_load_report() -> Iterator[None]:
         hf_logging.set_verbosity(level)
 
 
+def size_mismatches(exc: BaseException) -> str | None:
+    """torch's load_state_dict size-mismatch error as "wrong shape NAME (AxB in the file, CxD in the config),
+    ..." (None when it is some other error)."""
+    found = re.findall(r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[([\d, ]*)\]\) "
+                       r"from checkpoint, the shape in current model is torch\.Size\(\[([\d, ]*)\]\)",
+                       str(exc))
+    if not found:
+        return None
+    shapes = [f"{k} ({got.replace(', ', 'x')} in the file, {want.replace(', ', 'x')} in the config)"
+              for k, got, want in found]
+    return f"wrong shape {_names(shapes)}"
+
+
 def _mismatch(entry: Any) -> str:
     # transformers reports (key, shape in the file, shape the model expects)
     if isinstance(entry, (tuple, list)) and len(entry) == 3:
@@ -109,4 +123,4 @@ def _count(bad: list[str]) -> str:
     return "1 tensor" if len(bad) == 1 else f"{len(bad)} tensors: {_names(bad)}"
 
 
-__all__ = ["check_finite", "check_loading_info", "quiet_load_report"]
+__all__ = ["check_finite", "check_loading_info", "quiet_load_report", "size_mismatches"]

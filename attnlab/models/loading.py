@@ -42,7 +42,7 @@ from attnlab.data.tokenizers import NAME_FILE as TOKENIZER_NAME_FILE
 from attnlab.errors import AttnlabError, ConfigError, ModelError, ModelNotFoundError, OutputError
 from attnlab.io import atomic_folder
 from attnlab.models.adapter import LoadedModel, from_gpt, from_hf
-from attnlab.models.integrity import check_finite, check_loading_info, quiet_load_report
+from attnlab.models.integrity import check_finite, check_loading_info, quiet_load_report, size_mismatches
 from attnlab.models.saving import follow_umask
 
 SMOLLM2 = "smollm2-135m"
@@ -248,8 +248,9 @@ def _load_attnlab(path: Path, config: dict[str, Any], *, dtype: torch.dtype,
     try:
         gpt = GPT.from_pretrained(str(path)).to(device=device, dtype=dtype)
     except RuntimeError as exc:  # load_state_dict's size mismatch: name the tensors in one line
-        raise ModelError(f"{path}: the weights do not match config.json ({_one_line(exc)[:300]}); save the "
-                         f"model again with GPT.save") from exc
+        raise ModelError(f"{path}: the weights do not match config.json "
+                         f"({size_mismatches(exc) or _one_line(exc)[:300]}); save the model again with "
+                         f"GPT.save") from exc
     # The tokenizer is a training choice, recorded next to the model by `attnlab train`.
     tokenizer = config.get("tokenizer")
     if tokenizer is None and any((path / f).is_file() for f in (TOKENIZER_NAME_FILE, "tokenizer.json")):
