@@ -220,6 +220,22 @@ def test_saved_weights_follow_the_umask(one_thread, tmp_path: Path) -> None:
     assert modes["model.safetensors"] == modes["config.json"] == modes["tokenizer.json"] == "0o644", modes
 
 
+def test_a_cache_converted_by_an_older_attnlab_gets_the_usual_mode(tmp_path: Path) -> None:
+    import os
+
+    from attnlab.models.loading import _MARKER, convert_gguf
+
+    (tmp_path / _MARKER).write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    (tmp_path / "model.safetensors").chmod(0o600)  # what transformers' save left before
+    old = os.umask(0o022)
+    try:
+        assert convert_gguf(tmp_path / "unused.gguf", tmp_path) == tmp_path  # converted already: no work
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "model.safetensors").stat().st_mode & 0o777) == "0o644"
+
+
 def test_gpt_save_pretrained_keeps_the_byte_tokenizer(one_thread, tmp_path: Path) -> None:
     from attnlab.models import GPT, GPTConfig
     from attnlab.models.adapter import from_gpt

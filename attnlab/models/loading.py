@@ -408,6 +408,10 @@ def _gguf_cache_folder(gguf: Path) -> Path:
 def convert_gguf(gguf: Path, folder: Path) -> Path:
     """Convert a GGUF file to a HF folder at `folder` (once; atomic) and return the folder."""
     if (folder / _MARKER).is_file():
+        try:
+            follow_umask(folder)  # a cache converted by an older attnlab has its weights at 0600
+        except OSError:
+            pass  # a read-only cache still loads; the mode is cosmetic there
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
