@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from attnlab.experiments.verdicts import VERDICT_COLOURS
+from attnlab.experiments.verdicts import VERDICT_COLOURS, normalize
 from attnlab.io import atomic_write_text
 from attnlab.present import Raw, badge, code, esc, figure_html, grid, label, page, para, pre, section, table
 
@@ -121,6 +121,7 @@ def bar_plot(path: str | Path, labels: Sequence[str], means: Sequence[float | No
 
 
 def verdict_badge(v: str) -> Raw:
+    v = normalize(v)  # a results file of an older rule shows today's word and colour
     return badge(v, VERDICT_COLOURS.get(v, "#57606a"))
 
 

@@ -3,7 +3,9 @@
 `study_markdown(results_dir)` renders one study's results.json: the command that reproduces it, the claims
 table (paper next to ours, with the computed verdict), the study's tables and its plots (a plot the study
 did not draw, for want of finite values, is named in a note instead of a broken image link).
-`python -m attnlab.experiments.markdown results/offbyone results/rankcollapse ...` prints the sections.
+`python -m attnlab.experiments.markdown results/offbyone results/rankcollapse ...` prints the sections;
+`python -m attnlab.experiments.markdown --counts results/offbyone ...` prints each file's verdict counts
+(`verdict_counts`), the numbers of EXPERIMENTS.md's Summary table.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from attnlab.experiments.verdicts import normalize
 
 
 def preset_of(doc: dict[str, Any]) -> str | None:
@@ -53,7 +57,7 @@ def study_markdown(results_dir: str | Path, heading_level: int = 3) -> str:
            f"{_minutes(doc['timings'])} on this machine, attnlab "
            f"{doc['provenance']['versions'].get('git_commit', '?')}).", ""]
     if doc["claims"]:
-        rows = [[c["claim"], c["source"], c["paper"], c["ours"], f"**{c['verdict']}**"]
+        rows = [[c["claim"], c["source"], c["paper"], c["ours"], f"**{normalize(c['verdict'])}**"]
                 for c in doc["claims"]]
         out += [f"{h} Claims", "", _table(["claim", "source", "paper", "ours", "verdict"], rows), ""]
     for t in doc["tables"]:
@@ -69,6 +73,15 @@ def study_markdown(results_dir: str | Path, heading_level: int = 3) -> str:
     return "\n".join(out)
 
 
+def verdict_counts(results_dir: str | Path) -> dict[str, int]:
+    """How many of a results file's claims got each verdict, in the engine's words and order."""
+    from attnlab.experiments.verdicts import NO_VERDICT, VERDICTS
+
+    doc = json.loads((Path(results_dir) / "results.json").read_text())
+    got = [normalize(c["verdict"]) for c in doc["claims"]]
+    return {v: got.count(v) for v in (*VERDICTS, NO_VERDICT) if v != NO_VERDICT or v in got}
+
+
 def _minutes(timings: dict[str, float]) -> str:
     return f"{max(timings.get('total', 0), timings.get('compute', 0)) / 60:.1f} min"
 
@@ -80,7 +93,13 @@ def _preset_seeds(study: str, preset: str) -> tuple[int, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    for d in argv if argv is not None else sys.argv[1:]:
+    args = list(argv if argv is not None else sys.argv[1:])
+    if args[:1] == ["--counts"]:
+        for d in args[1:]:
+            counts = verdict_counts(d)
+            print(f"{d}: " + ", ".join(f"{n} {v}" for v, n in counts.items()))
+        return 0
+    for d in args:
         print(study_markdown(d))
     return 0
 

@@ -85,11 +85,13 @@ def _rejudge_current(c: dict[str, Any]) -> dict[str, Any]:
     res = V.result(c["data"], test)
     if not res.get("se_measured") and not old.get("se_measured") and old.get("reason"):
         res["reason"] = old["reason"]  # a study's own reason (e.g. too few converged seeds) says more
-    if old.get("premise") is not None:
-        prem = old["premise"]
+    prem = old.get("premise")
+    if prem is not None and "data" in prem:
         ptest = {"direction": prem["direction"], "threshold": prem["threshold"]}
         res["premise"] = {"what": prem["what"], **ptest, **V.result(prem["data"], ptest),
                           "data": prem["data"]}
+    elif prem is not None:  # a premise judged without per-item data (a count of seeds): as stored
+        res["premise"] = prem
     new = copy.deepcopy({k: v for k, v in c.items() if k != "result"})
     V._settle(new, res)
     old_auto = _auto_ours(c)
