@@ -4,6 +4,7 @@ quantization, the report end to end, and bad input. The real-model tests are mar
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from attnlab.diagnose import sensitivity as S
 from attnlab.diagnose._forward import block_output, residual_stream, twice_differentiable
 from attnlab.diagnose.ablate import ablate, ablation_curves
 from attnlab.diagnose.quantize import fake_quant, fake_quantize, quantization_cost
-from attnlab.errors import ConfigError, DataError, ModelNotFoundError
+from attnlab.errors import ConfigError, DataError, ModelError, ModelNotFoundError
 from attnlab.models.adapter import from_hf
 
 
@@ -349,3 +350,28 @@ def test_report_runs_on_attnlab_gpt():
     _check_section(rep["models"][0], model, 24)
     assert rep["models"][0]["model"]["kind"] == "attnlab"
     assert rep["models"][0]["summary"]["null_sink_mass"] > 0.01  # softmax1's zero logit takes weight off
+
+
+def test_a_model_with_nan_activations_is_one_clear_error_not_an_eigh_traceback(tmp_path):
+    from attnlab.diagnose.report import run_report
+
+    model = tiny(dtype=torch.float32)
+    with torch.no_grad():
+        model.model.model.layers[1].mlp.down_proj.weight[0, 0] = math.nan  # NaN from layer 1 on
+    expected = (r"computes non-finite activations on this text \(first at blocks\.1\.hook_resid_post; loss "
+                r"nan\), .*check the model's weights")
+    with pytest.raises(ModelError, match=expected):
+        run_report(model, text="To be, or not to be, that is the question.", out=tmp_path,
+                   progress=False, config=_tiny_config())
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_spectral_metrics_of_non_finite_activations_are_nan_not_a_traceback():
+    from attnlab.diagnose.uniformity import effective_rank, singular_values, stable_rank, uniformity_summary
+
+    x = torch.randn(6, 4, dtype=torch.float64)
+    x[2, 1] = math.nan
+    assert torch.isnan(singular_values(x)).all()  # eigvalsh raised "failed to converge" on this
+    assert math.isnan(effective_rank(x)) and math.isnan(stable_rank(x))  # not 1.0, a plausible rank
+    summary = uniformity_summary(x)
+    assert math.isnan(summary["effective_rank"]) and math.isnan(summary["stable_rank"])

@@ -34,7 +34,7 @@ from attnlab.diagnose.metrics import cache_metrics
 from attnlab.diagnose.quantize import next_token_loss, perplexity, quantization_cost
 from attnlab.diagnose.sensitivity import collapse_probe, default_probe_lengths, sensitivity_profile
 from attnlab.diagnose.summary import summarize
-from attnlab.errors import ConfigError, DataError
+from attnlab.errors import ConfigError, DataError, ModelError
 
 SCHEMA_VERSION = "2.0"  # 2.0: summary.kurtosis_max is the pooled layer kurtosis (docs/diagnostics.md)
 DEFAULT_MODEL = "smollm2-135m"
@@ -184,6 +184,17 @@ def _tokens(lm: Any, passage: Passage, cfg: ReportConfig) -> torch.Tensor:
     return ids
 
 
+def _not_finite(lm: Any, cache: Any, loss: float) -> str:
+    """Where a model's activations first stop being numbers, for the one-line error: every metric past it
+    would be NaN (and a spectrum of NaN raises deep inside torch)."""
+    first = next((name for name, x in cache.items() if isinstance(x, torch.Tensor) and x.is_floating_point()
+                  and not bool(torch.isfinite(x).all())), None)
+    where = f"first at {first}" if first is not None else "in the logits"
+    return (f"{lm.name} computes non-finite activations on this text ({where}; loss {loss}), so no pathology "
+            f"can be measured: check the model's weights for NaN or inf, or use a wider --dtype if they "
+            f"overflow")
+
+
 def report_model(lm: Any, passage: Passage, cfg: ReportConfig, progress: bool = True) -> dict[str, Any]:
     """The report section of one loaded model (see the module docstring)."""
     ids = _tokens(lm, passage, cfg)
@@ -203,6 +214,8 @@ def report_model(lm: Any, passage: Passage, cfg: ReportConfig, progress: bool = 
             # only what the metrics and the summary read: every hook point would hold ~7 more (B, T, d)
             # tensors per layer
             _, cache = steps.run("capture", lm.run_with_cache, ids, names_filter=_report_points)
+        if not math.isfinite(loss):
+            raise ModelError(_not_finite(lm, cache, loss))
         metric_times: dict[str, float] = {}
         metrics = steps.run("metrics", cache_metrics, cache, lm.n_layers, cfg.top_k, metric_times)
         summary = steps.run("summary", summarize, cache, lm.n_layers)

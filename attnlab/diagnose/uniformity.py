@@ -35,6 +35,8 @@ A zero matrix has ratio, ranks and cosine 0 (nothing to measure).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -80,9 +82,12 @@ def uniformity_ratio(x: Tensor, center: str = "mean") -> float:
 def singular_values(x: Tensor) -> Tensor:
     """Singular values of X (T, d), descending, float64, as sqrt of the eigenvalues of the smaller Gram
     matrix (X X^T or X^T X): several times faster than an SVD on CPU, and exact to float64 rounding for
-    every singular value above ~1e-8 s_1, which is all the ranks here can see."""
+    every singular value above ~1e-8 s_1, which is all the ranks here can see. A non-finite X has no
+    spectrum: all NaN (eigvalsh would raise "failed to converge" instead)."""
     x = _as_2d(x, "x").double()
     gram = x @ x.T if x.shape[0] <= x.shape[1] else x.T @ x
+    if not bool(torch.isfinite(gram).all()):
+        return torch.full((gram.shape[0],), math.nan, dtype=torch.float64)
     return torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().flip(0)
 
 
@@ -90,6 +95,8 @@ def effective_rank(x: Tensor | None = None, *, s: Tensor | None = None) -> float
     """Roy & Vetterli's exp(entropy of s / sum(s)) of X (T, d), or of given singular values `s`."""
     s = singular_values(x) if s is None else s.double()
     total = s.sum()
+    if not bool(torch.isfinite(total)):
+        return math.nan  # not 1.0, which the p > 0 filter below would make of all-NaN values
     if total <= 0:
         return 0.0
     p = s / total
@@ -101,6 +108,8 @@ def stable_rank(x: Tensor | None = None, *, s: Tensor | None = None) -> float:
     """||X||_F^2 / ||X||_2^2 of X (T, d), or of given singular values `s` (descending or not)."""
     s = singular_values(x) if s is None else s.double()
     top = s.max() if s.numel() else torch.tensor(0.0)
+    if not bool(torch.isfinite(s).all()):
+        return math.nan
     if top <= 0:
         return 0.0
     return float((s ** 2).sum() / top ** 2)
