@@ -134,18 +134,6 @@ def test_a_load_of_a_load_saves_the_same_model(one_thread, tmp_path: Path) -> No
     torch.testing.assert_close(_logits(again), _logits(model), **SAME)
 
 
-def test_a_retrofitted_config_pickles_by_name(one_thread) -> None:
-    import pickle
-
-    config = _retrofitted("sinks").config
-    code = ("import pickle, sys\nc = pickle.loads(sys.stdin.buffer.read())\n"
-            "print(type(c).__name__, c.model_type, c.attnlab_retrofit['normalizer'])")
-    run = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(config), capture_output=True,
-                         timeout=300, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
-    assert run.stdout.decode().split() == ["AttnlabRetrofitLlamaConfig", "attnlab_retrofit_llama", "sinks"], \
-        run.stderr.decode()[-2000:]
-
-
 def test_without_attnlab_transformers_refuses_rather_than_loading_another_model(tmp_path: Path) -> None:
     _retrofitted("softmax1", gated=True).save_pretrained(tmp_path)
     code = ("import sys\nfrom transformers import AutoModelForCausalLM\n"
@@ -159,10 +147,18 @@ def test_without_attnlab_transformers_refuses_rather_than_loading_another_model(
 
 
 def test_a_script_that_only_registers_loads_the_retrofit(tmp_path: Path) -> None:
-    """The documented recipe for a transformers-only script: register(), then plain from_pretrained."""
+    """The documented recipe for a transformers-only script: register(), then plain from_pretrained. First,
+    the same fresh process unpickles a retrofitted config: its class is found by name."""
+    import pickle
+
     model = _retrofitted("sinks", gated=True, span="window(5)")
     model.save_pretrained(tmp_path / "m")
-    code = ("import sys, torch\nimport attnlab.models.hf_native\nattnlab.models.hf_native.register()\n"
+    (tmp_path / "config.pkl").write_bytes(pickle.dumps(model.config))
+    code = ("import pickle, sys, torch\n"
+            f"c = pickle.loads(open({str(tmp_path / 'config.pkl')!r}, 'rb').read())\n"
+            "assert type(c).__name__ == 'AttnlabRetrofitLlamaConfig', type(c)\n"
+            "assert c.attnlab_retrofit['normalizer'] == 'sinks', c\n"
+            "import attnlab.models.hf_native\nattnlab.models.hf_native.register()\n"
             "from transformers import AutoModelForCausalLM\n"
             f"m = AutoModelForCausalLM.from_pretrained({str(tmp_path / 'm')!r}, dtype=torch.float64)\n"
             f"with torch.no_grad():\n    torch.save(m(input_ids=torch.tensor({IDS.tolist()})).logits, "
