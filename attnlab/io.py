@@ -6,6 +6,7 @@ import errno
 import json
 import os
 import platform
+import re
 import shutil
 import stat
 import subprocess
@@ -16,6 +17,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so killed writes' temporaries are left alone
+    fcntl = None  # type: ignore[assignment]
 
 from attnlab.errors import AttnlabError, ConfigError, DataError, OutputError
 
@@ -129,7 +135,12 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
                           f"location")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        remove_stale_temps(path.parent, path.name, folders=False)
+        while True:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            if _claim(fd):
+                break
+            os.close(fd)  # another run's cleanup took it between mkstemp and the lock: make another
     except OSError as exc:
         raise OutputError(f"cannot write {path} ({_reason(exc)}); choose a writable location") from exc
     try:
@@ -138,7 +149,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # while the lock is held: a cleanup never takes a finished temporary
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError) and not isinstance(exc, OutputError):
@@ -160,7 +171,13 @@ def atomic_folder(folder: str | Path, *, complete: Callable[[Path], bool] | None
     folder = Path(folder)
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+        remove_stale_temps(folder.parent, folder.name, folders=True)
+        while True:
+            tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+            lock = os.open(tmp, os.O_RDONLY)
+            if _claim(lock):
+                break
+            os.close(lock)
         private_dir_to_umask(tmp)  # mkdtemp makes it private; a saved model is a plain readable folder
     except OSError as exc:
         raise OutputError(f"cannot write in {folder.parent} ({_reason(exc)}); {fix}") from exc
@@ -180,6 +197,55 @@ def atomic_folder(folder: str | Path, *, complete: Callable[[Path], bool] | None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(lock)
+
+
+# -- leftovers of killed writes -----------------------------------------------------------------------------
+# A write in progress holds an exclusive flock on its temporary file (or folder) until it is renamed into
+# place or removed; a temporary whose lock can be taken belongs to a writer that was killed, and the next
+# write of the same name removes it (a killed report write left `.report.json.*.tmp`, a killed SmolLM2
+# conversion a 213 MB `.smollm2-135m.*` folder). Where flock does not exist nothing is removed.
+
+
+def _claim(fd: int) -> bool:
+    """Lock a new temporary for this writer; False if a cleanup removed it first (its link count is 0)."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    return os.fstat(fd).st_nlink > 0
+
+
+def remove_stale_temps(folder: Path, name: str, *, folders: bool) -> None:
+    """Remove the temporaries of killed writes of `folder/name`: `.NAME.XXXXXXXX.tmp` files (atomic_write_*)
+    or `.NAME.XXXXXXXX` folders (atomic_folder) that no live writer holds."""
+    if fcntl is None:
+        return
+    pattern = re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}" + ("" if folders else r"\.tmp"))
+    try:
+        entries = [e for e in os.scandir(folder) if pattern.fullmatch(e.name)]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False) != folders:
+                continue
+            fd = os.open(entry.path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # a live writer holds it
+            os.close(fd)
+            continue
+        try:  # removed while locked: a writer that has just made it sees a link count of 0 and retries
+            if folders:
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
 
 def _reason(exc: OSError) -> str:

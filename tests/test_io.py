@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -11,12 +13,14 @@ import pytest
 
 from attnlab.errors import AttnlabError, ConfigError, DataError, OutputError
 from attnlab.io import (
+    atomic_folder,
     atomic_write_bytes,
     atomic_write_json,
     cache_dir,
     check_out_dir,
     check_out_file,
     read_file_capped,
+    remove_stale_temps,
 )
 
 
@@ -160,3 +164,47 @@ def test_read_file_capped_reads_only_a_regular_file_within_its_limit(tmp_path: P
         read_file_capped("/dev/null", "config file", 10, ConfigError)
     with pytest.raises(DataError, match=r"cannot read text .*missing\.txt \(No such file or directory\)"):
         read_file_capped(tmp_path / "missing.txt", "text", 10)
+
+
+# -- leftovers of killed writes --------------------------------------------------------------------------
+_KILLED_WRITE = """
+import os, signal, sys
+from pathlib import Path
+from attnlab import io
+
+target, kind = Path(sys.argv[1]), sys.argv[2]
+if kind == "file":
+    real = os.fsync
+    os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # dies mid-write, the temporary on disk
+    io.atomic_write_text(target, "x" * 100_000)
+else:
+    with io.atomic_folder(target) as tmp:
+        (tmp / "model.safetensors").write_bytes(b"x" * 100_000)
+        os.kill(os.getpid(), signal.SIGKILL)  # a conversion killed before its rename
+"""
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_the_next_write_removes_what_a_killed_write_left(tmp_path: Path, kind: str) -> None:
+    target = tmp_path / ("report.json" if kind == "file" else "smollm2-135m")
+    done = subprocess.run([sys.executable, "-c", _KILLED_WRITE, str(target), kind], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == -9, done.stderr[-2000:]
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(f".{target.name}."), left  # what the kill leaves
+    if kind == "file":
+        atomic_write_json(target, {"ok": True})
+    else:
+        with atomic_folder(target) as tmp:
+            (tmp / "marker").write_text("done")
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_a_live_writer_keeps_its_temporary(tmp_path: Path) -> None:
+    # The cleanup takes only temporaries whose writer is gone: one being written now is left alone.
+    target = tmp_path / "model"
+    with atomic_folder(target) as tmp:
+        (tmp / "weights").write_text("half")
+        remove_stale_temps(tmp_path, "model", folders=True)
+        assert tmp.is_dir() and (tmp / "weights").read_text() == "half"
+    assert (target / "weights").is_file() and [p.name for p in tmp_path.iterdir()] == ["model"]
