@@ -38,7 +38,20 @@ def cache_dir() -> Path:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot create {where} ({_reason(exc)}); {fix}") from exc
+    if path not in _WRITABLE_CACHES:
+        # An existing folder may still refuse writes (read-only, another user's): say so here, once, rather
+        # than as a bare errno from whichever write comes first.
+        try:
+            fd, probe = tempfile.mkstemp(dir=path, prefix=".attnlab-write-test.")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise OutputError(f"cannot write in {where} ({_reason(exc)}); {fix}") from exc
+        _WRITABLE_CACHES.add(path)
     return path
+
+
+_WRITABLE_CACHES: set[Path] = set()  # cache folders proven writable in this process
 
 
 def reject_empty(value: str | Path | None, flag: str = "--out", what: str = "") -> None:

@@ -208,3 +208,19 @@ def test_a_live_writer_keeps_its_temporary(tmp_path: Path) -> None:
         remove_stale_temps(tmp_path, "model", folders=True)
         assert tmp.is_dir() and (tmp / "weights").read_text() == "half"
     assert (target / "weights").is_file() and [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_a_cache_folder_that_refuses_writes_says_which_variable(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    # chmod does not stop root, who may run the tests: refuse the probe as a read-only folder would.
+    folder = tmp_path / "ro"
+    folder.mkdir()
+
+    def read_only(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setenv("ATTNLAB_CACHE", str(folder))
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OutputError, match=f"cannot write in ATTNLAB_CACHE={folder} \\(Permission denied\\); "
+                                          "point ATTNLAB_CACHE at a writable folder \\(or unset it\\)"):
+        cache_dir()
