@@ -24,10 +24,11 @@ def device_name(text: str) -> str:
 
 
 def add_device_flags(parser: argparse.ArgumentParser, *, what: str = "the model runs",
-                     dtype_help: str | None = None) -> None:
+                     dtype_help: str | None = None, dtypes: tuple[str, ...] = DTYPES) -> None:
+    """--device and --dtype; `dtypes`: the precisions this command accepts (its --help lists only those)."""
     parser.add_argument("--device", type=device_name, default=None, metavar="DEVICE",
                         help=f"where {what}: cpu (default), cuda, cuda:N, or auto (CUDA when there is a GPU)")
-    parser.add_argument("--dtype", choices=DTYPES, default=None,
+    parser.add_argument("--dtype", choices=dtypes, default=None,
                         help=dtype_help or "precision of the weights and activations (default float32; "
                         "bfloat16 halves memory, float64 for exact comparisons)")
 

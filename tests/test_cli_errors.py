@@ -424,3 +424,12 @@ def test_train_eval_every_without_validation_text_warns(tmp_path: Path,
 def test_train_seed_out_of_range_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _fails(capsys, ["train", "--seed", "99999999999999999999999", "--out", str(tmp_path / "o")],
            "--seed must be an integer in [0, 2**63 - 1], got 99999999999999999999999")
+
+
+def test_run_help_lists_only_the_dtypes_run_accepts(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "--dtype {float32,bfloat16}" in capsys.readouterr().out  # float16/64 were listed, then refused
+    with pytest.raises(SystemExit) as refused:
+        main(["run", "offbyone", "--dtype", "float16"])
+    assert refused.value.code == 2 and "invalid choice: 'float16'" in capsys.readouterr().err

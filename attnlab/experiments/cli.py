@@ -24,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--seeds", type=int, default=None, help=_SEEDS_HELP)
     run.add_argument("--out", default=None, help="output folder (default runs/NAME)")
     add_device_flags(run, what="the study trains its models (its probes run on the CPU)",
+                     dtypes=("float32", "bfloat16"),
                      dtype_help="training precision: float32 (no autocast) or bfloat16 (bf16 autocast); "
                      "default: bf16 autocast on CUDA, float32 on the CPU")
     run.set_defaults(func=_run)
