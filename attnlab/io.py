@@ -207,8 +207,13 @@ def atomic_folder(folder: str | Path, *, complete: Callable[[Path], bool] | None
             if complete is None or not complete(folder):
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # a concurrent writer finished between the check and here
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        reason = write_failure(exc)
+        if reason is not None and not isinstance(exc, OutputError):
+            kept = " (the previous copy is kept)" if folder.exists() else ""
+            raise OutputError(f"cannot write {folder} ({reason}){kept}; free some space or "
+                              f"{fix}") from exc
         raise
     finally:
         os.close(lock)

@@ -224,3 +224,19 @@ def test_a_cache_folder_that_refuses_writes_says_which_variable(tmp_path: Path,
     with pytest.raises(OutputError, match=f"cannot write in ATTNLAB_CACHE={folder} \\(Permission denied\\); "
                                           "point ATTNLAB_CACHE at a writable folder \\(or unset it\\)"):
         cache_dir()
+
+
+def test_a_full_disk_in_atomic_folder_is_one_line_and_keeps_the_old_copy(tmp_path: Path) -> None:
+    # safetensors reports a full disk as its own error type, "... os error 28", not as an OSError.
+    class SafetensorError(Exception):
+        pass
+
+    target = tmp_path / "model"
+    with atomic_folder(target) as tmp:
+        (tmp / "weights").write_text("old")
+    with pytest.raises(OutputError, match=r"cannot write .*model \(no space left on device\) \(the previous "
+                                          r"copy is kept\); free some space"):
+        with atomic_folder(target) as tmp:
+            raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                                  "message: \"No space left on device\" }) os error 28")
+    assert (target / "weights").read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["model"]
