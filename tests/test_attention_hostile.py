@@ -201,3 +201,16 @@ def test_meta_tensors_fail_clearly(backend: str) -> None:
         attention(q, q, q, backend=backend)
     with pytest.raises(ValueError, match=r"must be on one device"):  # one of them on meta: the device check
         attention(torch.randn(1, 2, 4, 8), q, torch.randn(1, 2, 4, 8), backend=backend)
+
+
+@pytest.mark.parametrize("norm_name", list(cases.normalizers()))
+def test_a_nan_decoding_query_gets_a_nan_row(norm_name: str) -> None:
+    # One query against a cache (the decoding path that skips the K check): its own NaN still shows.
+    q, k, v = (x.float() for x in cases.qkv(1, 1, 40, kv_heads=2))
+    q[:, 1, 0, 2] = math.nan
+    for span in ("causal", "full", Window(64)):
+        norm = cases.normalizers(torch.float32)[norm_name]
+        out = attention(q, k, v, normalizer=norm, span=span, backend="fused")
+        ref = attention(q, k, v, normalizer=norm, span=span, backend="reference")
+        assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.isnan(out[:, 1]).all()
+        assert torch.isfinite(out[:, [0, 2, 3]]).all()

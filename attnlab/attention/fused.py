@@ -57,8 +57,13 @@ def fused_attention(q: Tensor, k: Tensor, v: Tensor, normalizer: Normalizer, spa
     """Shapes as in `attnlab.attention`; k and v may have fewer heads than q."""
     # One reduction decides; finite inputs take the plain path. V is left out where the span hides no key:
     # the kernel then carries a non-finite value entry into every output it reaches (as inf or NaN), while
-    # a key at +-inf could still give a plausible row. Decoding (one query, a long cache) pays ~6% for K.
-    if all_finite(q, k, v) if _hides_keys(span, q.shape[2], k.shape[2]) else all_finite(q, k):
+    # a key at +-inf could still give a plausible row, so K is checked, except when decoding one query:
+    # there reading the whole cache again would add ~10% to the call (nonfinite.py).
+    if _hides_keys(span, q.shape[2], k.shape[2]):
+        finite = all_finite(q, k, v)
+    else:
+        finite = all_finite(q) if q.shape[2] == 1 else all_finite(q, k)
+    if finite:
         return _fused(q, k, v, normalizer, span, scale)
     # The CPU kernel turns a query row holding NaN into a finite row (nonfinite.py): run on finite Q and
     # mark those rows afterwards.
