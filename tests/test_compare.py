@@ -1,4 +1,4 @@
-"""`attnlab compare`: the real-model retrofit study, at its smoke preset on a tiny random HF Llama."""
+"""`attnlab compare` part 2 (the retrofit) and the page, at the smoke preset on a tiny random HF Llama."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import attnlab
 from attnlab.cli import main
 from attnlab.errors import ConfigError, DataError
 from attnlab.experiments.compare import PRESETS, run
-from attnlab.experiments.compare.analysis import METRICS, arm_diff, directional
 from attnlab.experiments.compare.data import eval_windows
-from attnlab.experiments.compare.measure import batched_nll
+from attnlab.experiments.compare.measure import batched_nll, measure
+from attnlab.experiments.verdicts import NO_VERDICT, recompute_verdict
 
-SMOKE = replace(PRESETS["smoke"], arms=("pretrained", "softmax", "softmax1", "gated"))
-REQUIRED = ("ppl", "token0_attention", "sink_rate", "kurtosis_max", "max_abs_activation", "w8a8_delta_ppl",
-            "a8_delta_ppl")
+SMOKE = replace(PRESETS["smoke"], arms=("pretrained", "softmax", "softmax1", "gated"), part="retrofit")
+REQUIRED = ("ppl", "token0_attention", "first_query_weight", "sink_rate", "null_mass", "kurtosis_token",
+            "kurtosis_pooled_ex0", "massive_tok0", "massive_rest", "int8_w8a8", "int8_static")
 
 
 @pytest.fixture(scope="module")
@@ -29,44 +29,71 @@ def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     return out, run(SMOKE, out, progress=False)
 
 
-def test_results_have_every_arm_and_metric_with_an_interval(smoke: tuple[Path, dict]) -> None:
-    out, doc = smoke
-    on_disk = json.loads((out / "results.json").read_text())
-    assert [a["name"] for a in on_disk["arms"]] == list(SMOKE.arms)
-    for arm in on_disk["arms"]:
+def _arms(doc: dict) -> dict:
+    return {a["name"]: a for a in doc["retrofit"]["arms"]}
+
+
+def test_every_arm_has_metrics_after_training_and_at_step0(smoke: tuple[Path, dict]) -> None:
+    out, _ = smoke
+    doc = json.loads((out / "results.json").read_text())
+    arms = _arms(doc)
+    assert list(arms) == list(SMOKE.arms) and "scratch" not in doc
+    for name, arm in arms.items():
         for key in REQUIRED:
             iv = arm["metrics"][key]
-            assert set(iv) >= {"value", "lo", "hi", "method", "n"}
-            assert iv["lo"] <= iv["value"] <= iv["hi"] or math.isclose(iv["lo"], iv["hi"])
+            assert iv["lo"] <= iv["value"] <= iv["hi"] or math.isclose(iv["lo"], iv["hi"], abs_tol=1e-12)
             assert "bootstrap over 6 windows" in iv["method"]
-    assert on_disk["provenance"]["versions"]["torch"] == torch.__version__
-    assert on_disk["config"]["arms"] == list(SMOKE.arms)
+        if name != "pretrained":
+            assert set(arm["metrics_step0"]) >= set(REQUIRED)
+    assert doc["provenance"]["versions"]["torch"] == torch.__version__
 
 
-def test_metric_values_recompute_from_the_stored_window_items(smoke: tuple[Path, dict]) -> None:
-    _, doc = smoke
-    for arm in doc["arms"]:
-        items = doc["items"][arm["name"]]["0"]
-        nll = sum(items["nll"]) / len(items["nll"])
-        assert arm["metrics"]["ppl"]["value"] == pytest.approx(math.exp(nll), rel=1e-12)
-        t0 = sum(items["first_token_attn"]) / len(items["first_token_attn"])
-        assert arm["metrics"]["token0_attention"]["value"] == pytest.approx(t0, rel=1e-12)
-
-
-def test_softmax1_moves_mass_to_the_null_sink_and_softmax_does_not(smoke: tuple[Path, dict]) -> None:
-    _, doc = smoke
-    m = {a["name"]: a["metrics"] for a in doc["arms"]}
-    assert abs(m["softmax"]["null_sink_mass"]["value"]) < 1e-6  # softmax rows sum to one
-    assert m["softmax1"]["null_sink_mass"]["lo"] > 0.01
-
-
-def test_gated_and_softmax_start_as_the_pretrained_model(smoke: tuple[Path, dict]) -> None:
+def test_arms_that_coincide_at_step0_share_the_pretrained_measurement(smoke: tuple[Path, dict]) -> None:
     out, doc = smoke
-    parts = {p.stem: json.loads(p.read_text())["result"] for p in (out / "parts").glob("*.json")}
-    pre = parts["pretrained-seed0"]["items"]["nll"]
-    for arm in ("softmax", "gated"):
-        assert parts[f"{arm}-seed0"]["nll_at_retrofit"] == pytest.approx(pre, abs=1e-6)
-    assert parts["softmax1-seed0"]["nll_at_retrofit"] != pytest.approx(pre, abs=1e-6)
+    arms = _arms(doc)
+    pre = arms["pretrained"]["metrics"]["ppl"]["value"]
+    assert arms["softmax"]["step0_group"] == arms["gated"]["step0_group"] == "pretrained"
+    assert arms["softmax"]["metrics_step0"]["ppl"]["value"] == pre == arms["gated"]["metrics_step0"]["ppl"]["value"]
+    assert arms["softmax1"]["metrics_step0"]["ppl"]["value"] != pytest.approx(pre, rel=1e-6)
+    assert sorted(p.stem for p in (out / "parts").glob("step0-*.json")) == ["step0-pretrained", "step0-softmax1"]
+
+
+def test_null_mass_is_exactly_zero_without_a_null_and_positive_with_one(smoke: tuple[Path, dict]) -> None:
+    _, doc = smoke
+    arms = _arms(doc)
+    for name in ("pretrained", "softmax", "gated"):
+        assert arms[name]["metrics"]["null_mass"] == {**arms[name]["metrics"]["null_mass"], "value": 0.0,
+                                                      "lo": 0.0, "hi": 0.0}
+    assert arms["softmax1"]["metrics"]["null_mass"]["lo"] > 0.01
+    assert arms["softmax1"]["metrics"]["first_query_weight"]["value"] < 0.99  # query 0: sigmoid(s00), not 1
+    assert arms["softmax"]["metrics"]["first_query_weight"]["value"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_effects_separate_the_swap_from_training(smoke: tuple[Path, dict]) -> None:
+    _, doc = smoke
+    eff = doc["retrofit"]["effects"]["softmax1"]
+    items = doc["retrofit"]["items"]
+    step0 = doc["retrofit"]["items_step0"]
+    # learned = trained - step 0; swap = step 0 - pretrained; both recompute from the stored window items
+    mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+    learned = mean(items["softmax1"]["0"]["token0_attention"]) - mean(step0["softmax1"]["token0_attention"])
+    swap = mean(step0["softmax1"]["token0_attention"]) - mean(step0["pretrained"]["token0_attention"])
+    # the stored items are rounded to 6 significant digits (stats.SIG_DIGITS)
+    assert eff["learned"]["token0_attention"]["value"] == pytest.approx(learned, abs=1e-7)
+    assert eff["swap"]["token0_attention"]["value"] == pytest.approx(swap, abs=1e-7)
+    assert doc["retrofit"]["effects"]["gated"]["swap"]["token0_attention"]["value"] == 0.0
+
+
+def test_int8_damage_of_a_window_does_not_depend_on_the_other_windows(smoke: tuple[Path, dict]) -> None:
+    out, _ = smoke
+    lm = attnlab.load_model(out / "gated")
+    from attnlab.experiments.compare.data import token_streams
+
+    _, held, _ = token_streams(lm.tokenizer, None, None)
+    windows = eval_windows(held, 4, 24)
+    every = measure(lm, windows, deficit=None)
+    some = measure(lm, windows[1:3], deficit=None)
+    assert some["int8_w8a8"] == pytest.approx(every["int8_w8a8"][1:3], abs=1e-12)
 
 
 def test_saved_arm_loads_back_and_gives_the_measured_perplexity(smoke: tuple[Path, dict]) -> None:
@@ -78,45 +105,40 @@ def test_saved_arm_loads_back_and_gives_the_measured_perplexity(smoke: tuple[Pat
     _, held, _ = token_streams(lm.tokenizer, None, None)
     windows = eval_windows(held, SMOKE.eval_windows, SMOKE.eval_context)
     nll = batched_nll(lm, windows)
-    gated = next(a for a in doc["arms"] if a["name"] == "gated")
-    assert math.exp(sum(nll) / len(nll)) == pytest.approx(gated["metrics"]["ppl"]["value"], rel=1e-4)
+    assert math.exp(sum(nll) / len(nll)) == pytest.approx(_arms(doc)["gated"]["metrics"]["ppl"]["value"],
+                                                          rel=1e-4)
 
 
-def test_every_claim_has_a_measured_interval_and_a_computed_verdict(smoke: tuple[Path, dict]) -> None:
-    _, doc = smoke
-    assert doc["claims"]
+def test_smoke_claims_store_their_data_and_show_no_verdict(smoke: tuple[Path, dict]) -> None:
+    out, _ = smoke
+    doc = json.loads((out / "results.json").read_text())
+    primary = [c for c in doc["claims"] if c.get("primary")]
+    assert [c["metric"] for c in primary] == ["token0_attention", "token0_attention", "int8_w8a8", "ppl"]
     for c in doc["claims"]:
-        assert c["verdict"] in ("held", "did not hold", "inconclusive")
-        assert c["result"]["se_measured"] is True and "bootstrap" in c["result"]["method"]
+        assert c["verdict"] == NO_VERDICT and c["result"]["withheld"]
+        assert recompute_verdict(c) == NO_VERDICT and c["data"]["per_seed"] and c["direction"]
+    html = (out / "compare.html").read_text()
+    assert "Smoke run: plumbing only" in html
+    assert ">held<" not in html and ">did not hold<" not in html and ">inconclusive<" not in html
 
 
 def test_page_is_self_contained_with_the_answer_and_every_arm(smoke: tuple[Path, dict]) -> None:
     out, doc = smoke
     html = (out / "compare.html").read_text()
-    assert doc["question"] in html and "Against the same fine-tuning" in html
+    assert doc["question"] in html and "the swap alone" in html and "at step 0" in html
     for arm in SMOKE.arms:
         assert f">{arm}<" in html
     assert "http://" not in html and "https://" not in html
-    assert html.count("data:image/png;base64,") >= 4
+    assert html.count("data:image/png;base64,") >= 5
 
 
 def test_rerun_reuses_every_part(smoke: tuple[Path, dict]) -> None:
     out, doc = smoke
     again = run(SMOKE, out, progress=False)
-    assert set(again["parts"]["reused"]) == {f"{a}-seed0" for a in SMOKE.arms}
     assert again["parts"]["computed"] == []
-    assert again["arms"] == doc["arms"]
-
-
-def test_directional_rule_and_paired_difference() -> None:
-    assert directional({"lo": -2.0, "hi": -1.0}, 0.0, "below") == "held"
-    assert directional({"lo": 1.0, "hi": 2.0}, 0.0, "below") == "did not hold"
-    assert directional({"lo": -1.0, "hi": 2.0}, 0.0, "below") == "inconclusive"
-    a = {"nll": [1.0, 2.0, 3.0, 4.0]}
-    b = {"nll": [1.1, 2.1, 3.1, 4.1]}
-    iv = arm_diff({0: a}, {0: b}, "ppl", "ratio")
-    assert iv["hi"] < 1.0  # every window is better by the same amount: a paired interval sees it
-    assert set(METRICS) >= set(REQUIRED)
+    assert set(again["parts"]["reused"]) == {"step0-pretrained", "step0-softmax1", "softmax-seed0",
+                                             "softmax1-seed0", "gated-seed0"}
+    assert again["retrofit"]["arms"] == doc["retrofit"]["arms"]
 
 
 def test_nan_loss_stops_that_arm_and_keeps_the_others(tmp_path: Path,
@@ -134,19 +156,20 @@ def test_nan_loss_stops_that_arm_and_keeps_the_others(tmp_path: Path,
 
     monkeypatch.setattr(fit_module, "causal_lm_loss", poisoned)
     doc = run(replace(SMOKE, arms=("softmax", "softmax1"), save_models=False), tmp_path, progress=False)
-    arms = {a["name"]: a for a in doc["arms"]}
+    arms = _arms(doc)
     assert arms["softmax1"]["diverged"]["0"]["step"] == 0
     assert "loss became nan" in arms["softmax1"]["diverged"]["0"]["cause"]
     assert arms["softmax1"]["metrics"] == {} and arms["softmax"]["metrics"]["ppl"]["value"] > 0
-    assert "Diverged: softmax1" in (tmp_path / "compare.html").read_text()
 
 
 def test_bad_input_fails_clearly_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["compare", "--arms", "softmax,quiet", "--out", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
-    assert "unknown arm(s) 'quiet'" in err and "softmax1+gated" in err
+    assert "unknown arm(s) ['quiet']" in err and "softmax1+gated" in err and "softpick" in err
     assert main(["compare", "--steps", "0", "--out", str(tmp_path / "b")]) == 2
     assert "--steps must be an integer in 1.." in capsys.readouterr().err
+    assert main(["compare", "--arms", "softpick", "--out", str(tmp_path / "c")]) == 2
+    assert "leaves part 2 (retrofit) with no arm" in capsys.readouterr().err
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(["compare", "--preset", "smoke", "--out", str(blocker)]) == 2
@@ -161,16 +184,19 @@ def test_too_short_text_names_the_fix(tmp_path: Path) -> None:
         run(replace(SMOKE, text=str(short)), tmp_path / "out", progress=False)
     with pytest.raises(ConfigError, match="eval_windows must be >= 2"):
         run(replace(SMOKE, eval_windows=1), tmp_path / "out", progress=False)
+    with pytest.raises(DataError, match="calibration"):
+        run(replace(SMOKE, calibration_windows=10**6), tmp_path / "out", progress=False)
 
 
-def test_cli_flags_reach_the_config() -> None:
+def test_cli_flags_reach_both_parts(capsys: pytest.CaptureFixture) -> None:
     import argparse
 
     from attnlab.experiments.compare.cli import config_from_args
 
-    args = argparse.Namespace(preset="smoke", arms="softmax,gated", seeds=2, model=None, steps=7,
-                              train_text=None, text=None, device="cpu", dtype="bfloat16")
+    args = argparse.Namespace(preset="quick", arms="softmax,gated,softpick", seeds=1, model=None, steps=7,
+                              train_text=None, text=None, device="cpu", dtype="bfloat16", part=None)
     config = config_from_args(args)
-    assert config.arms == ("softmax", "gated") and config.seeds == (0, 1) and config.steps == 7
-    assert config.device == "cpu" and config.autocast == "bf16"
-
+    assert config.arms == ("softmax", "gated") and config.scratch.arms == ("softmax", "gated", "softpick")
+    assert config.seeds == (0,) == config.scratch.seeds and config.steps == 7
+    assert config.device == "cpu" == config.scratch.device and config.autocast == "bf16"
+    assert "--seeds 1 gives effects without verdicts" in capsys.readouterr().err

@@ -20,7 +20,7 @@ Embedding lookups, norms and the attention softmax stay in full precision.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -92,6 +92,48 @@ def fake_quant(model: nn.Module, weights: bool = True, activations: bool = True,
             h.remove()
         for lin, w in saved:
             lin._parameters["weight"] = w
+
+
+@contextmanager
+def static_fake_quant(model: nn.Module, calibrate: Callable[[], None], bits: int = 8) -> Iterator[int]:
+    """W8A8 with *static* activation ranges, as Bondarenko et al. 2023 quantize: `calibrate()` runs the
+    model on calibration data (e.g. training text) while every nn.Linear records the max |input| it sees;
+    inside the block each input is quantized with that fixed scale (values beyond it clip), and weights
+    per tensor. Yields how many Linears. An outlier seen in calibration coarsens every later input."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layers to quantize")
+    qmax = 2 ** (bits - 1) - 1
+    ranges = {id(lin): torch.zeros(()) for lin in linears}
+
+    def record(m: nn.Module, args: tuple) -> None:
+        ranges[id(m)] = torch.maximum(ranges[id(m)], args[0].detach().abs().max().float().cpu())
+
+    handles = [lin.register_forward_pre_hook(record) for lin in linears]
+    try:
+        with torch.no_grad():
+            calibrate()
+    finally:
+        for h in handles:
+            h.remove()
+    empty = [i for i, lin in enumerate(linears) if float(ranges[id(lin)]) == 0.0]
+    if len(empty) == len(linears):
+        raise ValueError("static_fake_quant: calibration saw no input (or only zeros); give it data")
+
+    def pre(m: nn.Module, args: tuple) -> tuple:
+        scale = float(ranges[id(m)]) / qmax
+        if scale == 0.0:
+            return args
+        x = args[0]
+        return (torch.clamp(torch.round(x / scale), -qmax, qmax) * scale,) + tuple(args[1:])
+
+    with fake_quant(model, weights=True, activations=False, bits=bits) as n:
+        handles = [lin.register_forward_pre_hook(pre) for lin in linears]
+        try:
+            yield n
+        finally:
+            for h in handles:
+                h.remove()
 
 
 def next_token_loss(logits: Tensor, ids: Tensor) -> float:

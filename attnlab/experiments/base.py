@@ -136,6 +136,14 @@ class Parts:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in key)
         return self.dir / f"{safe}.json"
 
+    def has(self, key: str) -> bool:
+        """`key` was stored under this config (a `get` would reuse it)."""
+        try:
+            stored = json.loads(self._path(key).read_text())
+        except (OSError, json.JSONDecodeError):
+            return False
+        return isinstance(stored, dict) and stored.get("config_hash") == self.hash and stored.get("key") == key
+
     def get(self, key: str, compute: Callable[[], Any]) -> Any:
         path = self._path(key)
         if path.exists():

@@ -62,7 +62,7 @@ def rejudge_claim(c: dict[str, Any]) -> dict[str, Any]:
     if old_premise is not None:
         piv = _premise_interval(old_premise)
         ptest = {"direction": old_premise["direction"], "threshold": old_premise["threshold"]}
-        pverdict = judge(piv, ptest)
+        pverdict = judge(piv, ptest, premise=True)
         res["premise"] = {**old_premise, "interval": [piv.get("lo"), piv.get("hi")], "verdict": pverdict,
                           "method": "t interval over seeds (from the stored mean and m ± 2·se)"}
         if pverdict != HELD:

@@ -48,7 +48,7 @@ def first_rule_verdict(c: dict[str, Any]) -> tuple[str, str | None]:
     if prem is not None:
         ptest = {"direction": prem["direction"], "threshold": prem["threshold"]}
         piv = _stored_iv(prem)
-        if V.judge(piv, ptest) != V.HELD:
+        if V.judge(piv, ptest, premise=True) != V.HELD:
             return V.NOT_TESTABLE, (f"premise not met: {prem['what']} = {V.interval_text(piv)}, needs "
                                     f"{V.describe_test(prem['what'], ptest)}")
     iv = _stored_iv(res)
@@ -88,7 +88,7 @@ def _rejudge_current(c: dict[str, Any]) -> dict[str, Any]:
     prem = old.get("premise")
     if prem is not None and "data" in prem:
         ptest = {"direction": prem["direction"], "threshold": prem["threshold"]}
-        res["premise"] = {"what": prem["what"], **ptest, **V.result(prem["data"], ptest),
+        res["premise"] = {"what": prem["what"], **ptest, **V.result(prem["data"], ptest, premise=True),
                           "data": prem["data"]}
     elif prem is not None:  # a premise judged without per-item data (a count of seeds): as stored
         res["premise"] = prem

@@ -239,6 +239,7 @@ def _double_exp_rate(ys: list[float], params: Mapping[str, Any]) -> float:
 # op -> f(column means in `args` order, params): the statistics claims use.
 STAT_OPS: dict[str, Callable[[list[float], Mapping[str, Any]], float]] = {
     "mean": lambda m, p: m[0],
+    "exp_mean": lambda m, p: math.exp(m[0]),  # a perplexity from a mean NLL
     "ratio": lambda m, p: _ratio(m[0], m[1]),
     "diff": lambda m, p: m[0] - m[1],
     "exp_ratio": lambda m, p: math.exp(m[0] - m[1]),  # a perplexity ratio from two mean NLLs

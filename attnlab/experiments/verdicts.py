@@ -80,18 +80,21 @@ def evidence(op: str, args: Sequence[str], per_seed: Sequence[dict[str, Sequence
 
 
 def _zero_width(iv: dict[str, Any]) -> bool:
+    # Relative to the values themselves: an interval of 1e-13-sized values that differ is a measurement.
     lo, hi = iv["lo"], iv["hi"]
-    return hi - lo <= 1e-12 * max(1.0, abs(lo), abs(hi))
+    return hi - lo <= 1e-12 * max(abs(lo), abs(hi))
 
 
-def judge(interval: dict[str, Any], test: dict[str, Any]) -> str:
+def judge(interval: dict[str, Any], test: dict[str, Any], *, premise: bool = False) -> str:
     """The rule (module docstring) applied to a measured interval.
 
     test: {"direction": "above"|"below", "threshold": T} or {"direction": "within", "threshold": [lo, hi]}.
+    premise: judge a premise, which asks only which side of its threshold the value is on: a zero-width
+    interval there (accuracy 1.0 in every seed against "learned the task: > 0.5") is met, not untestable.
     """
     if not interval.get("measured"):
         return NOT_TESTABLE
-    if _zero_width(interval):
+    if _zero_width(interval) and not premise:
         return NOT_TESTABLE
     direction, thr = test["direction"], test["threshold"]
     if direction == "within":
@@ -138,14 +141,15 @@ def interval_text(iv: dict[str, Any]) -> str:
     return f"{fmt(iv['value'])} [{fmt(iv['lo'])}, {fmt(iv['hi'])}]"
 
 
-def result(ev: dict[str, Any], test: dict[str, Any], level: float = LEVEL) -> dict[str, Any]:
-    """The verdict of evidence `ev` under `test`, with the interval it rests on."""
+def result(ev: dict[str, Any], test: dict[str, Any], level: float = LEVEL, *,
+           premise: bool = False) -> dict[str, Any]:
+    """The verdict of evidence `ev` under `test`, with the interval it rests on (premise: see `judge`)."""
     iv = measure(ev, level=level)
-    out = {"verdict": judge(iv, test), "value": iv["value"], "mean": iv["value"],
+    out = {"verdict": judge(iv, test, premise=premise), "value": iv["value"], "mean": iv["value"],
            "interval": [iv["lo"], iv["hi"]] if iv.get("measured") else None, "level": iv["level"],
            "n": iv["n"], "method": iv["method"], "se_measured": bool(iv.get("measured")),
            "seed_values": iv["seed_values"]}
-    reason = iv.get("reason") if not iv.get("measured") else why_not_testable(iv)
+    reason = iv.get("reason") if not iv.get("measured") else (None if premise else why_not_testable(iv))
     if reason:
         out["reason"] = reason
     return out
@@ -153,7 +157,7 @@ def result(ev: dict[str, Any], test: dict[str, Any], level: float = LEVEL) -> di
 
 def claim(claim: str, source: str, paper: str, effect: str, data: dict[str, Any],
           threshold: float | Sequence[float], direction: str, ours: str | None = None,
-          premise: tuple[str, dict[str, Any], float, str] | None = None, *,
+          premise: tuple[str, dict[str, Any], float, str] | dict[str, Any] | None = None, *,
           primary: bool | None = None, **extra: Any) -> dict[str, Any]:
     """A claims entry whose verdict is computed from `data` (an `evidence(...)`), never given.
 
@@ -169,10 +173,12 @@ def claim(claim: str, source: str, paper: str, effect: str, data: dict[str, Any]
     res = result(data, test)
     d = {"claim": claim, "source": source, "paper": paper, "effect": effect, "threshold": test["threshold"],
          "direction": test["direction"], "data": data, "test": describe_test(effect, test), **extra}
-    if premise is not None:
+    if isinstance(premise, dict):  # precomputed, e.g. `count_premise`
+        res["premise"] = premise
+    elif premise is not None:
         what, pdata, pthr, pdir = premise
         ptest = make_test(pdir, pthr)
-        res["premise"] = {"what": what, **ptest, **result(pdata, ptest), "data": pdata}
+        res["premise"] = {"what": what, **ptest, **result(pdata, ptest, premise=True), "data": pdata}
     if primary is not None:
         d["primary"] = bool(primary)
     _settle(d, res)
@@ -186,13 +192,36 @@ def _settle(d: dict[str, Any], res: dict[str, Any]) -> None:
     prem = res.get("premise")
     if prem is not None and prem["verdict"] != HELD:
         res["verdict"] = NOT_TESTABLE
-        res["reason"] = (f"premise not met: {prem['what']} = {interval_text(res_iv(prem))}, needs "
-                         f"{describe_test(prem['what'], prem)}")
+        res["reason"] = f"premise not met: {_premise_text(prem)}"
     if d.get("primary") is False and res["verdict"] != NOT_TESTABLE:
         res["verdict_at_95"] = res["verdict"]
         res["verdict"] = NO_VERDICT
         res["reason"] = "exploratory: not a primary endpoint of this study"
     d["result"], d["verdict"], d["values"] = res, res["verdict"], res["seed_values"]
+
+
+def count_premise(what: str, values: Sequence[float | None], threshold: float, min_count: int) -> dict[str, Any]:
+    """A premise judged by counting seeds, fixed in code before the run: "`what` > threshold in at least
+    `min_count` of the seeds" (e.g. the softmax control grew a sink in >= 4 of 5 seeds). Held or not."""
+    count = sum(1 for v in values if v is not None and math.isfinite(v) and v > threshold)
+    return {"what": what, "kind": "count", "values": [None if v is None else float(v) for v in values],
+            "threshold": float(threshold), "min_count": int(min_count), "count": count,
+            "verdict": HELD if count >= min_count else NOT_HELD}
+
+
+def _premise_text(prem: dict[str, Any]) -> str:
+    if prem.get("kind") == "count":
+        return (f"{prem['what']} > {fmt(prem['threshold'])} in {prem['count']} of {len(prem['values'])} seeds, "
+                f"needs {prem['min_count']}")
+    return (f"{prem['what']} = {interval_text(res_iv(prem))}, needs {describe_test(prem['what'], prem)}")
+
+
+def _premise_holds(prem: dict[str, Any]) -> bool:
+    """The premise replayed from its stored data."""
+    if prem.get("kind") == "count":
+        return count_premise(prem["what"], prem["values"], prem["threshold"], prem["min_count"])["verdict"] == HELD
+    test = {"direction": prem["direction"], "threshold": prem["threshold"]}
+    return judge(measure(prem["data"]), test, premise=True) == HELD
 
 
 def _ours_text(d: dict[str, Any]) -> str:
@@ -265,10 +294,8 @@ def recompute_verdict(claim_dict: dict[str, Any]) -> str:
     if res.get("withheld"):
         return NO_VERDICT
     premise = res.get("premise")
-    if premise is not None:
-        ptest = {"direction": premise["direction"], "threshold": premise["threshold"]}
-        if judge(measure(premise["data"]), ptest) != HELD:
-            return NOT_TESTABLE
+    if premise is not None and not _premise_holds(premise):
+        return NOT_TESTABLE
     level = (res.get("holm") or {}).get("level", LEVEL)
     test = {"direction": claim_dict["direction"], "threshold": claim_dict["threshold"]}
     v = judge(measure(claim_dict["data"], level=level), test)
@@ -305,5 +332,5 @@ def fmt(x: Any, digits: int = 3) -> str:
 
 
 __all__ = ["HELD", "INCONCLUSIVE", "NOT_HELD", "NOT_TESTABLE", "NO_VERDICT", "VERDICTS", "VERDICT_COLOURS",
-           "VERDICT_RULE", "apply_holm", "claim", "describe_test", "evidence", "judge", "normalize",
+           "VERDICT_RULE", "apply_holm", "claim", "count_premise", "describe_test", "evidence", "judge", "normalize",
            "recompute_holm", "recompute_verdict", "withhold"]

@@ -1,123 +1,111 @@
-"""`attnlab compare`: does adding one to the softmax denominator help, and with what? Asked of a real
-pretrained LM (SmolLM2-135M by default), retrofitted with each attention variant and fine-tuned alike.
+"""`attnlab compare`: does adding one to the softmax denominator help, and with what? Answered in two parts.
 
-Arms (config.ARMS): `pretrained` (no fine-tuning, the reference row), `softmax` (fine-tuned with nothing
-changed: the control that separates fine-tuning from the variant), `softmax1`, `sinks` (a learned sink logit
-per layer and head, gpt-oss style), `clipped` (Bondarenko et al. 2023), `gated` (a per-head output gate from
-the block's normed input, Bondarenko et al. 2023 / Qiu et al. 2025, exactly open at init) and
-`softmax1+gated`. Each arm is `attnlab.retrofit(model, ...)` on a copy of the same weights, fine-tuned on
-the same token stream with the same optimizer, schedule and trainable set (config.py), then measured on
-held-out windows (measure.py); intervals and verdicts come from analysis.py, the page from page.py.
+Part 1, from scratch (the decisive half): identical small GPTs trained on Bigram-Backcopy (Guo et al. 2024),
+a task on which softmax attention provably grows a first-token sink, differing only in attention (softmax,
+softmax1, learned sinks, gated, softmax1+gated, softpick, clipped); 5 seeds; verdicts on primary endpoints
+named before the run (scratch_claims.py). Part 2, the retrofit: SmolLM2-135M (its Q4_1 GGUF, dequantized)
+retrofitted with each variant and fine-tuned alike, measured right after the swap (step 0) and after
+training, so what the swap does is told apart from what training does (analysis.py).
 
-Outputs in OUT: results.json (schema in docs/experiments.md, "compare"), compare.html, one folder per
-fine-tuned arm (seed 0) that `attnlab.load_model(OUT/ARM)` and every `--model` flag accept, and parts/
-(the per-arm, per-seed results a resumed run reuses). The from-scratch GPT study is `attnlab run offbyone`.
+Outputs in OUT: results.json (schema in docs/experiments.md, "compare": part 1 under "scratch"),
+compare.html, one folder per fine-tuned arm (seed 0) that `attnlab.load_model(OUT/ARM)` accepts, and the
+resumable parts (OUT/parts for the retrofit, OUT/scratch/parts for part 1).
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from attnlab.experiments.compare.config import ARMS, CONTROL, PRESETS, Config, check_config
+from attnlab.experiments.compare.config import ARMS, CONTROL, PRESETS, STEP0, Config, check_config
 
 QUESTION = "Does adding one to the softmax denominator help, and with what?"
 
 
 def run(config: Config, out_dir: str | Path, progress: bool = True,
         command: str | None = None) -> dict[str, Any]:
-    """Run the study (resuming finished parts in OUT/parts) and write results.json and compare.html."""
-    from attnlab.experiments.base import Parts
-    from attnlab.experiments.compare.data import check_train_tokens, eval_windows, token_streams
-    from attnlab.experiments.compare.run import _say, load_base, run_arm
+    """Run the parts `config.part` asks for (resuming finished parts) and write results.json and
+    compare.html; a finished part's numbers are never recomputed by a rerun with the same settings."""
     from attnlab.io import check_out_dir
 
     check_config(config)
     out = check_out_dir(out_dir)
     t0 = time.perf_counter()
-    base = load_base(config)
-    train_tokens, held, data_desc = token_streams(base.tokenizer, config.train_text, config.text)
-    windows = eval_windows(held, config.eval_windows, config.eval_context)
-    if any(ARMS[a] is not None for a in config.arms):
-        check_train_tokens(train_tokens, config.context)
-    timings = {"load": time.perf_counter() - t0}
-    parts = Parts(out, config)
-    per_arm: dict[str, dict[int, dict[str, Any]]] = {}
-    for arm in config.arms:
-        seeds = config.seeds[:1] if ARMS[arm] is None else config.seeds
-        for seed in seeds:
-            _say(progress, f"arm {arm}, seed {seed}")
-            res = parts.get(f"{arm}-seed{seed}",
-                            lambda arm=arm, seed=seed: run_arm(base, arm, seed, config, train_tokens, windows,
-                                                               out, progress))
-            per_arm.setdefault(arm, {})[seed] = res
-    timings["arms"] = time.perf_counter() - t0 - timings["load"]
-    doc = assemble(config, per_arm, windows.shape, data_desc, base, timings, parts, command)
+    doc: dict[str, Any] = {"study": "compare", "schema_version": 2, "question": QUESTION,
+                           "preset": config.preset, "smoke": config.preset == "smoke", "part": config.part}
+    timings: dict[str, float] = {}
+    computed: list[str] = []
+    reused: list[str] = []
+    if config.part in ("both", "scratch"):
+        from attnlab.experiments.compare.scratch import run_scratch
+        from attnlab.experiments.compare.scratch_report import assemble_scratch
+
+        results, sparts = run_scratch(config.scratch, out, progress)
+        doc["scratch"] = assemble_scratch(config.scratch, results, smoke=doc["smoke"])
+        timings["scratch"] = time.perf_counter() - t0
+        computed += [f"scratch/{k}" for k in sparts.computed]
+        reused += [f"scratch/{k}" for k in sparts.reused]
+    if config.part in ("both", "retrofit"):
+        t1 = time.perf_counter()
+        doc["retrofit"], rparts = run_retrofit(config, out, progress)
+        timings["retrofit"] = time.perf_counter() - t1
+        computed += rparts.computed
+        reused += rparts.reused
+    claims = [*doc.get("scratch", {}).get("claims", []), *doc.get("retrofit", {}).get("claims", [])]
+    for part in ("scratch", "retrofit"):
+        if part in doc:
+            doc[part].pop("claims", None)
+    from attnlab.experiments.verdicts import VERDICT_RULE
+    from attnlab.io import atomic_write_json, provenance
+
+    cmd = command or f"attnlab compare --preset {config.preset} --part {config.part}"
+    doc.update({"command": cmd, "config": asdict(config), "claims": claims, "verdict_rule": VERDICT_RULE,
+                "timings": {k: round(v, 2) for k, v in {**timings, "total": time.perf_counter() - t0}.items()},
+                "parts": {"reused": reused, "computed": computed},
+                "provenance": provenance(config, config.seeds[0])})
+    atomic_write_json(out / "results.json", doc, strict=True)
     from attnlab.experiments.compare.page import write_page
 
     write_page(doc, out)
     return doc
 
 
-def assemble(config: Config, per_arm: dict[str, dict[int, dict[str, Any]]], windows_shape: tuple[int, ...],
-             data_desc: str, base: Any, timings: dict[str, float], parts: Any,
-             command: str | None) -> dict[str, Any]:
-    from dataclasses import asdict
+def run_retrofit(config: Config, out: Path, progress: bool) -> tuple[dict[str, Any], Any]:
+    """Part 2: the step-0 measurements, then every (arm, seed) fine-tuned and measured."""
+    from attnlab.experiments.base import Parts
+    from attnlab.experiments.compare.data import check_train_tokens, eval_windows, token_streams
+    from attnlab.experiments.compare.run import _say, load_base, run_arm, run_step0
 
-    from attnlab.experiments.compare.analysis import (
-        answer,
-        answer_lines,
-        arm_metrics,
-        compact,
-        differences,
-        make_claims,
-        metric_interval,
-    )
-    from attnlab.experiments.compare.layers import layer_profiles
-    from attnlab.io import atomic_write_json, provenance
-    from attnlab.present import fmt_num
+    t0 = time.perf_counter()
+    base = load_base(config)
+    train_tokens, held, data_desc = token_streams(base.tokenizer, config.train_text, config.text)
+    windows = eval_windows(held, config.eval_windows, config.eval_context)
+    calibration = eval_windows(train_tokens, config.calibration_windows, config.eval_context,
+                               source="the calibration (training) text")
+    if any(ARMS[a] is not None for a in config.arms):
+        check_train_tokens(train_tokens, config.context)
+    retrofit_keys = {k: v for k, v in asdict(config).items() if k not in ("scratch", "part", "preset")}
+    parts = Parts(out, retrofit_keys)
+    step0: dict[str, Any] = {}
+    for group in dict.fromkeys(["pretrained", *(STEP0[a] for a in config.arms if a in STEP0)]):
+        step0[group] = parts.get(f"step0-{group}", lambda g=group: run_step0(base, g, windows, calibration,
+                                                                               progress))["items"]
+    per_arm: dict[str, dict[int, dict[str, Any]]] = {}
+    for arm in config.arms:
+        if ARMS[arm] is None:
+            continue  # the pretrained row is step0["pretrained"]
+        for seed in config.seeds:
+            _say(progress, f"part 2 (retrofit): arm {arm}, seed {seed}")
+            per_arm.setdefault(arm, {})[seed] = parts.get(
+                f"{arm}-seed{seed}", lambda arm=arm, seed=seed: run_arm(base, arm, seed, config, train_tokens,
+                                                                        windows, calibration, out, progress))
+    from attnlab.experiments.compare.retrofit_report import assemble_retrofit
 
-    measured = {arm: {s: r["items"] for s, r in runs.items() if "items" in r}
-                for arm, runs in per_arm.items()}
-    measured = {arm: runs for arm, runs in measured.items() if runs}
-    metrics = {arm: arm_metrics(runs, arm) for arm, runs in measured.items()}
-    diffs = differences(measured)
-    arms = []
-    for arm, runs in per_arm.items():
-        entry: dict[str, Any] = {"name": arm, "retrofit": ARMS[arm], "metrics": metrics.get(arm, {}),
-                                 "per_layer": layer_profiles(measured.get(arm, {})),
-                                 "seeds": sorted(runs)}
-        trains = {s: r["train"] for s, r in runs.items() if "train" in r}
-        if trains:
-            entry["train"] = {str(s): t for s, t in trains.items()}
-            entry["diverged"] = {str(s): {"step": t["diverged_at"], "cause": t["cause"]}
-                                 for s, t in trains.items() if t["diverged_at"] is not None} or None
-            nll0 = [r["nll_at_retrofit"] for r in runs.values() if "nll_at_retrofit" in r]
-            if nll0:
-                entry["ppl_at_retrofit"] = compact(metric_interval({"nll": nll0[0]}, "ppl"))
-        saved = [r.get("saved") for r in runs.values() if r.get("saved")]
-        if saved:
-            entry["saved"] = saved[0]
-        arms.append(entry)
-    claims = make_claims(measured, metrics)
-    cmd = command or f"attnlab compare --arms {','.join(config.arms)} --steps {config.steps}"
-    doc = {
-        "study": "compare", "schema_version": 1, "question": QUESTION,
-        "answer": answer(diffs, metrics, fmt_num),
-        "answer_lines": answer_lines(diffs, metrics, fmt_num),
-        "command": cmd, "config": asdict(config),
-        "model": {"name": base.name, "source": base.source, "layers": base.n_layers, "heads": base.n_heads,
-                  "d_model": base.d_model},
-        "data": data_desc, "windows": {"n": int(windows_shape[0]), "tokens": int(windows_shape[1])},
-        "control": CONTROL, "arms": arms, "differences": diffs, "claims": claims,
-        "timings": {k: round(v, 2) for k, v in {**timings, "compute": sum(parts.seconds.values())}.items()},
-        "parts": {"reused": parts.reused, "computed": parts.computed},
-        "items": {arm: {str(s): items for s, items in runs.items()} for arm, runs in measured.items()},
-        "provenance": provenance(config, config.seeds[0]),
-    }
-    atomic_write_json(Path(parts.dir).parent / "results.json", doc)
-    return doc
+    doc = assemble_retrofit(config, per_arm, step0, windows.shape, data_desc, base)
+    doc["seconds"] = time.perf_counter() - t0
+    return doc, parts
 
 
 __all__ = ["ARMS", "CONTROL", "Config", "PRESETS", "QUESTION", "run"]

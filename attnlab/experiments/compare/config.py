@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attnlab.errors import ConfigError
+from attnlab.experiments.compare.scratch_config import SCRATCH_PRESETS, ScratchConfig, check_scratch
 
 # arm -> how `attnlab.retrofit` builds it (None: no fine-tuning; the pretrained reference row)
 ARMS: dict[str, dict[str, Any] | None] = {
@@ -23,6 +24,14 @@ ARMS: dict[str, dict[str, Any] | None] = {
     "softmax1+gated": {"normalizer": "softmax1", "gated": True},
 }
 CONTROL = "softmax"  # fine-tuned with nothing changed: separates the effect of fine-tuning from the variant
+# arm -> the retrofitted model it is right after the swap, before any training ("step 0"). Arms that
+# coincide there share one measurement: retrofit softmax and an open gate (2 sigmoid(0) = 1) are the
+# pretrained function exactly; learned sinks start at logit 0, which is softmax1.
+STEP0 = {"softmax": "pretrained", "gated": "pretrained", "softmax1": "softmax1", "sinks": "softmax1",
+         "softmax1+gated": "softmax1", "clipped": "clipped"}
+# what 1 - row sum is for each arm: weight on no key ("null"), weight clipped away ("clipped"), or nothing
+DEFICIT = {"softmax1": "null", "sinks": "null", "softmax1+gated": "null", "clipped": "clipped"}
+PARTS = ("both", "scratch", "retrofit")
 SINK_INIT = 0.0
 """The learned sinks arm starts as softmax1 (sink logit 0) and learns each head's logit from there; a sink
 far below the row's log-sum-exp (attnlab.models.retrofit.SINK_INIT) would start as softmax but cannot
@@ -55,22 +64,28 @@ class Config:
     device: str = "auto"
     autocast: str = "auto"  # fine-tuning: "auto" (bf16 on CUDA, off on the CPU), "bf16" or "off"
     save_models: bool = True
+    calibration_windows: int = 4  # training windows that calibrate the static int8 quantizer
+    part: str = "both"  # "scratch" (part 1), "retrofit" (part 2) or both
+    scratch: ScratchConfig = field(default_factory=ScratchConfig)
+    preset: str = "custom"  # the preset this config came from: "smoke" shows no verdicts
     notes: dict[str, Any] = field(default_factory=dict)
 
 
 PRESETS: dict[str, Config] = {
-    # CI: a tiny random HF Llama with a byte tokenizer; exercises every arm, save and reload in seconds.
+    # CI: a tiny random HF Llama with a byte tokenizer and a tiny from-scratch part; plumbing, no verdicts.
     "smoke": Config(model="tiny-llama", steps=3, batch_size=2, context=32, lr=1e-3, warmup=1,
-                    eval_windows=6, eval_context=48),
-    # The default (`make demo`): SmolLM2-135M, attention projections + each arm's parameters, one seed,
-    # intervals from a paired bootstrap over the held-out windows; sized for <= 15 min on 2 CPU cores
-    # (measured alone: 3.0 s per fine-tuning step of 4 x 96 tokens, ~57 s to measure one arm on 12 x 193
-    # tokens; 24 steps with 12 x 193 took 16 min 17 s for all arms, results/compare-24steps/).
-    "quick": Config(),
-    # >= 3 seeds (different data orders), all parameters, longer; resumable per arm and seed; CUDA + bf16
-    # autocast when a GPU is present.
-    "full": Config(seeds=(0, 1, 2), steps=300, batch_size=8, context=256, lr=5e-5, warmup=30,
-                   trainable="all", eval_windows=64, eval_context=256),
+                    eval_windows=6, eval_context=48, calibration_windows=2, scratch=SCRATCH_PRESETS["smoke"],
+                    preset="smoke"),
+    # The default (`make demo`), <= 20 min on 2 CPU cores for both parts: part 1 at 5 seeds (verdicts),
+    # part 2 at one seed (effects with intervals over windows; no verdicts: training variance unmeasured).
+    "quick": Config(eval_windows=8, scratch=SCRATCH_PRESETS["quick"], preset="quick"),
+    # The retrofit's verdicts: 3 seeds (data orders), sized for under an hour on 2 CPU cores.
+    "standard": Config(seeds=(0, 1, 2), eval_windows=10, scratch=SCRATCH_PRESETS["standard"],
+                       preset="standard"),
+    # More seeds, all parameters, longer; resumable per arm and seed; CUDA + bf16 autocast when present.
+    "full": Config(seeds=(0, 1, 2, 3, 4), steps=300, batch_size=8, context=256, lr=5e-5, warmup=30,
+                   trainable="all", eval_windows=64, eval_context=256, scratch=SCRATCH_PRESETS["full"],
+                   preset="full"),
 }
 
 
@@ -79,8 +94,8 @@ def check_config(c: Config) -> None:
     unknown = [a for a in c.arms if a not in ARMS]
     if unknown:
         raise ConfigError(f"unknown arm(s) {', '.join(map(repr, unknown))}; choose from {', '.join(ARMS)}")
-    if not c.arms:
-        raise ConfigError(f"no arms to run; choose from {', '.join(ARMS)}")
+    if not c.arms and c.part != "scratch":
+        raise ConfigError(f"no retrofit arms to run; choose from {', '.join(ARMS)} (or --part scratch)")
     if len(set(c.arms)) != len(c.arms):
         raise ConfigError(f"an arm is listed twice in {', '.join(c.arms)}")
     if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in c.seeds) or not c.seeds:
@@ -108,7 +123,13 @@ def check_config(c: Config) -> None:
         raise ConfigError(f"autocast must be one of {', '.join(AUTOCAST)}, got {c.autocast!r}")
     if c.trainable not in TRAINABLE:
         raise ConfigError(f"trainable must be one of {', '.join(TRAINABLE)}, got {c.trainable!r}")
+    if c.part not in PARTS:
+        raise ConfigError(f"--part must be one of {', '.join(PARTS)}, got {c.part!r}")
+    if not (isinstance(c.calibration_windows, int) and c.calibration_windows >= 1):
+        raise ConfigError(f"calibration_windows must be a positive integer, got {c.calibration_windows!r}")
+    if c.part in ("both", "scratch"):
+        check_scratch(c.scratch)
 
 
-__all__ = ["ARMS", "CONTROL", "Config", "NEW_PARAM_LR", "PRESETS", "SINK_INIT",
+__all__ = ["ARMS", "CONTROL", "DEFICIT", "PARTS", "STEP0", "Config", "NEW_PARAM_LR", "PRESETS", "SINK_INIT",
            "TRAINABLE", "check_config"]

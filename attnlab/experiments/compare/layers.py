@@ -28,7 +28,7 @@ def layer_profiles(per_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
     seeds = sorted(per_seed)
     if not seeds:
         return out
-    for key in LAYER_KEYS.values():
+    for key in LAYER_KEYS:
         per = [_layers(per_seed[s], key) for s in seeds]
         if any(p is None for p in per):
             continue

@@ -1,4 +1,4 @@
-"""The compare study's results as Markdown tables (what EXPERIMENTS.md section 0 shows), rebuilt from a
+"""The compare study's results as Markdown (what EXPERIMENTS.md section 0 shows), rebuilt from a
 results.json so that no number is typed by hand:
 
     python -m attnlab.experiments.compare.markdown runs/compare
@@ -11,8 +11,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from attnlab.experiments.compare.page import LABELS, TABLE_METRICS
-
 
 def _iv(iv: dict[str, Any] | None) -> str:
     from attnlab.present import fmt_interval
@@ -21,42 +19,60 @@ def _iv(iv: dict[str, Any] | None) -> str:
 
 
 def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def _table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    return [_row(columns), _row(["---"] * len(columns)), *(_row(r) for r in rows), ""]
+
+
+def _claims(claims: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for c in claims:
+        iv = c["result"].get("interval")
+        ours = _iv({"value": c["result"]["value"], "lo": iv[0], "hi": iv[1]}) if iv else "not measured"
+        kind = "primary" if c.get("primary") else "exploratory"
+        reason = c["result"].get("reason")
+        rows.append([c["claim"], f"{c['source']}: {c['paper']}", ours + (f" ({reason})" if reason else ""),
+                     c["test"], kind, f"**{c['verdict']}**"])
+    return _table(["claim", "paper", "ours", "test", "endpoint", "verdict"], rows)
 
 
 def tables(doc: dict[str, Any]) -> str:
-    arms = doc["arms"]
-    lines = [_row(["metric"] + [a["name"] for a in arms]), _row(["---"] * (len(arms) + 1))]
-    for m in TABLE_METRICS:
-        if any(m in a["metrics"] for a in arms):
-            lines.append(_row([LABELS[m]] + [_iv(a["metrics"].get(m)) for a in arms]))
-    lines.append(_row(["perplexity at retrofit"] + [_iv(a.get("ppl_at_retrofit")) for a in arms]))
-    out = ["Every arm (value [95% interval]):", "", *lines, ""]
-    diffs = doc.get("differences") or {}
-    if diffs:
-        metrics = [m for m in TABLE_METRICS if any(m in per for per in diffs.values())]
-        out += [f"Difference from the control ({doc['control']}), paired over the same windows "
-                f"(**bold**: the interval excludes zero):", "",
-                _row(["arm"] + [LABELS[m] for m in metrics]), _row(["---"] * (len(metrics) + 1))]
-        for arm, per in diffs.items():
-            cells = [arm]
-            for m in metrics:
-                iv = per.get(m)
-                text = _iv(iv)
-                cells.append(f"**{text}**" if iv and (iv["lo"] > 0 or iv["hi"] < 0) else text)
-            out.append(_row(cells))
-        out.append("")
-    out += ["Claims:", "", _row(["claim", "paper", "ours", "test", "verdict"]), _row(["---"] * 5)]
-    for c in doc["claims"]:
-        ours = f"{_iv(c.get('interval'))}" + (f" ({c['reason']})" if c.get("reason") else "")
-        out.append(_row([c["claim"], f"{c['source']}: {c['paper']}", ours, c["test"], f"**{c['verdict']}**"]))
-    lines = doc.get("answer_lines")
-    out += ["", "Answer (computed): " + (doc["answer"] if not lines else ""), ""]
-    if lines:
-        from attnlab.experiments.compare.analysis import ANSWER_LEAD
+    from attnlab.experiments.compare.page_parts import SCRATCH_TABLE, sentences
+    from attnlab.experiments.compare.scratch_claims import METRIC_LABELS
 
-        out[-2] += ANSWER_LEAD
-        out += [f"- {line}" for line in lines] + [""]
+    out = ["Answer (computed):", "", *(f"- {s}" for s in sentences(doc)), ""]
+    if "scratch" in doc:
+        arms = doc["scratch"]["arms"]
+        out += ["Part 1, every arm (value [95% interval over seeds]):", ""]
+        out += _table(["metric"] + [a["name"] for a in arms],
+                      [[METRIC_LABELS[k]] + [_iv(a["metrics"].get(k)) for a in arms] for k in SCRATCH_TABLE])
+        out += ["Part 1 claims:", "", *_claims([c for c in doc["claims"] if c.get("part") == "scratch"])]
+    if "retrofit" in doc:
+        from attnlab.experiments.compare.analysis import EFFECT_METRICS, LABELS, TABLE_METRICS
+
+        r = doc["retrofit"]
+        cols, rows = [], []
+        for a in r["arms"]:
+            cols.append(a["name"])
+            if a["name"] != "pretrained" and "metrics_step0" in a:
+                cols.append(f"{a['name']} (step 0)")
+        for m in TABLE_METRICS:
+            row = [LABELS[m]]
+            for a in r["arms"]:
+                row.append(_iv(a["metrics"].get(m)))
+                if a["name"] != "pretrained" and "metrics_step0" in a:
+                    row.append(_iv(a["metrics_step0"].get(m)))
+            rows.append(row)
+        out += ["Part 2, every arm after fine-tuning and at step 0 (value [95% interval]):", "",
+                *_table(["metric"] + cols, rows)]
+        erows = [[f"{arm}: {kind}"] + [_iv(k.get(kind, {}).get(m)) for m in EFFECT_METRICS]
+                 for arm, k in r["effects"].items() for kind in ("swap", "learned", "total")]
+        out += ["Part 2 effects (swap = step 0 - pretrained; learned = trained - step 0; total = trained - "
+                "trained control; perplexity as a ratio):", "",
+                *_table(["effect"] + [LABELS[m] for m in EFFECT_METRICS], erows)]
+        out += ["Part 2 claims:", "", *_claims([c for c in doc["claims"] if c.get("part") == "retrofit"])]
     return "\n".join(out)
 
 

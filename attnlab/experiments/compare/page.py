@@ -1,5 +1,7 @@
-"""compare.html: the question, the computed answer, every arm before -> after with intervals, per-layer
-plots, the fine-tuning curves, the claims, provenance and the command that reproduces the run."""
+"""compare.html: the question, one computed sentence per part, a forest plot of the primary endpoints, then
+part 1 (from scratch) and part 2 (the retrofit) with their tables, plots and claims, and provenance.
+
+A smoke run says so in a banner and shows no verdict badges: its numbers test the plumbing, not a claim."""
 
 from __future__ import annotations
 
@@ -7,17 +9,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from attnlab.experiments.compare.analysis import ANSWER_LEAD, LABELS
-from attnlab.experiments.compare.config import CONTROL
+from attnlab.experiments.verdicts import NO_VERDICT, VERDICT_COLOURS, VERDICT_RULE
 
-TABLE_METRICS = ("ppl", "token0_attention", "sink_rate", "null_sink_mass", "kurtosis_max",
-                 "max_abs_activation", "w8a8_delta_ppl", "a8_delta_ppl", "w8a8_token_delta_ppl",
-                 "a8_token_delta_ppl")
-VERDICT_COLOURS = {"held": "green", "did not hold": "red", "inconclusive": "grey"}
-OFFBYONE_RESULTS = Path("runs") / "offbyone" / "results.json"
+SMOKE_BANNER = ("Smoke run: plumbing only. The models are tiny and barely trained, so the numbers below test "
+                "that every part runs and is written; they are not findings, and no claim is judged.")
 
 
-def _cell(iv: dict[str, Any] | None) -> str:
+def cell(iv: dict[str, Any] | None) -> str:
     from attnlab.present import fmt_interval
 
     if not iv:
@@ -25,147 +23,107 @@ def _cell(iv: dict[str, Any] | None) -> str:
     return fmt_interval(iv["value"], iv["lo"], iv["hi"])
 
 
-def arm_table(doc: dict[str, Any]) -> Any:
-    from attnlab.present import table
-
-    arms = doc["arms"]
-    rows = []
-    for m in TABLE_METRICS:
-        if not any(m in a["metrics"] for a in arms):
-            continue
-        rows.append([LABELS[m]] + [_cell(a["metrics"].get(m)) for a in arms])
-    rows.append(["perplexity at retrofit (before fine-tuning)"]
-                + [_cell(a.get("ppl_at_retrofit")) for a in arms])
-    methods = sorted({iv["method"] for a in arms for iv in a["metrics"].values()})
-    note = ("Each cell: value [95% interval]. `pretrained` is the model before anything; every other column "
-            "is after the same fine-tuning. Intervals: " + "; ".join(methods) + ".")
-    return _scroll(table(rows, ["metric"] + [a["name"] for a in arms], title="Every arm, before -> after",
-                         note=note))
-
-
-def _scroll(html: Any) -> Any:
+def scroll(html: Any) -> Any:
     """Wide tables (7 arms x intervals) scroll sideways instead of running off the page."""
     from attnlab.present import Raw
 
     return Raw(f"<div style='overflow-x:auto'>{html}</div>")
 
 
-def diff_table(doc: dict[str, Any]) -> Any:
-    from attnlab.present import Raw, bold, table
+def claims_table(claims: list[dict[str, Any]], title: str, smoke: bool) -> Any:
+    """Primary endpoints first (with their verdicts), then the exploratory claims (effects, no verdict)."""
+    from attnlab.present import Raw, badge, esc, table
 
-    diffs = doc.get("differences") or {}
-    if not diffs:
+    if not claims:
         return ""
-    metrics = sorted({m for per in diffs.values() for m in per}, key=list(TABLE_METRICS).index)
-    rows = []
-    for arm, per in diffs.items():
-        row: list[Any] = [arm]
-        for m in metrics:
-            iv = per.get(m)
-            text = _cell(iv)
-            measured = iv is not None and (iv["lo"] > 0 or iv["hi"] < 0)
-            row.append(bold(text) if measured else Raw(text))
-        rows.append(row)
-    return _scroll(table(rows, ["arm"] + [LABELS[m] for m in metrics],
-                 title=f"Difference from the control ({CONTROL}, fine-tuned alike)",
-                 note="Bold: the 95% interval excludes zero (paired over the same held-out windows)."))
+    rows: list[Any] = []
+    for group, chosen in (("Primary endpoints (Holm-corrected family, named before the run)",
+                           [c for c in claims if c.get("primary")]),
+                          ("Exploratory (effect and 95% interval; no verdict)",
+                           [c for c in claims if not c.get("primary")])):
+        if not chosen:
+            continue
+        rows.append(group)
+        for c in chosen:
+            v = c["verdict"]
+            shown = "" if smoke or v == NO_VERDICT else badge(v, VERDICT_COLOURS.get(v, "#57606a"))
+            reason = c["result"].get("reason")
+            ours = esc(c["ours"].split(" (")[0] if reason else c["ours"])
+            rows.append([shown, Raw(f"{esc(c['claim'])}<br><span class='muted'>{esc(c['source'])}: "
+                                    f"{esc(c['paper'])}</span>"),
+                         Raw(f"{ours}" + (f"<br><span class='muted'>{esc(reason)}</span>" if reason else "")),
+                         c["test"]])
+    return scroll(table(rows, ["verdict", "claim", "ours", "test"], title=title,
+                        note=f"Verdict rule: {VERDICT_RULE}"))
 
 
-def claims_table(doc: dict[str, Any]) -> Any:
-    from attnlab.present import badge, table
-
-    rows = []
-    for c in doc["claims"]:
-        iv = c.get("interval")
-        ours = f"{c['effect']} = {_cell(iv)}" if iv else "not measured"
-        why = f" ({c['reason']})" if c.get("reason") else ""
-        rows.append([badge(c["verdict"], VERDICT_COLOURS.get(c["verdict"], "grey")), c["claim"],
-                     f"{c['source']}: {c['paper']}", ours + why, c["test"]])
-    return table(rows, ["verdict", "claim", "paper", "ours", "test"], title="Claims, with computed verdicts",
-                 note="Verdict rule: the 95% interval of the effect wholly on the claimed side of the "
-                      "threshold -> held; wholly on the other side -> did not hold; else inconclusive. "
-                      "Equivalence claims: held when the interval lies inside the stated margins.")
-
-
-def layer_figures(doc: dict[str, Any]) -> list[Any]:
-    from attnlab.present import figure, figure_html, has_data, plot_layers, png_data_uri
-
+def forest_figures(doc: dict[str, Any]) -> list[Any]:
+    """Each arm's effect on the primary endpoints, with its interval: one figure per part, one panel per
+    endpoint (a comparison with the control; the control's own premise-like claim is in the tables)."""
     cards = []
-    for key, logy in (("token0_layer", False), ("null_sink_mass_layer", False), ("kurtosis_layer", True),
-                      ("max_abs_layer", True)):
-        series = {a["name"]: (p["value"], p["lo"], p["hi"]) for a in doc["arms"]
-                  if (p := a.get("per_layer", {}).get(key))}
-        fig, ax = figure(6.0, 3.4)
-        plot_layers(ax, series)
-        ax.set_ylabel(LABELS[key])
-        if logy:
-            from attnlab.present import log_axis
-
-            log_axis(ax, "y")
-        if series:
-            ax.legend(fontsize=7, ncol=2)
-        src = png_data_uri(fig) if has_data(fig) else None
-        cards.append(figure_html(src, f"{LABELS[key]} per layer, every arm (points: mean over held-out "
-                                      f"windows; bars: 95% interval)", title=f"{LABELS[key]} by layer"))
+    for part, title in (("scratch", "Part 1 (from scratch)"), ("retrofit", "Part 2 (retrofit)")):
+        rows: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for c in doc["claims"]:
+            iv = c["result"].get("interval")
+            if c.get("part") != part or not c.get("primary") or iv is None or " - " not in c["effect"] \
+                    and " / " not in c["effect"]:
+                continue
+            panel = c.get("label", c["effect"]) + (f" ({c['kind']})" if c.get("kind") else "")
+            rows.setdefault(panel, []).append((c["arm"], {"value": c["result"]["value"], "lo": iv[0],
+                                                          "hi": iv[1], "null": 1.0 if "/" in c["effect"] else 0.0}))
+        if rows:
+            cards.append(_forest(rows, title))
     return cards
 
 
-def curve_figure(doc: dict[str, Any]) -> Any:
-    from attnlab.present import figure, figure_html, has_data, plot_series, png_data_uri
+def _forest(rows: dict[str, list[tuple[str, dict[str, Any]]]], title: str) -> Any:
+    import numpy as np
 
-    series = {}
-    for a in doc["arms"]:
-        for seed, t in (a.get("train") or {}).items():
-            if t["curve"]:
-                xs = [p[0] + 1 for p in t["curve"]]
-                ys = [p[1] for p in t["curve"]]
-                series[f"{a['name']} (seed {seed})"] = (xs, ys, None, None)
-    fig, ax = figure(6.0, 3.4)
-    if series:
-        plot_series(ax, series)
-        ax.legend(fontsize=7, ncol=2)
-    ax.set_xlabel("fine-tuning step")
-    ax.set_ylabel("training loss (nats/token)")
+    from attnlab.present import figure, figure_html, has_data, png_data_uri
+
+    n = len(rows)
+    tallest = max(len(r) for r in rows.values())
+    fig, axes = figure(2.8 * n + 0.6, 0.9 + 0.32 * tallest, ncols=n)
+    for ax, (panel, pts) in zip(np.atleast_1d(axes), rows.items()):
+        for i, (_arm, iv) in enumerate(pts):
+            ax.errorbar([iv["value"]], [i], xerr=[[max(iv["value"] - iv["lo"], 0)], [max(iv["hi"] - iv["value"], 0)]],
+                        fmt="o", ms=4, capsize=3, color="#0969da")
+        ax.set_yticks(range(len(pts)))
+        ax.set_yticklabels([a for a, _ in pts], fontsize=7)
+        ax.set_ylim(-0.6, len(pts) - 0.4)
+        ax.set_title(panel, fontsize=8)
+        ax.axvline(pts[0][1]["null"], color="grey", lw=0.8, ls="--")
     src = png_data_uri(fig) if has_data(fig) else None
-    return figure_html(src, "Fine-tuning loss of every arm on the same token stream.", title="Fine-tuning")
+    return figure_html(src, f"{title}: each arm's effect on the primary endpoints against the softmax control "
+                            f"(a difference; perplexity as a ratio), with its interval at the Holm-corrected "
+                            f"level. Dashed: no effect.", title=f"{title}: primary endpoints", wide=True)
 
 
 def write_page(doc: dict[str, Any], out: Path) -> Path:
+    from attnlab.experiments.compare.page_parts import retrofit_sections, scratch_sections, sentences
     from attnlab.io import atomic_write_text
-    from attnlab.present import Raw, code, details, esc, grid, page, para, pre, section
+    from attnlab.present import Raw, code, details, esc, page, para, pre, section
 
-    cfg = doc["config"]
-    lead = [doc["question"],
-            f"{doc['model']['name']}: {doc['model']['layers']} layers, {doc['model']['heads']} heads. "
-            f"{cfg['steps']} fine-tuning steps of {cfg['batch_size']} x {cfg['context']} tokens "
-            f"({cfg['trainable']} parameters trained), seed(s) {', '.join(map(str, cfg['seeds']))}, "
-            f"{doc['windows']['n']} held-out windows of {doc['windows']['tokens'] - 1} predictions."]
-    diverged = [f"{a['name']} (seed {s}): stopped at step {d['step']}: {d['cause']}"
-                for a in doc["arms"] for s, d in (a.get("diverged") or {}).items()]
-    answer = [para(doc["answer"])]
-    if doc.get("answer_lines"):
-        items = "".join(f"<li>{esc(line)}</li>" for line in doc["answer_lines"])
-        answer = [para(ANSWER_LEAD), Raw(f"<ul>{items}</ul>")]
-    if diverged:
-        answer.append(para("Diverged: " + "; ".join(diverged)))
-    sections = [section("The answer", *answer),
-                section("Arms", arm_table(doc), diff_table(doc)),
-                section("Claims", claims_table(doc)),
-                section("Per layer", grid(layer_figures(doc))),
-                section("Fine-tuning", grid([curve_figure(doc)])),
-                section("Provenance",
-                        para("Reproduce:"), code(doc["command"]),
-                        para(f"Data: {doc['data']}"),
-                        details("config, versions, timings",
-                                pre(json.dumps({"config": cfg, "versions": doc["provenance"]["versions"],
-                                                "timings": doc["timings"]}, indent=2))))]
-    offbyone = out.parent / "offbyone" / "results.json" if out.name == "compare" else OFFBYONE_RESULTS
-    if offbyone.is_file():
-        sections.append(section("From scratch", para(
-            f"The same question on small GPTs trained from scratch: {offbyone.parent / 'index.html'} "
-            f"(`attnlab run offbyone`).")))
-    html = page("attnlab compare: adding one to the denominator, on a real model", sections, lead=lead)
+    smoke = bool(doc.get("smoke"))
+    lead = [doc["question"]]
+    if smoke:
+        lead.insert(0, Raw(f"<div style='background:#fff8c5;color:#1f2328;border:1px solid #d4a72c;"
+                           f"padding:8px'>"
+                           f"<b>{esc(SMOKE_BANNER)}</b></div>"))
+    answer = [Raw("<ul>" + "".join(f"<li>{esc(s)}</li>" for s in sentences(doc)) + "</ul>"),
+              *forest_figures(doc)]
+    sections = [section("The answer", *answer)]
+    if "scratch" in doc:
+        sections += scratch_sections(doc, smoke)
+    if "retrofit" in doc:
+        sections += retrofit_sections(doc, smoke)
+    sections.append(section(
+        "Provenance", para("Reproduce:"), code(doc["command"]),
+        details("config, versions, timings", pre(json.dumps(
+            {"config": doc["config"], "versions": doc["provenance"]["versions"], "timings": doc["timings"]},
+            indent=2, default=str)))))
+    html = page("attnlab compare: adding one to the softmax denominator", sections, lead=lead)
     return atomic_write_text(out / "compare.html", html)
 
 
-__all__ = ["write_page"]
+__all__ = ["SMOKE_BANNER", "cell", "claims_table", "scroll", "write_page"]

@@ -1,7 +1,7 @@
 """`run(config, out_dir)`: fine-tune every arm from the same pretrained weights and measure it.
 
 Per (arm, seed) the work is one resumable part (`experiments.base.Parts`): retrofit a fresh copy of the
-pretrained model (`attnlab.retrofit`), measure its perplexity at retrofit time, fine-tune it through the one
+pretrained model (`attnlab.retrofit`), fine-tune it through the one
 trainer (`attnlab.train.fit`) on the seed's token order, save it (seed 0: `OUT/ARM`, loadable with
 `attnlab.load_model`), then measure it on the held-out windows. A killed run resumes at the first part not
 yet written; an arm whose loss or weights go non-finite stops with its step and cause, and the other arms
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from attnlab.errors import ConfigError
-from attnlab.experiments.compare.config import ARMS, NEW_PARAM_LR, SINK_INIT, Config
+from attnlab.experiments.compare.config import ARMS, DEFICIT, NEW_PARAM_LR, SINK_INIT, Config
 
 
 def load_base(config: Config) -> Any:
@@ -106,10 +106,7 @@ def save_arm(lm: Any, folder: Path) -> None:
     from attnlab.io import atomic_folder
 
     with atomic_folder(folder) as tmp:
-        lm.model.save_pretrained(str(tmp))
-        hf_tok = getattr(lm.tokenizer, "hf", None)
-        if hf_tok is not None:
-            hf_tok.save_pretrained(str(tmp))
+        lm.save_pretrained(tmp)  # the model and its tokenizer, files at the umask's modes
 
 
 def _say(progress: bool, text: str) -> None:
@@ -118,14 +115,14 @@ def _say(progress: bool, text: str) -> None:
 
 
 def run_arm(base: Any, arm: str, seed: int, config: Config, train_tokens: torch.Tensor,
-            windows: torch.Tensor, out: Path, progress: bool) -> dict[str, Any]:
-    from attnlab.experiments.compare.measure import batched_nll, measure
+            windows: torch.Tensor, calibration: torch.Tensor, out: Path, progress: bool) -> dict[str, Any]:
+    """Fine-tune one (arm, seed) from the pretrained weights and measure it (the pretrained arm: measure)."""
+    from attnlab.experiments.compare.measure import measure
 
     started = time.perf_counter()
     lm = arm_model(base, arm)
     result: dict[str, Any] = {"arm": arm, "seed": seed}
     if ARMS[arm] is not None:
-        result["nll_at_retrofit"] = batched_nll(lm, windows)
         result["train"] = fine_tune(lm, config, train_tokens, seed, progress, desc=f"{arm} (seed {seed})")
         if result["train"]["diverged_at"] is not None:
             t = result["train"]
@@ -137,9 +134,21 @@ def run_arm(base: Any, arm: str, seed: int, config: Config, train_tokens: torch.
             save_arm(lm, out / arm)
             result["saved"] = str(out / arm)
     _say(progress, f"measuring {arm} (seed {seed}) on {windows.shape[0]} held-out windows")
-    result["items"] = measure(lm, windows)
+    result["items"] = measure(lm, windows, deficit=DEFICIT.get(arm), calibration=calibration)
     result["seconds"] = time.perf_counter() - started
     return result
 
 
-__all__ = ["arm_model", "fine_tune", "load_base", "run_arm", "save_arm", "set_trainable"]
+def run_step0(base: Any, group: str, windows: torch.Tensor, calibration: torch.Tensor,
+              progress: bool) -> dict[str, Any]:
+    """Measure the retrofitted model right after the swap, before any training (STEP0's group)."""
+    from attnlab.experiments.compare.measure import measure
+
+    started = time.perf_counter()
+    lm = arm_model(base, group)
+    _say(progress, f"measuring {group} at step 0 (swapped, not trained) on {windows.shape[0]} windows")
+    items = measure(lm, windows, deficit=DEFICIT.get(group), calibration=calibration)
+    return {"group": group, "items": items, "seconds": time.perf_counter() - started}
+
+
+__all__ = ["arm_model", "fine_tune", "load_base", "run_arm", "run_step0", "save_arm", "set_trainable"]
