@@ -26,7 +26,7 @@ from typing import Any, TextIO
 COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("attnlab.experiments.cli", "run one study and write results.json, PNG plots and index.html"),
     "compare": ("attnlab.experiments.cli",
-                "the main job: retrofit SmolLM2 with softmax1, sinks, clipped, gated ... and measure"),
+                "the main job: does +1 in the softmax denominator help? from scratch, then retrofit"),
     "report": ("attnlab.diagnose.cli",
                "diagnose models: every pathology per layer and head, in one HTML report"),
     "stream": ("attnlab.stream.cli", "streaming inference: cache policies, perplexity, generation"),

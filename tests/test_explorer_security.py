@@ -156,8 +156,8 @@ def test_cli_warns_and_prints_the_token_url_for_a_non_loopback_host(monkeypatch,
     import attnlab
     from attnlab.explorer import cli, engine
 
-    monkeypatch.setattr(attnlab, "load_model", lambda name: object())
-    monkeypatch.setattr(engine, "Explorer", lambda loaded, name: stub)
+    monkeypatch.setattr(attnlab, "load_model", lambda name, **kw: object())
+    monkeypatch.setattr(engine, "Explorer", lambda loaded, name, **kw: stub)
     monkeypatch.setattr(ExplorerServer, "serve_forever", lambda self: None)
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers())

@@ -49,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
     check_port_free(args.host, args.port)  # before the model loads: a busy port should cost no minutes
     print(f"attnlab explore: loading {args.model} ...", file=sys.stderr, flush=True)
     loaded = attnlab.load_model(args.model, **load_kwargs(args))
-    print(f"attnlab explore: loaded in {loaded.load_seconds or 0:.1f} s; preparing the page ...",
+    seconds = getattr(loaded, "load_seconds", None) or 0.0  # a stand-in model (tests) has no timing
+    print(f"attnlab explore: loaded in {seconds:.1f} s; preparing the page ...",
           file=sys.stderr, flush=True)
     explorer = Explorer(loaded, name=args.model, progress=True)
     try:
