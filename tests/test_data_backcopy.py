@@ -26,7 +26,8 @@ def test_every_position_follows_the_rule() -> None:
                 assert P[prev, int(x[n, i])] > 0
     assert (t[:, :-1] == x[:, 1:]).all() and (t[:, -1] == -100).all()
     trig, dorm = d.meta["trigger"], d.meta["dormant"]
-    assert not (trig & dorm).any() and ((trig | dorm) == d.mask.clone().index_fill_(1, torch.tensor([0]), False)).all()
+    scored_after_bos = d.mask.clone().index_fill_(1, torch.tensor([0]), False)
+    assert not (trig & dorm).any() and ((trig | dorm) == scored_after_bos).all()
     assert all(int(x[n, i]) in triggers for n, i in trig.nonzero().tolist())
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnlab.diagnose.peaks import massive_ratio, norm_peak, token_kurtosis
 from attnlab.diagnose.outliers import layer_kurtosis
+from attnlab.diagnose.peaks import massive_ratio, norm_peak, token_kurtosis
 
 
 def test_per_token_kurtosis_is_gaussian_and_not_pinned_by_token0s_spike(gen: torch.Generator) -> None:

@@ -43,7 +43,8 @@ def bigram_chain(vocab: int = DEFAULTS["vocab"], alpha: float = DEFAULTS["alpha"
     if v is None or v < 2:
         raise ValueError(f"vocab must be an integer >= 2 (a chain needs two tokens), got {vocab!r}")
     if not (isinstance(alpha, (int, float)) and alpha > 0):
-        raise ValueError(f"alpha (the Dirichlet concentration of the chain's rows) must be > 0, got {alpha!r}")
+        raise ValueError(f"alpha (the Dirichlet concentration of the chain's rows) must be > 0, got "
+                         f"{alpha!r}")
     g = _generator(chain_seed)
     # Dirichlet(alpha) = normalised Gamma(alpha, 1) draws. torch's Gamma sampler takes no generator, and
     # the chain must not depend on the global RNG, so the draws are Marsaglia & Tsang's on g.

@@ -16,7 +16,8 @@ from torch import Tensor
 
 def _check(x: Tensor) -> Tensor:
     if x.dim() != 3 or x.shape[1] < 2:
-        raise ValueError(f"residual stream must have shape (batch, tokens >= 2, d_model), got {tuple(x.shape)}")
+        raise ValueError(f"residual stream must have shape (batch, tokens >= 2, d_model), got "
+                         f"{tuple(x.shape)}")
     return x.detach().double()
 
 

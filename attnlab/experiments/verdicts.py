@@ -200,7 +200,8 @@ def _settle(d: dict[str, Any], res: dict[str, Any]) -> None:
     d["result"], d["verdict"], d["values"] = res, res["verdict"], res["seed_values"]
 
 
-def count_premise(what: str, values: Sequence[float | None], threshold: float, min_count: int) -> dict[str, Any]:
+def count_premise(what: str, values: Sequence[float | None], threshold: float, min_count: int
+                  ) -> dict[str, Any]:
     """A premise judged by counting seeds, fixed in code before the run: "`what` > threshold in at least
     `min_count` of the seeds" (e.g. the softmax control grew a sink in >= 4 of 5 seeds). Held or not."""
     count = sum(1 for v in values if v is not None and math.isfinite(v) and v > threshold)
@@ -211,15 +212,16 @@ def count_premise(what: str, values: Sequence[float | None], threshold: float, m
 
 def _premise_text(prem: dict[str, Any]) -> str:
     if prem.get("kind") == "count":
-        return (f"{prem['what']} > {fmt(prem['threshold'])} in {prem['count']} of {len(prem['values'])} seeds, "
-                f"needs {prem['min_count']}")
+        return (f"{prem['what']} > {fmt(prem['threshold'])} in {prem['count']} of {len(prem['values'])} "
+                f"seeds, needs {prem['min_count']}")
     return (f"{prem['what']} = {interval_text(res_iv(prem))}, needs {describe_test(prem['what'], prem)}")
 
 
 def _premise_holds(prem: dict[str, Any]) -> bool:
     """The premise replayed from its stored data."""
     if prem.get("kind") == "count":
-        return count_premise(prem["what"], prem["values"], prem["threshold"], prem["min_count"])["verdict"] == HELD
+        again = count_premise(prem["what"], prem["values"], prem["threshold"], prem["min_count"])
+        return again["verdict"] == HELD
     test = {"direction": prem["direction"], "threshold": prem["threshold"]}
     return judge(measure(prem["data"]), test, premise=True) == HELD
 
@@ -332,5 +334,6 @@ def fmt(x: Any, digits: int = 3) -> str:
 
 
 __all__ = ["HELD", "INCONCLUSIVE", "NOT_HELD", "NOT_TESTABLE", "NO_VERDICT", "VERDICTS", "VERDICT_COLOURS",
-           "VERDICT_RULE", "apply_holm", "claim", "count_premise", "describe_test", "evidence", "judge", "normalize",
+           "VERDICT_RULE", "apply_holm", "claim", "count_premise", "describe_test", "evidence", "judge",
+           "normalize",
            "recompute_holm", "recompute_verdict", "withhold"]

@@ -62,7 +62,8 @@ def run(config: Config, out_dir: str | Path, progress: bool = True,
 
     cmd = command or f"attnlab compare --preset {config.preset} --part {config.part}"
     doc.update({"command": cmd, "config": asdict(config), "claims": claims, "verdict_rule": VERDICT_RULE,
-                "timings": {k: round(v, 2) for k, v in {**timings, "total": time.perf_counter() - t0}.items()},
+                "timings": {k: round(v, 2)
+                            for k, v in {**timings, "total": time.perf_counter() - t0}.items()},
                 "parts": {"reused": reused, "computed": computed},
                 "provenance": provenance(config, config.seeds[0])})
     atomic_write_json(out / "results.json", doc, strict=True)

@@ -58,11 +58,12 @@ QUANT_PREMISE = 0.01  # nats: pretrained W8A8 damage above which there is a gap 
 OUTLIER_PREMISE = 10.0  # pretrained massive ratio (token 0) above which there are outliers to shrink
 QUALITY_MARGIN = 0.02  # "costs no quality": ppl(arm) / ppl(control) within 1 +- 2%
 KURTOSIS_KEPT = (0.5, 2.0)  # Kaul et al.: softmax1 alone leaves per-token kurtosis within a factor 2
+MASSIVE = "the pretrained model has massive activations"
 PREMISES = {"token0_attention": ("sink_rate", SINK_PREMISE, "the pretrained model has attention sinks"),
             "int8_w8a8": ("int8_w8a8", QUANT_PREMISE, "the pretrained model loses NLL under W8A8"),
             "int8_static": ("int8_static", QUANT_PREMISE, "the pretrained model loses NLL under static W8A8"),
-            "kurtosis_token": ("massive_tok0", OUTLIER_PREMISE, "the pretrained model has massive activations"),
-            "massive_tok0": ("massive_tok0", OUTLIER_PREMISE, "the pretrained model has massive activations")}
+            "kurtosis_token": ("massive_tok0", OUTLIER_PREMISE, MASSIVE),
+            "massive_tok0": ("massive_tok0", OUTLIER_PREMISE, MASSIVE)}
 # (arm, metric, effect kind, direction, threshold): the primary endpoints, fixed before the run
 PRIMARY: tuple[tuple[str, str, str, str, Any], ...] = (
     ("softmax1", "token0_attention", "total", "below", 0.0),
@@ -131,13 +132,15 @@ def effect_evidence(kind: str, metric: str, arm: str, trained: Mapping[str, PerS
         if not ctrl:
             return None
         seeds = sorted(set(runs) & set(ctrl))
-        per = [{f"{arm}:{col}": _col(runs[s], metric), f"{CONTROL}:{col}": _col(ctrl[s], metric)} for s in seeds]
+        per = [{f"{arm}:{col}": _col(runs[s], metric), f"{CONTROL}:{col}": _col(ctrl[s], metric)}
+               for s in seeds]
         return evidence(op, [f"{arm}:{col}", f"{CONTROL}:{col}"], per, items="windows")
     if kind == "learned":
         base = step0.get(STEP0.get(arm, ""))
         if base is None:
             return None
-        per = [{f"{arm}:{col}": _col(runs[s], metric), f"step0:{col}": _col(base, metric)} for s in sorted(runs)]
+        per = [{f"{arm}:{col}": _col(runs[s], metric), f"step0:{col}": _col(base, metric)}
+               for s in sorted(runs)]
         return evidence(op, [f"{arm}:{col}", f"step0:{col}"], per, items="windows")
     raise ValueError(f"unknown effect kind {kind!r}; use total, learned or swap")
 
@@ -179,7 +182,8 @@ def _premise(step0: Mapping[str, Items], metric: str) -> tuple[str, dict[str, An
 
 
 def _claim(arm: str, metric: str, kind: str, direction: str, thr: Any, text: str, source: str, paper: str,
-           trained: Mapping[str, PerSeed], step0: Mapping[str, Items], primary: bool) -> dict[str, Any] | None:
+           trained: Mapping[str, PerSeed], step0: Mapping[str, Items], primary: bool
+           ) -> dict[str, Any] | None:
     ev = effect_evidence(kind, metric, arm, trained, step0)
     if ev is None or not ev["per_seed"]:
         return None
@@ -251,7 +255,8 @@ def answer_lines(eff: Mapping[str, Mapping[str, Any]], fmt: Any) -> list[str]:
             if swap:
                 parts.append(f"the swap alone: {fmt(swap['value'])}")
             if learned:
-                parts.append(f"training: {fmt(learned['value'])} [{fmt(learned['lo'])}, {fmt(learned['hi'])}]")
+                parts.append(f"training: {fmt(learned['value'])} "
+                             f"[{fmt(learned['lo'])}, {fmt(learned['hi'])}]")
             said.append("; ".join(parts) + ")")
         lines.append(f"{arm} " + "; ".join(said) + "." if said
                      else f"{arm}: no total effect whose interval excludes {'zero'}.")

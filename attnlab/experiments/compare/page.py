@@ -69,8 +69,9 @@ def forest_figures(doc: dict[str, Any]) -> list[Any]:
                     and " / " not in c["effect"]:
                 continue
             panel = c.get("label", c["effect"]) + (f" ({c['kind']})" if c.get("kind") else "")
+            null = 1.0 if "/" in c["effect"] else 0.0
             rows.setdefault(panel, []).append((c["arm"], {"value": c["result"]["value"], "lo": iv[0],
-                                                          "hi": iv[1], "null": 1.0 if "/" in c["effect"] else 0.0}))
+                                                          "hi": iv[1], "null": null}))
         if rows:
             cards.append(_forest(rows, title))
     return cards
@@ -86,17 +87,18 @@ def _forest(rows: dict[str, list[tuple[str, dict[str, Any]]]], title: str) -> An
     fig, axes = figure(2.8 * n + 0.6, 0.9 + 0.32 * tallest, ncols=n)
     for ax, (panel, pts) in zip(np.atleast_1d(axes), rows.items()):
         for i, (_arm, iv) in enumerate(pts):
-            ax.errorbar([iv["value"]], [i], xerr=[[max(iv["value"] - iv["lo"], 0)], [max(iv["hi"] - iv["value"], 0)]],
-                        fmt="o", ms=4, capsize=3, color="#0969da")
+            err = [[max(iv["value"] - iv["lo"], 0)], [max(iv["hi"] - iv["value"], 0)]]
+            ax.errorbar([iv["value"]], [i], xerr=err, fmt="o", ms=4, capsize=3, color="#0969da")
         ax.set_yticks(range(len(pts)))
         ax.set_yticklabels([a for a, _ in pts], fontsize=7)
         ax.set_ylim(-0.6, len(pts) - 0.4)
         ax.set_title(panel, fontsize=8)
         ax.axvline(pts[0][1]["null"], color="grey", lw=0.8, ls="--")
     src = png_data_uri(fig) if has_data(fig) else None
-    return figure_html(src, f"{title}: each arm's effect on the primary endpoints against the softmax control "
-                            f"(a difference; perplexity as a ratio), with its interval at the Holm-corrected "
-                            f"level. Dashed: no effect.", title=f"{title}: primary endpoints", wide=True)
+    return figure_html(src, f"{title}: each arm's effect on the primary endpoints against the softmax "
+                            f"control (a difference; perplexity as a ratio), with its interval at the "
+                            f"Holm-corrected level. Dashed: no effect.", title=f"{title}: primary endpoints",
+                       wide=True)
 
 
 def write_page(doc: dict[str, Any], out: Path) -> Path:

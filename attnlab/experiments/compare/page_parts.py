@@ -42,7 +42,8 @@ def scratch_sentence(doc: dict[str, Any], smoke: bool) -> str:
     ctrl = next((a for a in s["arms"] if a["name"] == s["control"]), None)
     sink = (ctrl or {}).get("metrics", {}).get("first_token_dormant")
     head = (f"From scratch (Bigram-Backcopy, {n} seeds): the softmax control "
-            f"{'grew' if prem['verdict'] == 'held' else 'did not grow'} a first-token sink at dormant queries "
+            f"{'grew' if prem['verdict'] == 'held' else 'did not grow'} a first-token sink at dormant "
+            f"queries "
             f"({prem['count']} of {n} seeds above {_fmt(prem['threshold'])}; mean {cell(sink)})")
     if prem["verdict"] != "held":
         return head + ", so part 1 cannot test whether a variant removes it (not testable)."
@@ -75,12 +76,14 @@ def scratch_sections(doc: dict[str, Any], smoke: bool) -> list[Any]:
     s = doc["scratch"]
     arms = s["arms"]
     c = s["config"]
-    intro = para(f"Identical GPTs ({c['n_layers']} layer(s), {c['n_heads']} head(s), d={c['d_model']}) trained "
-                 f"from the same initial weights on the same batches ({c['steps']} steps of {c['batch_size']} x "
+    intro = para(f"Identical GPTs ({c['n_layers']} layer(s), {c['n_heads']} head(s), d={c['d_model']}) "
+                 f"trained from the same initial weights on the same batches ({c['steps']} steps of "
+                 f"{c['batch_size']} x "
                  f"{c['length']} tokens, lr {c['lr']}), differing only in attention; measured on "
                  f"{c['eval_sequences']} held-out sequences. Task: vocabulary {s['task']['vocab']}, triggers "
                  f"{s['task']['triggers']} (the most frequent tokens), chain Dirichlet({s['task']['alpha']}) "
-                 f"fixed across seeds. Dormant queries: non-trigger tokens (the next token follows the chain, "
+                 f"fixed across seeds. Dormant queries: non-trigger tokens (the next token follows the "
+                 f"chain, "
                  f"attention has nothing to do); active: triggers (the next token copies the one before).")
     rows = [[METRIC_LABELS[k]] + [cell(a["metrics"].get(k)) for a in arms] for k in SCRATCH_TABLE]
     metrics = scroll(table(rows, ["metric"] + [a["name"] for a in arms], title="Every arm (mean over seeds)",
@@ -128,11 +131,13 @@ def peak_figure(s: dict[str, Any]) -> Any:
     from attnlab.present import figure, figure_html, has_data, plot_layers, png_data_uri
 
     fig, ax = figure(5.0, 3.0)
-    plot_layers(ax, {a["name"]: (a["resid_peak_layer"], None, None) for a in s["arms"] if a.get("resid_peak_layer")})
+    plot_layers(ax, {a["name"]: (a["resid_peak_layer"], None, None) for a in s["arms"]
+                     if a.get("resid_peak_layer")})
     ax.set_ylabel("||h_0|| / median ||h_t||")
     ax.legend(fontsize=6, ncol=2)
     src = png_data_uri(fig) if has_data(fig) else None
-    return figure_html(src, "Residual-state peak on the first token per layer (mean over seeds and sequences).",
+    return figure_html(src, "Residual-state peak on the first token per layer (mean over seeds and "
+                            "sequences).",
                        title="Residual peak")
 
 
@@ -171,10 +176,10 @@ def retrofit_sections(doc: dict[str, Any], smoke: bool) -> list[Any]:
                  f"{'; ' + r['model']['note'] if r['model'].get('note') else ''}), each arm retrofitted with "
                  f"attnlab.retrofit and fine-tuned alike ({cfg['steps']} steps of {cfg['batch_size']} x "
                  f"{cfg['context']} tokens, {cfg['trainable']} parameters), seeds {r['seeds']}; "
-                 f"{r['windows']['n']} held-out windows of {r['windows']['tokens'] - 1} predictions. Gated arms "
-                 f"use a per-head gate 2·sigmoid(x·w + b), exactly 1 at the swap so the retrofit starts from the "
-                 f"pretrained function (Qiu et al.'s gate is sigmoid, range 0-1; this one can also amplify, up "
-                 f"to 2). Part 1's gated arm uses a sigmoid gate.")
+                 f"{r['windows']['n']} held-out windows of {r['windows']['tokens'] - 1} predictions. Gated "
+                 f"arms use a per-head gate 2·sigmoid(x·w + b), exactly 1 at the swap so the retrofit starts "
+                 f"from the pretrained function (Qiu et al.'s gate is sigmoid, range 0-1; this one can also "
+                 f"amplify, up to 2). Part 1's gated arm uses a sigmoid gate.")
     arms = r["arms"]
     cols, rows = [], []
     for a in arms:
@@ -199,8 +204,8 @@ def retrofit_sections(doc: dict[str, Any], smoke: bool) -> list[Any]:
     eff_t = scroll(table(erows, ["effect"] + [LABELS[m] + (" (ratio)" if m == "ppl" else "")
                                               for m in EFFECT_METRICS],
                          title="What the swap did, what training did, and the total",
-                         note="swap = arm at step 0 - pretrained; learned = trained arm - its step 0; total = "
-                              "trained arm - trained control (ratios for perplexity)."))
+                         note="swap = arm at step 0 - pretrained; learned = trained arm - its step 0; "
+                              "total = trained arm - trained control (ratios for perplexity)."))
     from attnlab.experiments.compare.retrofit_figures import curve_figure, layer_figures
 
     return [section("Part 2: the retrofit (a pretrained model, cheaply repaired?)", intro, arm_t, eff_t,

@@ -127,7 +127,7 @@ def run_scratch(c: ScratchConfig, out: Path, progress: bool = True) -> tuple[dic
         results.setdefault(arm, {})[seed] = res
         done += 1
         note = (f"diverged at step {res['diverged_at']} ({res['cause']})" if res["diverged_at"] is not None
-                else f"sink {res['items']['first_token_dormant'] and _mean(res['items']['first_token_dormant']):.3f}")
+                else f"sink {_mean(res['items']['first_token_dormant']):.3f}")
         eta = (time.perf_counter() - started) / max(1, done - (len(keys) - len(todo))) * (len(keys) - done)
         _say(progress, f"part 1: {arm} seed {seed} done ({done}/{len(keys)}, {note}, {res['seconds']:.0f} s; "
                        f"about {eta / 60:.1f} min left)")

@@ -55,10 +55,12 @@ SOURCES = {
              "positions; ReLU attention removes them"),
     "softmax1": ("Miller 2023 (proposal)", "softmax1 lets a head attend to nothing: no sink needed"),
     "sinks": ("Gu et al. 2024; gpt-oss", "a learned sink with zero value takes the sink off the first token"),
-    "gated": ("Qiu et al. 2025, 1.7B dense", "first-token attention 0.467 -> 0.048 with a sigmoid output gate"),
+    "gated": ("Qiu et al. 2025, 1.7B dense",
+              "first-token attention 0.467 -> 0.048 with a sigmoid output gate"),
     "softmax1+gated": ("the 'with what?' arm", "-"),
     "softpick": ("Zuhri et al. 2025", "softpick: 0% sink rate, no massive activations"),
-    "clipped": ("Bondarenko et al. 2023", "clipped softmax lets a head output exact zeros: no outlier needed"),
+    "clipped": ("Bondarenko et al. 2023",
+                "clipped softmax lets a head output exact zeros: no outlier needed"),
 }
 # (arm, metric, direction, threshold or margins): the primary endpoints, named before the run
 PRIMARY: tuple[tuple[str, str, str, Any], ...] = (
@@ -126,7 +128,8 @@ def premise(results: Mapping[str, Mapping[int, Any]], seeds: list[int]) -> dict[
                          SINK_PREMISE, need)
 
 
-def make_claims(results: Mapping[str, Mapping[int, Any]], seeds: list[int], smoke: bool) -> list[dict[str, Any]]:
+def make_claims(results: Mapping[str, Mapping[int, Any]], seeds: list[int], smoke: bool
+                ) -> list[dict[str, Any]]:
     """The primary family (Holm) and the exploratory comparisons, for the arms present."""
     prem = premise(results, seeds)
     claims = []

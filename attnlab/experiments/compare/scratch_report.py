@@ -27,7 +27,8 @@ def _mean_lists(rows: list[Any]) -> Any:
     return sum(vals) / len(vals) if vals else None
 
 
-def assemble_scratch(c: ScratchConfig, results: Mapping[str, Mapping[int, Any]], smoke: bool) -> dict[str, Any]:
+def assemble_scratch(c: ScratchConfig, results: Mapping[str, Mapping[int, Any]], smoke: bool
+                     ) -> dict[str, Any]:
     from attnlab.data.backcopy import bigram_backcopy
 
     seeds = list(c.seeds)
