@@ -58,6 +58,16 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else float("nan")
 
 
+# What `summarize` reads: blocks.{l}.hook_resid_post and blocks.{l}.attn.pattern (the alias of
+# attn.hook_pattern; the filter sees canonical names). Capturing only these keeps q/k/v/z, the MLP and the
+# other per-block points out of memory.
+PROBE_POINTS = ("hook_resid_post", "attn.hook_pattern")
+
+
+def _probe_points(name: str) -> bool:
+    return name.endswith(PROBE_POINTS)
+
+
 @torch.no_grad()
 def layer_probe(lm: Any, windows: list[Tensor]) -> dict[str, Any]:
     """The activation summary of the windows, captured together as one batch (see module docstring)."""
@@ -67,7 +77,7 @@ def layer_probe(lm: Any, windows: list[Tensor]) -> dict[str, Any]:
     if len(lengths) != 1:
         raise ValueError(f"layer_probe needs windows of one length to batch them, "
                          f"got lengths {sorted(lengths)}")
-    _, cache = lm.run_with_cache(torch.cat([w.reshape(1, -1) for w in windows]))
+    _, cache = lm.run_with_cache(torch.cat([w.reshape(1, -1) for w in windows]), names_filter=_probe_points)
     return summarize(cache, lm.n_layers)
 
 
