@@ -70,8 +70,9 @@ def forest_figures(doc: dict[str, Any]) -> list[Any]:
                 continue
             panel = c.get("label", c["effect"]) + (f" ({c['kind']})" if c.get("kind") else "")
             null = 1.0 if "/" in c["effect"] else 0.0
+            margins = c["threshold"] if c["direction"] == "within" else None
             rows.setdefault(panel, []).append((c["arm"], {"value": c["result"]["value"], "lo": iv[0],
-                                                          "hi": iv[1], "null": null}))
+                                                          "hi": iv[1], "null": null, "margins": margins}))
         if rows:
             cards.append(_forest(rows, title))
     return cards
@@ -94,11 +95,13 @@ def _forest(rows: dict[str, list[tuple[str, dict[str, Any]]]], title: str) -> An
         ax.set_ylim(-0.6, len(pts) - 0.4)
         ax.set_title(panel, fontsize=8)
         ax.axvline(pts[0][1]["null"], color="grey", lw=0.8, ls="--")
+        if pts[0][1]["margins"]:  # an equivalence claim: the margins fixed in code, shaded
+            ax.axvspan(*pts[0][1]["margins"], color="#1a7f37", alpha=0.08, lw=0)
     src = png_data_uri(fig) if has_data(fig) else None
     return figure_html(src, f"{title}: each arm's effect on the primary endpoints against the softmax "
                             f"control (a difference; perplexity as a ratio), with its interval at the "
-                            f"Holm-corrected level. Dashed: no effect.", title=f"{title}: primary endpoints",
-                       wide=True)
+                            f"Holm-corrected level. Dashed: no effect; shaded: margins.",
+                       title=f"{title}: primary endpoints", wide=True)
 
 
 def write_page(doc: dict[str, Any], out: Path) -> Path:

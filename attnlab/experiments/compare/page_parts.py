@@ -130,11 +130,17 @@ def head_maps(s: dict[str, Any]) -> Any:
 def peak_figure(s: dict[str, Any]) -> Any:
     from attnlab.present import figure, figure_html, has_data, plot_layers, png_data_uri
 
+    arms = [a for a in s["arms"] if a.get("resid_peak_layer")]
     fig, ax = figure(5.0, 3.0)
-    plot_layers(ax, {a["name"]: (a["resid_peak_layer"], None, None) for a in s["arms"]
-                     if a.get("resid_peak_layer")})
+    if arms and len(arms[0]["resid_peak_layer"]) == 1:  # one layer: one point per arm
+        from attnlab.present import plot_points
+
+        plot_points(ax, [a["name"] for a in arms], [a["resid_peak_layer"][0] for a in arms])
+        ax.set_xlabel("arm (layer 0)")
+    else:
+        plot_layers(ax, {a["name"]: (a["resid_peak_layer"], None, None) for a in arms})
+        ax.legend(fontsize=6, ncol=2)
     ax.set_ylabel("||h_0|| / median ||h_t||")
-    ax.legend(fontsize=6, ncol=2)
     src = png_data_uri(fig) if has_data(fig) else None
     return figure_html(src, "Residual-state peak on the first token per layer (mean over seeds and "
                             "sequences).",
@@ -161,7 +167,7 @@ def sink_curve_figure(s: dict[str, Any]) -> Any:
     ax.legend(fontsize=6, ncol=2)
     src = png_data_uri(fig) if has_data(fig) else None
     return figure_html(src, "When the sink appears: the largest head's first-token attention at dormant "
-                            "queries of 32 held-out sequences during training (mean over seeds; band: their "
+                            "queries of 32 held-out sequences during training (mean over seeds; bars: their "
                             "range).", title="The sink's training curve")
 
 
