@@ -86,3 +86,38 @@ def test_cuda_fused_matches_reference(norm_name: str, span: object, dtype: torch
         # A parameter's gradient sums over every score with cancellation: relative error grows with it.
         slack = SLACK[dtype] * (3 if name == "dparam" else 1)
         assert err <= 2 * b + slack, f"{name}: relative error {err:.2e} vs SDPA's {b:.2e}"
+
+
+@pytest.mark.parametrize("norm_name", ["softmax1", "sinks"])
+def test_gpt_training_step_on_device_takes_fused_path(norm_name: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPT training step on the device routes softmax1/sinks through the fused backward (not the O(T^2)
+    reference) and its gradients match the same model in float64 on the CPU."""
+    import attnlab.models.hooks as hooks
+    from attnlab.models.gpt import GPT
+    from attnlab.models.gpt_config import GPTConfig
+
+    backends: list[str] = []
+    real = hooks.attention
+
+    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+        backends.append(str(kwargs.get("backend", "auto")))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hooks, "attention", spy)
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=64, n_layers=2, d_model=64, n_heads=2, context=96, normalizer=norm_name)
+    ref_model = GPT(cfg).double()
+    model = GPT(cfg)
+    model.load_state_dict(ref_model.state_dict())
+    model = model.to(DEVICE)
+    idx = torch.randint(0, 64, (2, 96), generator=torch.Generator().manual_seed(1))
+    _, ref_loss = ref_model(idx, idx)
+    ref_loss.backward()
+    _, loss = model(idx.to(DEVICE), idx.to(DEVICE))
+    loss.backward()
+    assert backends and set(backends) == {"auto"}, backends
+    assert abs(loss.item() - ref_loss.item()) <= 1e-4 * abs(ref_loss.item())
+    ref_params = dict(ref_model.named_parameters())
+    for name, p in model.named_parameters():
+        assert _rel_error(p.grad, ref_params[name].grad) <= 1e-3, name

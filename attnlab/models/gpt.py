@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attnlab.attention import Normalizer, Sinks, create_normalizer, learned_parameters, resolve_span
+from attnlab.attention import Normalizer, create_normalizer, learned_parameters, resolve_span
 from attnlab.errors import ConfigError, ModelNotFoundError
 from attnlab.models.gpt_config import MODEL_TYPE, GPTConfig
 from attnlab.models.gpt_parts import (
@@ -102,12 +102,11 @@ class Attention(nn.Module):
         scale = 1.0 / math.sqrt(D)  # of the un-augmented head dim, also for L2 scores
         if self.l2:
             q, k, v = l2_augment(q, k, v)  # (B, H, T, D+2), (B, Hkv, L, D+2), (B, Hkv, L, D+2)
-        norm = self.normalizer()
-        # The sink identity's backward exists for the CPU kernel only; on other devices train on the
-        # reference path (exact, materialises T x L).
-        backend = "reference" if (x.device.type != "cpu" and isinstance(norm, Sinks)
-                                  and torch.is_grad_enabled()) else "auto"
-        y = attend(self.layer_idx, q, k, v, normalizer=norm, span=self.span, scale=scale, backend=backend)
+        # "auto" on every device: the fused sink identity has a backward on CPU and CUDA (checked against
+        # the float64 reference in tests/test_attention_cuda.py) and falls back to exact matrix products
+        # elsewhere, so training never needs the O(T x L) reference path.
+        y = attend(self.layer_idx, q, k, v, normalizer=self.normalizer(), span=self.span, scale=scale,
+                   backend="auto")
         y = y[..., :D]  # (B, H, T, D); drops the L2 padding, a no-op otherwise
         if self.gated:
             x_heads = x.view(B, T, H, D)  # head h's slice of the input
