@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from _smoke_verdicts import judged
 
 from attnlab.diagnose import lipschitz as L
 from attnlab.diagnose._forward import twice_differentiable
@@ -89,6 +90,7 @@ def test_smoke_claims_are_measured_and_recompute(smoke):
         assert c["result"]["se_measured"] is True, (c["claim"], c["result"].get("reason"))
         assert c["result"]["method"], c["claim"]
         assert recompute_verdict(c) == c["verdict"], c["claim"]
+        judged(c)  # the engine judged the numbers; the smoke run withheld the verdict
     conv = [c for c in saved["claims"] if "converged" in c["claim"]]
     assert all(c["direction"] == "within" and c["threshold"] == list(study.CONVERGED) for c in conv)
 

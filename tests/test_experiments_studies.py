@@ -7,8 +7,10 @@ import json
 import math
 
 import pytest
+from _smoke_verdicts import judged
 
 from attnlab.experiments import STUDIES, study_module
+from attnlab.experiments.base import SMOKE_REASON
 from attnlab.experiments.verdicts import NO_VERDICT, VERDICTS
 
 SMOKE_STUDIES = [name for name in STUDIES if name != "offbyone"]
@@ -31,7 +33,7 @@ def test_smoke_results_are_valid_json_with_provenance_and_claims(smoke):
     assert saved["seeds"] == list(study_module(name).PRESETS["smoke"].seeds)
     assert saved["claims"], f"{name} has no claims section"
     for c in saved["claims"]:
-        assert c["verdict"] in (*VERDICTS, NO_VERDICT), c
+        assert c["verdict"] == NO_VERDICT, c  # smoke is plumbing: nothing is judged
         assert c["source"] and c["paper"] and c["rule"]
     assert saved["timings"]["total"] > 0
     page = (out / "index.html").read_text()
@@ -50,7 +52,8 @@ def test_smoke_claims_have_measured_intervals_that_recompute_from_the_file(smoke
         assert res["se_measured"] is True, (name, c["claim"], res.get("reason"))
         assert "t interval over" in res["method"] or "bootstrap over" in res["method"], res["method"]
         assert res["n"] >= 2 and res["interval"][0] <= res["interval"][1], c
-        assert recompute_verdict(c) == c["verdict"], (name, c["claim"])
+        assert recompute_verdict(c) == c["verdict"] == NO_VERDICT, (name, c["claim"])
+        judged(c)  # the engine still judged the numbers; the run withheld the verdict
         if c["direction"] == "within":  # "close to" / "costs nothing": margins fixed in code, two-sided
             assert len(c["threshold"]) == 2 and c["threshold"][0] < c["threshold"][1]
 
@@ -138,4 +141,25 @@ def test_markdown_names_the_preset_command_and_verdicts(smoke):
     name, out, doc = smoke
     md = study_markdown(out)
     assert f"attnlab run {name} --preset smoke" in md
-    assert sum(md.count(f"**{v}**") for v in (*VERDICTS, NO_VERDICT)) == len(doc["claims"])
+    assert md.count(f"**{NO_VERDICT}**") == len(doc["claims"]) and "Smoke run: plumbing only" in md
+    assert not any(f"**{v}**" in md for v in VERDICTS)
+
+
+def test_smoke_run_is_plumbing_no_verdicts_and_a_banner(smoke):
+    """Issue 22: a smoke run's results and page say it is plumbing, and no claim is judged."""
+    from attnlab.experiments.base import recompute_verdict
+
+    name, out, doc = smoke
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["smoke"] is True and saved["preset"] == "smoke" and doc["smoke"] is True
+    assert saved["claims"]
+    for c in saved["claims"]:
+        assert c["verdict"] == c["result"]["verdict"] == NO_VERDICT, (name, c["claim"])
+        assert c["result"]["reason"] == SMOKE_REASON and SMOKE_REASON in c["ours"]
+        assert recompute_verdict(c) == NO_VERDICT
+    page = (out / "index.html").read_text()
+    assert "Smoke run: plumbing only" in page and "no claim is judged" in page
+    assert "class='smoke-banner'" in page and "color:#1f2328;background:#fff8c5" in page
+    assert '<span class="v"' not in page  # no verdict badge at all
+    for v in (*VERDICTS, NO_VERDICT):
+        assert f">{v}<" not in page, v

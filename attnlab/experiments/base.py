@@ -44,10 +44,13 @@ from attnlab.experiments.verdicts import (  # the one verdict engine; re-exporte
     judge,
     recompute_verdict,
     res_iv,
+    withhold,
 )
 from attnlab.io import atomic_write_json, provenance
 
 PRESETS = ("smoke", "quick", "full")
+# Smoke is plumbing (issue 22): a smoke run's claims keep their numbers but none is judged.
+SMOKE_REASON = "smoke run: plumbing only, no verdicts"
 # Bumped when what a study stores in its parts changes: parts written by older code are then recomputed,
 # never read with fields missing (format 2: per-item values for measured intervals).
 PART_FORMAT = 2
@@ -142,7 +145,8 @@ class Parts:
             stored = json.loads(self._path(key).read_text())
         except (OSError, json.JSONDecodeError):
             return False
-        return isinstance(stored, dict) and stored.get("config_hash") == self.hash and stored.get("key") == key
+        return (isinstance(stored, dict) and stored.get("config_hash") == self.hash
+                and stored.get("key") == key)
 
     def get(self, key: str, compute: Callable[[], Any]) -> Any:
         path = self._path(key)
@@ -206,13 +210,19 @@ def finish(study: str, config: Any, out_dir: str | Path, *, results: dict[str, A
     """Write results.json and index.html for a study and return the results dict.
 
     tables: [{"title", "columns", "rows"}]; figures: [(png file name under out_dir, caption)].
+    A run of the smoke preset is plumbing: every claim's verdict is withheld ("no verdict", with
+    `SMOKE_REASON`), and the results and page say so (doc["smoke"], a banner).
     """
     from attnlab.experiments.html import study_page
+    from attnlab.experiments.markdown import preset_of
 
     out_dir = Path(out_dir)
     if parts is not None:
         # Wall time of all parts when they were computed (a resumed run's own total is only what it redid).
         timings = {**timings, "compute": sum(parts.seconds.values())}
+    preset = preset_of({"study": study, "config": config_dict(config)})
+    if preset == "smoke":
+        withhold(claims, SMOKE_REASON)
     doc = {
         "study": study,
         "schema_version": 1,
@@ -228,10 +238,9 @@ def finish(study: str, config: Any, out_dir: str | Path, *, results: dict[str, A
         "tables": tables,
         "figures": [{"file": f, "caption": c} for f, c in figures],
         "results": results,
+        "preset": preset,
+        "smoke": preset == "smoke",
     }
-    from attnlab.experiments.markdown import preset_of
-
-    doc["preset"] = preset_of(doc)
     if doc["preset"] and " --out " in command:
         doc["command"] = command.replace(" --out ", f" --preset {doc['preset']} --out ", 1)
     atomic_write_json(out_dir / "results.json", doc)
@@ -240,6 +249,6 @@ def finish(study: str, config: Any, out_dir: str | Path, *, results: dict[str, A
 
 
 __all__ = ["HELD", "INCONCLUSIVE", "MAX_SEEDS", "NOT_HELD", "NOT_TESTABLE", "NO_VERDICT", "PRESETS",
-           "VERDICT_RULE", "Parts", "apply_holm", "check_fields", "choose_preset", "claim", "config_dict",
-           "config_hash", "describe_test", "evidence", "finish", "fmt", "fmt_stat", "judge",
+           "SMOKE_REASON", "VERDICT_RULE", "Parts", "apply_holm", "check_fields", "choose_preset", "claim",
+           "config_dict", "config_hash", "describe_test", "evidence", "finish", "fmt", "fmt_stat", "judge",
            "recompute_verdict", "res_iv", "seed_stats", "start"]

@@ -96,5 +96,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _print_claims(doc: dict) -> None:
+    if doc.get("smoke"):
+        print("smoke run: plumbing only, no claim is judged (--preset quick or full gives verdicts)")
     for c in doc.get("claims", []):
         print(f"[{c['verdict']}] {c['claim']}: ours {c['ours']} | paper {c['paper']}", file=sys.stdout)

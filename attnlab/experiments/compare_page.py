@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from attnlab.experiments.base import fmt_stat
-from attnlab.experiments.html import claims_html, figures_html
+from attnlab.experiments.html import claims_html, figures_html, smoke_banner
 from attnlab.io import atomic_write_text
 from attnlab.present import LABELS, Raw, bold, code, esc, page, para, section, table
 
@@ -87,6 +87,7 @@ def compare_page(doc: dict[str, Any], out_dir: str | Path) -> Path:
              f"initial seed. attnlab {prov.get('attnlab', '')}, torch {prov.get('torch', '')}; compute "
              f"{compute:.0f} s. Reproduce: ")
     body = [
+        smoke_banner(doc),
         para(doc["answer"]) if doc.get("answer") else "",
         para(Raw(f"{esc(setup)}{code(_compare_command(doc, out_dir))}. Bold: the best of rows where lower is "
                  "better."), "muted"),

@@ -125,6 +125,29 @@ def verdict_badge(v: str) -> Raw:
     return badge(v, VERDICT_COLOURS.get(v, "#57606a"))
 
 
+def verdict_cell(c: dict[str, Any]) -> Raw:
+    """A claim's verdict badge; a withheld verdict (a smoke run, an unmeasured seed spread) gets no badge,
+    only the words and the reason, so a page can never show a withheld claim as judged."""
+    if c.get("result", {}).get("withheld"):
+        reason = c["result"].get("reason") or ""
+        return Raw(f"<span class='muted'>no verdict{esc(f' ({reason})' if reason else '')}</span>")
+    return verdict_badge(c["verdict"])
+
+
+SMOKE_BANNER = ("Smoke run: plumbing only. The smoke preset checks that the study runs end to end on a "
+                "model too small and too briefly trained to test anything, so no claim is judged; its "
+                "numbers are not results. Run --preset quick or --preset full for verdicts.")
+
+
+def smoke_banner(doc: dict[str, Any]) -> Raw:
+    """A smoke run's banner (dark text on light yellow, readable in any theme); empty for other runs."""
+    if not doc.get("smoke"):
+        return Raw("")
+    return Raw("<div class='smoke-banner' role='note' style='color:#1f2328;background:#fff8c5;"
+               "border:1px solid #d4a72c;border-radius:6px;padding:0.6em 0.9em;margin:0.8em 0'>"
+               f"<b>{esc(SMOKE_BANNER)}</b></div>")
+
+
 def table_html(t: dict[str, Any]) -> Raw:
     """A study table as results.json stores it: {"title", "columns", "rows", "note"?}."""
     return table(t["rows"], t["columns"], title=t["title"], note=t.get("note"))
@@ -136,7 +159,7 @@ def claims_html(claims: list[dict[str, Any]], rule: str) -> Raw:
     rows = [[Raw(f"{esc(c['claim'])}<br><span class='muted'>{esc(c['source'])}</span>"),
              c["paper"], c["ours"],
              c.get("test") or f"{c['effect']} {'>' if c['direction'] == 'above' else '<'} {c['threshold']}",
-             verdict_badge(c["verdict"])] for c in claims]
+             verdict_cell(c)] for c in claims]
     return Raw(table(rows, ["claim", "paper", "ours", "test", "verdict"], cls="claims")
                + para(f"Verdict rule: {rule}", "muted"))
 
@@ -160,6 +183,7 @@ def study_page(doc: dict[str, Any], out_dir: Path) -> Path:
                 f"attnlab {esc(prov.get('attnlab', ''))} / torch {esc(prov.get('torch', ''))} · "
                 f"compute {compute:.1f} s")]
     body = [
+        smoke_banner(doc),
         para(doc["summary"]),
         section("Claims", claims_html(doc["claims"], doc["verdict_rule"])),
         section("Results", *(table_html(t) for t in doc["tables"])),

@@ -56,6 +56,8 @@ def study_markdown(results_dir: str | Path, heading_level: int = 3) -> str:
     out = [f"Command: `{cmd}` (preset {preset or 'custom'}, seeds {doc['seeds']}, "
            f"{_minutes(doc['timings'])} on this machine, attnlab "
            f"{doc['provenance']['versions'].get('git_commit', '?')}).", ""]
+    if doc.get("smoke"):
+        out += ["_Smoke run: plumbing only, no claim is judged (every verdict is \"no verdict\")._", ""]
     if doc["claims"]:
         rows = [[c["claim"], c["source"], c["paper"], c["ours"], f"**{normalize(c['verdict'])}**"]
                 for c in doc["claims"]]
