@@ -8,8 +8,6 @@ The public names below load on first use (a module `__getattr__`, PEP 562): `imp
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 from attnlab._version import __version__
@@ -18,8 +16,7 @@ from attnlab._version import __version__
 _LAZY: dict[str, str] = {
     **{name: "attnlab.attention" for name in (
         "Adaptive", "Causal", "Chunked", "Clipped", "Full", "Normalizer", "ScalableSoftmax", "SinkWindow",
-        "Sinks", "Softmax", "Softmax1", "Span", "Window", "attention", "normalizer_names",
-        "register_normalizer")},
+        "Sinks", "Softmax", "Softmax1", "Span", "Window", "normalizer_names", "register_normalizer")},
     "retrofit": "attnlab.models.retrofit",
     "load_model": "attnlab.models.loading",
     "report": "attnlab.diagnose.report",
@@ -61,26 +58,15 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(module), name)
         globals()[name] = value
         return value
+    # `attnlab.attention` is the subpackage, which is callable (attention/__init__.py): the one object serves
+    # `attnlab.attention(q, k, v)` and `import attnlab.attention.registry`.
     if name in _SUBPACKAGES:  # `import attnlab; attnlab.models.gpt...` worked when the root imported them
         return importlib.import_module(f"attnlab.{name}")
     raise AttributeError(f"module 'attnlab' has no attribute {name!r}")
 
 
-class _Package(types.ModuleType):
-    def __setattr__(self, name: str, value: Any) -> None:
-        # `attnlab.attention` is both a subpackage and the function users call. Importing the subpackage
-        # (which any model code does) binds the module here; keep the public function in its place, as the
-        # eager `from attnlab.attention import attention` of earlier versions did.
-        if name == "attention" and isinstance(value, types.ModuleType):
-            value = value.attention
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
-
-
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | {"attention"})
 
 
 __all__ = [

@@ -10,7 +10,8 @@ HEADS = 4
 
 
 def normalizers(dtype: torch.dtype = torch.float64) -> dict[str, object]:
-    """Every normalizer, fresh (parameters are new tensors each call)."""
+    """Every registered normalizer (test_attention_exact.py checks none is missing), fresh (parameters are
+    new tensors each call); a key that is not a registered name is a second setting of one that is."""
     g = torch.Generator().manual_seed(1)
     return {
         "softmax": "softmax",
@@ -20,6 +21,7 @@ def normalizers(dtype: torch.dtype = torch.float64) -> dict[str, object]:
         "adaptive": "adaptive",
         "ssmax": "ssmax",
         "ssmax-per-head": ScalableSoftmax(torch.rand(HEADS, generator=g, dtype=dtype) + 0.2),
+        "softpick": "softpick",
     }
 
 

@@ -84,3 +84,12 @@ def test_extreme_logits_stay_finite(norm_name: str, backend: str, dtype: torch.d
     ref = attention(q.double(), k.double(), v.double(), normalizer=normalizers()[norm_name], span="causal",
                     backend="reference")
     torch.testing.assert_close(out.double(), ref, rtol=1e-3, atol=1e-3)
+
+
+def test_the_matrix_covers_every_registered_normalizer() -> None:
+    """A normalizer registered in the package (a built-in or a file in variants/) is in the shared cases, so
+    every test above runs it."""
+    from attnlab.attention import normalizer_names
+
+    missing = sorted(set(normalizer_names()) - set(normalizers()))
+    assert not missing, f"add {missing} to tests/_attention_cases.py normalizers()"

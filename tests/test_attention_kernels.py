@@ -14,7 +14,7 @@ from _attention_cases import normalizers, qkv, spans
 from attnlab.attention import Chunked, Clipped, SinkWindow, Window, attention
 from attnlab.attention.kernels import _cpu_pass, _math_backward, _math_pass
 
-blocked = importlib.import_module("attnlab.attention.blocked")  # the package exports a function `attention`
+kernels = importlib.import_module("attnlab.attention.kernels")  # BlockedKV.chunks reads its CHUNK_BYTES
 rowblocks = importlib.import_module("attnlab.attention.rowblocks")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -59,7 +59,7 @@ def test_blocked_interior_in_chunks_matches_reference(monkeypatch: pytest.Monkey
     """Interior blocks run one block per chunk (the chunk size forced down), batch 2, grouped-query heads,
     fewer queries than keys: outputs and every gradient (q, k, v, the normalizer's parameters) equal the
     reference in float64, so the backward's fold of overlapping key blocks is exact."""
-    monkeypatch.setattr(blocked, "CHUNK_BYTES", 1)
+    monkeypatch.setattr(kernels, "CHUNK_BYTES", 1)
     results = {}
     for backend in ("fused", "reference"):
         q, k, v = (x.requires_grad_() for x in qkv(2, 250, 300, kv_heads=2))

@@ -125,6 +125,18 @@ def text_file(tmp_path):
     return path
 
 
+def test_train_help_lists_the_registry(capsys) -> None:
+    """`attnlab train --help` names every registered normalizer (softpick and a user's included): the help
+    is read from the registry, not a hand list."""
+    with pytest.raises(SystemExit):
+        cli_main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    start = text.index("attention normalizer:")
+    for name in attnlab.normalizer_names():
+        assert name in text[start:start + 400], name
+    assert "softpick" in attnlab.normalizer_names() and NAME in attnlab.normalizer_names()
+
+
 def test_train_cli_by_registered_name(text_file, tmp_path, quiet: None, capsys) -> None:
     assert cli_main(_train_argv(text_file, tmp_path / "run", NAME)) == 0
     assert "trained 2 steps" in capsys.readouterr().out

@@ -16,39 +16,13 @@ kernels.py): softmax, softmax1, Sinks, and everything that reaches softmax by re
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
-from attnlab.attention.kernels import Backward, attend_with_sink, fused_pass
+from attnlab.attention.kernels import CHUNK_BYTES, Backward, BlockedKV, attend_with_sink, fused_pass
 
-CHUNK_BYTES = 16 * 2**20
-
-
-@dataclass
-class BlockedKV:
-    """Keys and values for `n` interior blocks of `bq` queries: block i sees keys
-    [start + i * bq, start + i * bq + extent) of k and v (B, Hk, L, D), through `bias` (1, 1, bq, extent)."""
-
-    k: Tensor
-    v: Tensor
-    start: int
-    n: int
-    bq: int
-    extent: int
-    bias: Tensor
-
-    def keys(self, x: Tensor, b: int, lo: int, hi: int) -> Tensor:
-        """(hi - lo, Hk, extent, D) strided view: the keys of blocks [lo, hi) of batch row b; no copy."""
-        first = self.start + lo * self.bq
-        seg = x[b, :, first:first + (hi - lo - 1) * self.bq + self.extent]
-        return seg.unfold(1, self.extent, self.bq).permute(1, 0, 3, 2)
-
-    def chunks(self, heads: int, dim: int, itemsize: int) -> list[tuple[int, int]]:
-        per_block = heads * self.extent * dim * itemsize
-        size = max(1, CHUNK_BYTES // max(1, per_block))
-        return [(lo, min(lo + size, self.n)) for lo in range(0, self.n, size)]
+# BlockedKV lives beside Problem in kernels.py (no import cycle); re-exported for older imports.
+__all__ = ["CHUNK_BYTES", "BlockedKV", "blocked_sink_attention"]
 
 
 def blocked_sink_attention(q: Tensor, blocks: BlockedKV, sink: Tensor | float | None, scale: float) -> Tensor:

@@ -26,8 +26,7 @@ from torch import Tensor
 
 from attnlab.attention import band
 from attnlab.attention.base import Normalizer
-from attnlab.attention.blocked import BlockedKV
-from attnlab.attention.kernels import Problem
+from attnlab.attention.kernels import BlockedKV, Problem
 from attnlab.attention.nonfinite import all_finite, poison, select_finite
 from attnlab.attention.reference import as_4d
 from attnlab.attention.spans import CAUSAL, Causal, Full, MaskSpan, Span, Window

@@ -17,20 +17,44 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-if TYPE_CHECKING:
-    from attnlab.attention.blocked import BlockedKV
 
 
 def expand_kv(x: Tensor, heads: int) -> Tensor:
     """(B, Hk, L, D) -> (B, heads, L, D) for grouped-query attention (query head h uses kv head h // g)."""
     groups = heads // x.shape[1]
     return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+CHUNK_BYTES = 16 * 2**20
+
+
+@dataclass
+class BlockedKV:
+    """Keys and values for `n` interior blocks of `bq` queries: block i sees keys
+    [start + i * bq, start + i * bq + extent) of k and v (B, Hk, L, D), through `bias` (1, 1, bq, extent)."""
+
+    k: Tensor
+    v: Tensor
+    start: int
+    n: int
+    bq: int
+    extent: int
+    bias: Tensor
+
+    def keys(self, x: Tensor, b: int, lo: int, hi: int) -> Tensor:
+        """(hi - lo, Hk, extent, D) strided view: the keys of blocks [lo, hi) of batch row b; no copy."""
+        first = self.start + lo * self.bq
+        seg = x[b, :, first:first + (hi - lo - 1) * self.bq + self.extent]
+        return seg.unfold(1, self.extent, self.bq).permute(1, 0, 3, 2)
+
+    def chunks(self, heads: int, dim: int, itemsize: int) -> list[tuple[int, int]]:
+        per_block = heads * self.extent * dim * itemsize
+        size = max(1, CHUNK_BYTES // max(1, per_block))
+        return [(lo, min(lo + size, self.n)) for lo in range(0, self.n, size)]
 
 
 @dataclass

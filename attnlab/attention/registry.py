@@ -120,6 +120,12 @@ def _entry(name: object) -> _Entry:
                      f"another with attnlab.register_normalizer(name, factory), or name it 'module:Attr')")
 
 
+def normalizer_help() -> str:
+    """One line for a CLI's --normalizer help, read from the registry now (a user's registration shows)."""
+    return (f"attention normalizer: {', '.join(_registry)} (the registry: attnlab.normalizer_names()), or "
+            f"'module:Attr' naming a Normalizer subclass; docs/attention.md cites each")
+
+
 def is_normalizer(name: object) -> bool:
     """True when `name` is registered or importable as 'module:Attr' (which registers it)."""
     try:
@@ -208,5 +214,5 @@ class _Names:
 NORMALIZER_NAMES = _Names()
 
 __all__ = ["NORMALIZER_NAMES", "create_normalizer", "is_normalizer", "learned_parameters",
-           "normalizer_keywords", "normalizer_names", "register_normalizer", "resolve_normalizer",
-           "unregister_normalizer"]
+           "normalizer_help", "normalizer_keywords", "normalizer_names", "register_normalizer",
+           "resolve_normalizer", "unregister_normalizer"]

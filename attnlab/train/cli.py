@@ -14,6 +14,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
+from attnlab.attention.registry import normalizer_help
 from attnlab.errors import ConfigError
 from attnlab.models.gpt_config import INITS, NORM_POSITIONS, NORMALIZERS, NORMS, SCORES, GPTConfig
 from attnlab.train.config import AUTOCAST, DERIVED_MODEL_FIELDS, TrainConfig
@@ -27,8 +28,6 @@ HELP = {
     "n_kv_heads": "key/value heads (grouped-query attention); 'none' = one per query head",
     "context": "training context length (tokens)", "mlp_ratio": "MLP hidden width / d_model",
     "rope_theta": "RoPE base (Su et al. 2021)", "dropout": "dropout on embeddings and residual branches",
-    "normalizer": "attention normalizer: softmax1 (Miller 2023), sinks (learned per-head sink logit), "
-                  "clipped (Bondarenko et al. 2023), adaptive (Velickovic et al. 2024), ssmax (Nakanishi)",
     "clip_gamma": "clipped softmax gamma (< 0 allows exact zeros)", "clip_zeta": "clipped softmax zeta",
     "span": "keys a query sees: causal, window(W), sinkwindow(S,W), chunked(C)",
     "norm": "normalisation layer", "norm_position": "pre-LN or post-LN (Xiong et al. 2020)",
@@ -78,9 +77,11 @@ def _add_field_flags(parser: argparse._ArgumentGroup, cls: type, skip: tuple[str
         optional = type(None) in args
         base = next((a for a in args if a is not type(None)), hint) if optional else hint
         default = f.default if f.default is not MISSING else None
+        # The normalizer's help is read from the registry when the parser is built, never a hand list.
+        text = normalizer_help() if f.name == "normalizer" else HELP.get(f.name, f.name)
         names = ["--" + f.name.replace("_", "-"), *ALIASES.get(f.name, [])]
         kwargs: dict[str, Any] = {"dest": dest_prefix + f.name, "default": argparse.SUPPRESS,
-                                  "help": f"{HELP.get(f.name, f.name)} (default: {default})"}
+                                  "help": f"{text} (default: {default})"}
         if base is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
