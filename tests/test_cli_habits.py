@@ -5,6 +5,7 @@ makes no sense for the run."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import subprocess
 import sys
 import warnings
@@ -142,8 +143,10 @@ def test_run_passes_device_and_precision_to_the_training(monkeypatch: pytest.Mon
                  "--out", str(tmp_path / "o")]) == 0
     assert (seen["device"], seen["autocast"]) == ("cpu", "bf16")
     assert "attnlab: warning: --dtype bfloat16 on the CPU" in capsys.readouterr().err
-    assert main(["run", "offbyone", "--dtype", "float16", "--out", str(tmp_path / "o")]) == 2
-    assert "--dtype float16 is not a training precision of the studies" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # run's --dtype lists only what it accepts
+        main(["run", "offbyone", "--dtype", "float16", "--out", str(tmp_path / "o")])
+    assert refused.value.code == 2
+    assert "invalid choice: 'float16' (choose from 'float32', 'bfloat16')" in capsys.readouterr().err
 
     # and run_study's choice reaches every train_loop of the study
     calls: list[dict] = []
@@ -153,7 +156,7 @@ def test_run_passes_device_and_precision_to_the_training(monkeypatch: pytest.Mon
         return {"curve": [], "diverged_at": None, "seconds": 0.0, "steps": 0, "tokens_per_s": 0.0,
                 "device": str(kw["device"])}
 
-    monkeypatch.setattr(sys.modules["attnlab.train.fit"], "fit", fake_fit)
+    monkeypatch.setattr(importlib.import_module("attnlab.train.fit"), "fit", fake_fit)
     model = torch.nn.Linear(2, 2)
     with study_training(device="cpu", autocast="off"):
         train_loop(model, None, None, steps=1, lr=0.1)
