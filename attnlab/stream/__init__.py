@@ -1,6 +1,7 @@
 """attnlab.stream: constant-memory inference over unbounded text (StreamingLLM and friends).
 
-Policies (`make_policy`): full, window(W), sinks(S, W), chunked(C), recompute(W), memory (attnlab GPT).
+Policies (`make_policy`, `parse_policy`), one registry (`register_policy`, `policy_names`): full, window(W),
+sinks(S, W), chunked(C), recompute(W), memory (attnlab GPT), and any a user registers or names "module:Attr".
 `StreamRunner(model, policy).feed(ids)` gives token-by-token-exact logits with memory bounded by the
 policy; `stream_eval` measures streaming perplexity; `stream_generate` streams text;
 `StreamingCache(model, policy)` is a drop-in cache for Hugging Face `model.generate`; `RunnerCache` (formerly
@@ -11,7 +12,6 @@ docs/streaming.md.
 from attnlab.stream.cache import RunnerCache
 from attnlab.stream.hf_cache import StreamingCache
 from attnlab.stream.policies import (
-    POLICIES,
     ChunkedPolicy,
     FullPolicy,
     MemoryPolicy,
@@ -19,14 +19,21 @@ from attnlab.stream.policies import (
     RecomputePolicy,
     SinksPolicy,
     WindowPolicy,
+)
+from attnlab.stream.registry import (
+    POLICIES,
     make_policy,
     parse_policy,
+    policy_names,
+    register_policy,
+    unregister_policy,
 )
 from attnlab.stream.runner import StreamRunner
 
 __all__ = [
     "POLICIES", "ChunkedPolicy", "FullPolicy", "MemoryPolicy", "Policy", "RecomputePolicy", "SinksPolicy",
     "RunnerCache", "StreamRunner", "StreamingCache", "WindowPolicy", "make_policy", "parse_policy",
+    "policy_names", "register_policy", "unregister_policy",
 ]
 
 

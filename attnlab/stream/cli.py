@@ -14,14 +14,31 @@ DEFAULT_OUT = "runs/stream"
 DEFAULT_CHUNK = 256
 
 
+def _help_from_registry(base: type[argparse.Action], suffix: str) -> type[argparse.Action]:
+    """`base` with its help read from the policy registry when help is shown: the names are never a hand
+    list, and building the parser stays free of torch (which the registry's policies import)."""
+
+    class RegistryHelp(base):  # type: ignore[misc, valid-type]
+        @property  # type: ignore[override]
+        def help(self) -> str:
+            from attnlab.stream.registry import policy_help
+
+            return policy_help() + suffix
+
+        @help.setter
+        def help(self, value: object) -> None:
+            pass
+
+    return RegistryHelp
+
+
 def _policy_args(p: argparse.ArgumentParser, many: bool) -> None:
-    help_policy = ("full, window, sinks, chunked, recompute, memory; or a spec with sizes such as "
-                   "sinks(4,1020), window(1024), recompute(1024)")
     if many:
-        p.add_argument("--policy", action="append", required=True, metavar="POLICY",
-                       help=help_policy + ". Repeat to compare policies in one run (one plot, one JSON).")
+        p.add_argument("--policy", required=True, metavar="POLICY", action=_help_from_registry(
+            argparse._AppendAction, ". Repeat to compare policies in one run (one plot, one JSON)."))
     else:
-        p.add_argument("--policy", default="sinks", metavar="POLICY", help=help_policy + " (default sinks)")
+        p.add_argument("--policy", default="sinks", metavar="POLICY",
+                       action=_help_from_registry(argparse._StoreAction, " (default sinks)"))
     # Defaults are None here and filled in by _policies, so a size flag no policy reads can be told apart
     # from its default and warned about.
     p.add_argument("--sinks", type=int, default=None, help="attention sinks S for --policy sinks (default 4)")
@@ -113,10 +130,10 @@ def _outputs(args: argparse.Namespace) -> tuple[Path, Path | None]:
     return out / "results.json", Path(args.plot) if args.plot else out / "nll.png"
 
 
-_SIZE_FLAGS = {  # dest: (flag, default, the bare policy names that read it)
-    "sinks": ("--sinks", 4, ("sinks",)),
-    "window": ("--window", 1020, ("window", "sinks", "recompute", "memory")),
-    "chunk_size": ("--chunk-size", 512, ("chunked",)),
+_SIZE_FLAGS = {  # dest: (flag, default, the size keyword it gives a bare policy name)
+    "sinks": ("--sinks", 4, "sinks"),
+    "window": ("--window", 1020, "window"),
+    "chunk_size": ("--chunk-size", 512, "chunk"),
 }
 
 
@@ -124,13 +141,14 @@ def _policies(args: argparse.Namespace, specs: list[str], context: int | None) -
     """The policies of `specs`; on the first call (before the model loads), a warning for each size flag
     that none of them reads: a spec with sizes, sinks(4,16), takes none from the flags."""
     from attnlab.advice import advise
-    from attnlab.stream.policies import parse_policy
+    from attnlab.stream.registry import parse_policy, size_readers
 
     if not getattr(args, "sizes_checked", False):
         args.sizes_checked = True
         bare = [s.strip().lower() for s in specs if "(" not in s]
-        for dest, (flag, default, readers) in _SIZE_FLAGS.items():
+        for dest, (flag, default, size) in _SIZE_FLAGS.items():
             value = getattr(args, dest)
+            readers = size_readers(size)  # from the registry: the factories that take this size
             if value is None:
                 setattr(args, dest, default)
             elif not any(name in readers for name in bare):
@@ -147,7 +165,6 @@ def _eval(args: argparse.Namespace) -> int:
     from attnlab.errors import ConfigError, ModelError
     from attnlab.io import check_out_dir, check_out_file
     from attnlab.stream.eval import plot_nll, save_results, stream_eval
-    from attnlab.stream.policies import RecomputePolicy
 
     # Check the cheap things (settings, policies, output paths, text) before loading the model, so a
     # mistake fails in a second rather than after a long evaluation.
@@ -157,14 +174,14 @@ def _eval(args: argparse.Namespace) -> int:
                         ("--bin-size", args.bin_size)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
-    _policies(args, args.policy, None)
+    checked = _policies(args, args.policy, None)
     out, plot = _outputs(args)
     if out.name == "results.json" and out.parent == Path(args.out).expanduser():
         check_out_dir(out.parent)  # --out names a folder: say so if it is a file
     check_out_file(out, flag="--out")
     if plot:
         check_out_file(plot, flag="--plot")
-    _advise_eval(args, chunk_given)
+    _advise_eval(args, chunk_given, checked)
     text = load_text(args.text)
     lm = _load(args)
     policies = _policies(args, args.policy, lm.max_context or None)
@@ -182,7 +199,7 @@ def _eval(args: argparse.Namespace) -> int:
     config["text"] = args.text or "shakespeare"
     results = []
     for pol in policies:
-        stride = args.stride if isinstance(pol, RecomputePolicy) else 1
+        stride = args.stride if pol.strides else 1
         res = stream_eval(lm, ids, pol, args.tokens, mode=args.mode, chunk=args.chunk, stride=stride,
                           bin_size=args.bin_size)
         results.append(res)
@@ -204,13 +221,13 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _advise_eval(args: argparse.Namespace, chunk_given: bool) -> None:
+def _advise_eval(args: argparse.Namespace, chunk_given: bool, policies: list[Any]) -> None:
     """Settings that run but do nothing, or nothing useful (checked before the model loads)."""
     from attnlab.advice import advise
 
     if chunk_given and args.mode == "token":
         advise("--chunk applies to --mode chunked; --mode token feeds one token per forward, so it is unused")
-    if args.stride > 1 and not any(p.strip().lower().startswith("recompute") for p in args.policy):
+    if args.stride > 1 and not any(pol.strides for pol in policies):  # asked of the policies, not their names
         advise(f"--stride {args.stride} applies to the recompute policy only; the cache policies score every "
                f"token")
     if args.bin_size >= args.tokens:

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnlab.errors import ConfigError, DataError
-from attnlab.stream.policies import Policy, RecomputePolicy
+from attnlab.stream.policies import Policy
 from attnlab.stream.runner import StreamRunner, _unwrap
 
 MODES = ("token", "chunked")
@@ -98,8 +98,9 @@ def stream_eval(model: Any, text: str | Tensor, policy: Policy, tokens: int | No
         raise ConfigError(f"chunk, stride, bin_size and batch must be >= 1, got "
                           f"{chunk}, {stride}, {bin_size}, "
                           f"{batch}")
-    if stride > 1 and not isinstance(policy, RecomputePolicy):
-        raise ConfigError("stride applies to the recompute policy only (cache policies score every token)")
+    if stride > 1 and not policy.strides:
+        raise ConfigError(f"stride applies to the recompute policy only ({policy.name} scores every token); "
+                          f"leave --stride at 1")
     module, _, _ = _unwrap(model)
     ids = stream_ids(model, text, tokens).to(next(module.parameters()).device)
     n = ids.shape[1] - 1  # scored positions 0 .. n-1
@@ -108,11 +109,11 @@ def stream_eval(model: Any, text: str | Tensor, policy: Policy, tokens: int | No
     cache_peak = 0
     start = time.perf_counter()
     bar = _TokenProgress(n, f"stream {policy.name}", progress)
-    if isinstance(policy, RecomputePolicy):
-        scored = _eval_recompute(module, ids, policy.window, nll, mode, stride, batch, bar, bin_size,
-                                 rss_bins)
-        cache_peak = policy.window * ids.element_size()
-        cache_final, cache_len = cache_peak, min(policy.window, n)
+    if policy.strides:  # positions scored independently (recompute): every `stride`-th, `batch` per forward
+        scored = _eval_positions(module, ids, policy, nll, 1 if mode == "token" else batch, stride, bar,
+                                 bin_size, rss_bins)
+        cache_peak = policy.capacity * ids.element_size()  # the token window the policy re-reads
+        cache_final, cache_len = cache_peak, min(policy.capacity, n)
     else:
         runner = StreamRunner(model, policy, max_step=1 if mode == "token" else chunk)
         step = 1 if mode == "token" else chunk
@@ -161,36 +162,15 @@ class _TokenProgress:
 
 
 @torch.no_grad()
-def _eval_recompute(module: torch.nn.Module, ids: Tensor, W: int, nll: Tensor, mode: str, stride: int,
-                    batch: int, bar: _TokenProgress, bin_size: int, rss_bins: list[int]) -> int:
-    n = nll.numel()
-    kind_hf = hasattr(module, "config") and hasattr(module.config, "_attn_implementation")
-
-    def logits_of(x: Tensor) -> Tensor:  # (b, L) -> last-position logits (b, V)
-        if kind_hf:
-            pos = torch.arange(x.shape[1], device=x.device)[None].expand(x.shape[0], -1)
-            return module(input_ids=x, position_ids=pos, use_cache=False, logits_to_keep=1).logits[:, -1]
-        return module(x)[0][:, -1]
-
+def _eval_positions(module: torch.nn.Module, ids: Tensor, policy: Policy, nll: Tensor, per: int, stride: int,
+                    bar: _TokenProgress, bin_size: int, rss_bins: list[int]) -> int:
+    """Score every `stride`-th position with the policy's own independent scorer (`Policy.score`)."""
     module.eval()
-    scored_pos = list(range(0, n, stride))
-    # Positions whose window starts at token 0 all come from one causal forward over the first W tokens.
-    warm = [u for u in scored_pos if u < W - 1]
-    if warm:
-        x = ids[:, : W]
-        logits = module(input_ids=x, use_cache=False).logits if kind_hf else module(x)[0]
-        u = torch.tensor(warm)
-        nll[u] = _nll(logits[:, u], ids[:, u + 1])[0].cpu()
-        bar.update(len(warm))
-    rest = [u for u in scored_pos if u >= W - 1]
-    per = 1 if mode == "token" else batch
+    scored_pos = list(range(0, nll.numel(), stride))
     next_bin = bin_size
-    for i in range(0, len(rest), per):
-        us = rest[i:i + per]
-        x = torch.stack([ids[0, u - W + 1:u + 1] for u in us])  # (b, W)
-        logits = logits_of(x)  # (b, V)
-        tgt = torch.stack([ids[0, u + 1] for u in us])
-        nll[torch.tensor(us)] = _nll(logits[:, None], tgt[:, None])[:, 0].cpu()
+    for us, logits in policy.score(module, ids, scored_pos, per):  # logits (b, 1, V)
+        u = torch.tensor(us)
+        nll[u] = _nll(logits, ids[0, u + 1][:, None])[:, 0].cpu()
         bar.update(len(us))
         while us[-1] + 1 >= next_bin:
             rss_bins.append(rss_bytes())

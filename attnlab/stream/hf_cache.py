@@ -39,7 +39,7 @@ from torch import Tensor
 
 from attnlab.errors import AttnlabError, ConfigError
 from attnlab.stream.cache import RunnerCache, Step, StreamLayer, plan_step, split_steps
-from attnlab.stream.policies import MemoryPolicy, Policy, RecomputePolicy
+from attnlab.stream.policies import Policy
 from attnlab.stream.runner import _hf_mask, _unwrap, hf_stream_setup
 
 
@@ -77,13 +77,11 @@ class StreamingCache(RunnerCache):
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be an attnlab.stream Policy (make_policy(...)), got "
                             f"{type(policy).__name__}")
-        if isinstance(policy, MemoryPolicy):
-            raise ConfigError("the memory policy (Transformer-XL segment memory) needs attnlab's GPT, whose "
-                              "cache holds keys before RoPE; for generate use sinks, window, chunked or full")
-        if isinstance(policy, RecomputePolicy):
-            raise ConfigError(f"{policy.name} keeps no KV cache (it re-runs the model on the last "
-                              f"{policy.window} tokens), so there is nothing to hand to generate; use "
-                              f"sinks/window/chunked, or run recompute with attnlab.stream.StreamRunner")
+        policy.check_model(kind)
+        if not policy.uses_cache:
+            raise ConfigError(f"{policy.name} keeps no KV cache (it drives the model itself), so there is "
+                              f"nothing to hand to generate; use sinks/window/chunked, or run {policy.name} "
+                              f"with attnlab.stream.StreamRunner")
         rope, self._cache_arg, n_layers = hf_stream_setup(module)
         if rope.rope_type == "dynamic":
             raise ConfigError("RoPE type 'dynamic' changes its frequencies once generate's positions pass "

@@ -21,6 +21,8 @@ true distance, which is < the cache size by construction).
 | recompute(W)    | (no cache)           | re-runs the model on the last W      | W           |
 | memory(M)       | Transformer-XL       | the last segment's keys (GPT only)   | M + segment |
 
+Each is registered by name in `attnlab.stream.registry` (`register_policy`), as a user's policy is.
+
 `W` counts the query itself: under sinks(4, 1020) each query attends to at most 1024 keys, StreamingLLM's
 "cache size 1024". Counts are kept as integers (never inferred from tensor contents, so a key that happens
 to be all zeros is still a key).
@@ -28,24 +30,36 @@ to be all zeros is still a key).
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from attnlab.attention import Causal, Chunked, SinkWindow, Span, Window
 from attnlab.errors import ConfigError
-
-POLICIES = ("full", "window", "sinks", "chunked", "recompute", "memory")
+from attnlab.stream.recompute import recompute_logits
 
 
 class Policy:
-    """Base class. Cache policies define `span`, `sinks` and `lo`; `recompute`/`memory` are drivers."""
+    """Base class. A policy says what it needs, and the runner, `stream_eval` and `StreamingCache` ask it
+    (never its class):
+
+    * `uses_cache`: it keeps a KV cache, defined by `span`, `sinks` and `lo` (RunnerCache, GPT's KVCache);
+    * `drives_model`: it feeds the model itself (`start` makes its state, `drive` yields the logits);
+    * `model_kinds`: the models it runs on; ("attnlab",) when it needs the model's own segments (GPT's cache
+      holds keys before RoPE), which `check_model` reports;
+    * `strides`: its positions are scored independently (`score`), so stream_eval may score every k-th.
+
+    Register a new one by name with `attnlab.stream.register_policy(name, factory)`."""
 
     name: str = "policy"
     sinks: int = 0
     uses_cache: bool = True
+    drives_model: bool = False
+    model_kinds: tuple[str, ...] = ("hf", "attnlab")
+    strides: bool = False
 
     @property
     def span(self) -> Span:
@@ -55,6 +69,26 @@ class Policy:
     def capacity(self) -> int | None:
         """Most keys one query attends to (None: unbounded)."""
         return None
+
+    def check_model(self, kind: str) -> None:
+        """Refuse a model kind ("hf" or "attnlab") this policy cannot run on, naming what to use instead."""
+        if kind not in self.model_kinds:
+            raise ConfigError(f"the {self.name} policy runs on {' and '.join(self.model_kinds)} models only, "
+                              f"not {kind}; choose another --policy")
+
+    def start(self, runner: Any) -> Any:
+        """A driving policy's state for a new stream (held as `runner.cache`); None: nothing to hold."""
+        return None
+
+    def drive(self, runner: Any, ids: Tensor) -> Iterator[Tensor]:
+        """A driving policy feeds `ids` (B, q) through `runner.module`, advancing `runner.t`; yields logits
+        (B, q_i, V) whose q_i sum to q."""
+        raise NotImplementedError(f"{type(self).__name__} sets drives_model but defines no drive()")
+
+    def score(self, module: nn.Module, ids: Tensor, positions: Sequence[int],
+              per: int) -> Iterator[tuple[list[int], Tensor]]:
+        """A striding policy's logits (len(us), B, V) for stream positions us of ids (B, n), independently."""
+        raise NotImplementedError(f"{type(self).__name__} sets strides but defines no score()")
 
     def lo(self, u: Tensor) -> Tensor:
         """Earliest non-sink key visible from stream position u (elementwise, int64): where the local
@@ -174,6 +208,22 @@ class RecomputePolicy(WindowPolicy):
 
     kind = "recompute"
     uses_cache = False
+    drives_model = True
+    strides = True
+
+    def drive(self, runner: Any, ids: Tensor) -> Iterator[Tensor]:
+        # The runner keeps the last `window` tokens (runner._history); each new token's window ends at it.
+        past = runner._history
+        seen = ids if past is None else torch.cat([past, ids], dim=1)
+        first = seen.shape[1] - ids.shape[1]
+        for us, logits in recompute_logits(runner.module, seen, self.window, range(first, seen.shape[1])):
+            runner.t += len(us)
+            runner._history = seen[:, max(0, us[-1] + 1 - self.window):us[-1] + 1].clone()
+            yield logits.transpose(0, 1)  # (B, 1, V)
+
+    def score(self, module: nn.Module, ids: Tensor, positions: Sequence[int],
+              per: int) -> Iterator[tuple[list[int], Tensor]]:
+        return recompute_logits(module, ids, self.window, positions, per=per, warm=True)
 
 
 @dataclass(frozen=True, repr=False)
@@ -185,6 +235,39 @@ class MemoryPolicy(Policy):
     memory: int
     segment: int
     uses_cache = False
+    drives_model = True
+    model_kinds = ("attnlab",)
+
+    def check_model(self, kind: str) -> None:
+        if kind not in self.model_kinds:
+            raise ConfigError("the memory policy (Transformer-XL segment memory) needs attnlab's GPT, whose "
+                              "cache holds keys before RoPE; for Hugging Face models use sinks, window, "
+                              "chunked, recompute or full")
+
+    def start(self, runner: Any) -> Any:
+        from attnlab.models.gpt_parts import KVCache
+
+        return KVCache.empty(len(runner.module.blocks))
+
+    def drive(self, runner: Any, ids: Tensor) -> Iterator[Tensor]:
+        """Segments attend causally to themselves and to the cached last `memory` tokens."""
+        M, seg = self.memory, self.segment
+        cache = runner.cache
+        while ids.shape[1]:
+            # Fill up the current segment: a segment boundary falls every `seg` tokens of the stream.
+            room = seg - (runner.t % seg)
+            chunk, ids = ids[:, :room], ids[:, room:]
+            n_mem = len(cache)
+            if runner.t % seg == 0 and n_mem > M:
+                for layer in range(len(cache.keys)):
+                    cache.keys[layer] = cache.keys[layer][:, :, -M:].clone()
+                    cache.values[layer] = cache.values[layer][:, :, -M:].clone()
+                n_mem = M
+            cache.positions = torch.arange(n_mem, device=chunk.device)
+            logits = runner.module(chunk, cache=cache, positions=torch.arange(
+                n_mem, n_mem + chunk.shape[1], device=chunk.device))[0]
+            runner.t += chunk.shape[1]
+            yield logits
 
     def __post_init__(self) -> None:
         _check_int(self.memory, "memory", 1)
@@ -206,62 +289,11 @@ def _check_int(value: object, what: str, minimum: int) -> None:
         raise ConfigError(f"{what} must be >= {minimum}, got {value}")
 
 
-def make_policy(name: str, *, sinks: int = 4, window: int = 1020, chunk: int = 512, memory: int | None = None,
-                segment: int | None = None, max_context: int | None = None) -> Policy:
-    """A policy by name: full, window, sinks, chunked, recompute, memory. `max_context`, when given, is the
-    model's trained context: a policy whose per-query span exceeds it is refused (RoPE would see distances
-    the model never trained on, which is exactly what streaming is meant to avoid)."""
-    if not isinstance(name, str) or name.lower() not in POLICIES:
-        raise ConfigError(f"unknown streaming policy {name!r}; valid policies: {', '.join(POLICIES)}")
-    name = name.lower()
-    policy: Policy
-    if name == "full":
-        policy = FullPolicy()
-    elif name == "window":
-        policy = WindowPolicy(window)
-    elif name == "sinks":
-        policy = SinksPolicy(sinks, window)
-    elif name == "chunked":
-        policy = ChunkedPolicy(chunk)
-    elif name == "recompute":
-        policy = RecomputePolicy(window)
-    else:
-        mem = window if memory is None else memory
-        policy = MemoryPolicy(mem, segment if segment is not None else max(1, mem // 2))
-    cap = policy.capacity
-    if max_context and cap is not None and cap > max_context:
-        what = {"sinks": f"sinks + window = {sinks} + {window}", "chunked": f"chunk = {chunk}"}.get(
-            name, f"{name} size {cap}")
-        raise ConfigError(f"{what} = {cap} is larger than the model's context ({max_context} tokens); "
-                          f"choose a smaller --window/--sinks/--chunk so the cache fits the context")
-    return policy
+def __getattr__(name: str) -> object:
+    # make_policy, parse_policy and POLICIES moved to registry.py (which imports this module); older imports
+    # from here still find them.
+    if name in ("POLICIES", "make_policy", "parse_policy"):
+        from attnlab.stream import registry
 
-
-def parse_policy(spec: str, *, sinks: int = 4, window: int = 1020, chunk: int = 512,
-                 max_context: int | None = None) -> Policy:
-    """A policy from a name (sizes from the keyword defaults) or a spec with its sizes: "full",
-    "window(1020)", "sinks(4,1020)", "chunked(512)", "recompute(1024)", "memory(512,256)"."""
-    spec = spec.strip().lower().replace(" ", "")
-    if "(" not in spec:
-        return make_policy(spec, sinks=sinks, window=window, chunk=chunk, max_context=max_context)
-    name, _, rest = spec.partition("(")
-    if not rest.endswith(")"):
-        raise ConfigError(f"bad policy spec {spec!r}; write e.g. sinks(4,1020) or window(1024)")
-    try:
-        args = [int(a) for a in rest[:-1].split(",") if a]
-    except ValueError:
-        raise ConfigError(f"bad policy spec {spec!r}: sizes must be integers, e.g. sinks(4,1020)") from None
-    want = {"full": 0, "window": 1, "sinks": 2, "chunked": 1, "recompute": 1, "memory": 2}.get(name)
-    if want is None:
-        raise ConfigError(f"unknown streaming policy {name!r}; valid policies: {', '.join(POLICIES)}")
-    if len(args) != want:
-        raise ConfigError(f"{name} takes {want} size(s), got {spec!r}; e.g. sinks(4,1020), window(1024)")
-    if name == "sinks":
-        return make_policy(name, sinks=args[0], window=args[1], max_context=max_context)
-    if name == "memory":
-        return make_policy(name, memory=args[0], segment=args[1], max_context=max_context)
-    if name == "chunked":
-        return make_policy(name, chunk=args[0], max_context=max_context)
-    if name == "full":
-        return make_policy(name)
-    return make_policy(name, window=args[0], max_context=max_context)
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

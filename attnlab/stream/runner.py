@@ -9,7 +9,8 @@ tokens had been fed one at a time (StreamingLLM's evaluation protocol), whatever
 * attnlab's GPT: its `KVCache` stores keys before RoPE together with their positions, so a policy is
   applied by evicting entries and renumbering positions to compact cache slots before each token; the
   `memory` policy (Transformer-XL) feeds whole segments against the previous segments' cached keys.
-* `recompute(W)`: no cache; each token's logits come from a fresh forward over its last W tokens.
+* A policy that drives the model (`recompute(W)`, `memory`) feeds it itself (`policy.drive`); the runner
+  asks the policy what it needs (`uses_cache`, `drives_model`, `check_model`), never its class.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from torch import Tensor, nn
 
 from attnlab.errors import ConfigError
 from attnlab.stream.cache import RunnerCache, split_steps
-from attnlab.stream.policies import FullPolicy, MemoryPolicy, Policy, RecomputePolicy
+from attnlab.stream.policies import Policy
+from attnlab.stream.recompute import window_logits
 from attnlab.stream.rope import Rope, rope_of
 
 _HF_IMPLEMENTATIONS = ("attnlab", "sdpa", "eager")
@@ -78,10 +80,7 @@ class StreamRunner:
             raise ConfigError(f"max_step must be >= 1 or None, got {max_step}")
         self.max_step = max_step
         self.module.eval()
-        if isinstance(policy, MemoryPolicy) and self.kind != "attnlab":
-            raise ConfigError("the memory policy (Transformer-XL segment memory) needs attnlab's GPT, whose "
-                              "cache holds keys before RoPE; for Hugging Face models use sinks, window, "
-                              "chunked, recompute or full")
+        policy.check_model(self.kind)
         if self.kind == "hf":
             self._check_hf()
         self.reset()
@@ -96,9 +95,11 @@ class StreamRunner:
         self.cache: Any = None
         self._history: Tensor | None = None  # recompute: the last W tokens
         self._stream_idx: Tensor | None = None  # GPT: stream index of each cached key
-        if self.policy.uses_cache and self.kind == "hf":
+        if self.policy.drives_model:
+            self.cache = self.policy.start(self)
+        elif self.kind == "hf":
             self.cache = RunnerCache(self.policy, self.rope, self.n_layers)
-        elif self.kind == "attnlab" and not isinstance(self.policy, RecomputePolicy):
+        else:
             from attnlab.models.gpt_parts import KVCache
 
             self.cache = KVCache.empty(len(self.module.blocks))
@@ -138,8 +139,8 @@ class StreamRunner:
         return torch.cat(outs, dim=1)
 
     def _feed(self, ids: Tensor, last_only: bool) -> Iterator[Tensor]:
-        if isinstance(self.policy, RecomputePolicy):
-            yield from self._feed_recompute(ids)
+        if self.policy.drives_model:
+            yield from self.policy.drive(self, ids)
         elif self.kind == "hf":
             pos = 0
             sizes = split_steps(self.policy, self.t, ids.shape[1], self.max_step)
@@ -147,8 +148,6 @@ class StreamRunner:
                 keep_all = not last_only or i == len(sizes) - 1
                 yield self._hf_step(ids[:, pos:pos + n], keep_all)
                 pos += n
-        elif isinstance(self.policy, MemoryPolicy):
-            yield from self._feed_memory(ids)
         else:
             yield from self._feed_gpt(ids)
 
@@ -170,27 +169,15 @@ class StreamRunner:
         self.t += q
         return out.logits
 
-    def _feed_recompute(self, ids: Tensor) -> Iterator[Tensor]:
-        W = self.policy.capacity
-        for i in range(ids.shape[1]):
-            tok = ids[:, i:i + 1]
-            hist = tok if self._history is None else torch.cat([self._history, tok], dim=1)
-            self._history = hist[:, -W:].clone()
-            self.t += 1
-            yield self.window_logits(self._history)[:, -1:]
-
     def window_logits(self, ids: Tensor) -> Tensor:
         """Last-position logits (B, 1, V) of a fresh forward over ids (B, L) at positions 0..L-1: the work
         recompute(W) does for every token."""
-        if self.kind == "hf":
-            pos = torch.arange(ids.shape[1], device=ids.device)[None].expand(ids.shape[0], -1)
-            return self.module(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=1).logits
-        return self.module(ids)[0][:, -1:]
+        return window_logits(self.module, ids)
 
     def _feed_gpt(self, ids: Tensor) -> Iterator[Tensor]:
         """attnlab GPT, cache policies: one token per forward (the full policy may take whole steps), after
         evicting what the next query cannot see and renumbering positions to compact slots."""
-        if isinstance(self.policy, FullPolicy):
+        if self.policy.capacity is None:  # keeps every key: whole steps, nothing to evict
             for n in split_steps(self.policy, self.t, ids.shape[1], self.max_step):
                 chunk, ids = ids[:, :n], ids[:, n:]
                 self.t += n
@@ -213,26 +200,6 @@ class StreamRunner:
                                  positions=torch.tensor([n_kept], device=ids.device))[0]
             self._stream_idx = u[None] if self._stream_idx is None else torch.cat([self._stream_idx, u[None]])
             self.t += 1
-            yield logits
-
-    def _feed_memory(self, ids: Tensor) -> Iterator[Tensor]:
-        """Transformer-XL: segments attend causally to themselves and to the cached last M tokens."""
-        M, seg = self.policy.memory, self.policy.segment
-        cache = self.cache
-        while ids.shape[1]:
-            # Fill up the current segment: a segment boundary falls every `seg` tokens of the stream.
-            room = seg - (self.t % seg)
-            chunk, ids = ids[:, :room], ids[:, room:]
-            n_mem = len(cache)
-            if self.t % seg == 0 and n_mem > M:
-                for layer in range(len(cache.keys)):
-                    cache.keys[layer] = cache.keys[layer][:, :, -M:].clone()
-                    cache.values[layer] = cache.values[layer][:, :, -M:].clone()
-                n_mem = M
-            cache.positions = torch.arange(n_mem, device=chunk.device)
-            logits = self.module(chunk, cache=cache, positions=torch.arange(
-                n_mem, n_mem + chunk.shape[1], device=chunk.device))[0]
-            self.t += chunk.shape[1]
             yield logits
 
 
