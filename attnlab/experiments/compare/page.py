@@ -31,30 +31,35 @@ def scroll(html: Any) -> Any:
 
 
 def claims_table(claims: list[dict[str, Any]], title: str, smoke: bool) -> Any:
-    """Primary endpoints first (with their verdicts), then the exploratory claims (effects, no verdict)."""
-    from attnlab.present import Raw, badge, esc, table
+    """The primary endpoints (with their verdicts), then the exploratory claims (effects, no verdict)
+    folded under a summary line: they are many, and none of them is a finding on its own."""
+    from attnlab.present import Raw, details, table
 
     if not claims:
         return ""
-    rows: list[Any] = []
-    for group, chosen in (("Primary endpoints (Holm-corrected family, named before the run)",
-                           [c for c in claims if c.get("primary")]),
-                          ("Exploratory (effect and 95% interval; no verdict)",
-                           [c for c in claims if not c.get("primary")])):
-        if not chosen:
-            continue
-        rows.append(group)
-        for c in chosen:
-            v = c["verdict"]
-            shown = "" if smoke or v == NO_VERDICT else badge(v, VERDICT_COLOURS.get(v, "#57606a"))
-            reason = c["result"].get("reason")
-            ours = esc(c["ours"].split(" (")[0] if reason else c["ours"])
-            rows.append([shown, Raw(f"{esc(c['claim'])}<br><span class='muted'>{esc(c['source'])}: "
-                                    f"{esc(c['paper'])}</span>"),
-                         Raw(f"{ours}" + (f"<br><span class='muted'>{esc(reason)}</span>" if reason else "")),
-                         c["test"]])
-    return scroll(table(rows, ["verdict", "claim", "ours", "test"], title=title,
-                        note=f"Verdict rule: {VERDICT_RULE}"))
+    primary = [c for c in claims if c.get("primary")]
+    rest = [c for c in claims if not c.get("primary")]
+    cols = ["verdict", "claim", "ours", "test"]
+    out = [table([_claim_row(c, smoke) for c in primary], cols,
+                 title=f"{title}: primary endpoints (one Holm-corrected family, named before the run)",
+                 note=f"Verdict rule: {VERDICT_RULE}")] if primary else []
+    if rest:
+        out.append(details(f"{title}: {len(rest)} exploratory comparisons (effect and 95% interval, no "
+                           f"verdict)", table([_claim_row(c, smoke) for c in rest], cols)))
+    return scroll(Raw("".join(str(x) for x in out)))
+
+
+def _claim_row(c: dict[str, Any], smoke: bool) -> list[Any]:
+    from attnlab.present import Raw, badge, esc
+
+    v = c["verdict"]
+    shown = "" if smoke or v == NO_VERDICT else badge(v, VERDICT_COLOURS.get(v, "#57606a"))
+    reason = c["result"].get("reason")
+    ours = esc(c["ours"].split(" (")[0] if reason else c["ours"])
+    return [shown, Raw(f"{esc(c['claim'])}<br><span class='muted'>{esc(c['source'])}: "
+                       f"{esc(c['paper'])}</span>"),
+            Raw(f"{ours}" + (f"<br><span class='muted'>{esc(reason)}</span>" if reason else "")),
+            Raw(esc(c["test"]))]
 
 
 def forest_figures(doc: dict[str, Any]) -> list[Any]:
