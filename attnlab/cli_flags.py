@@ -1,26 +1,27 @@
 """Flags several commands share: `--device` and `--dtype`, where the model runs and in which precision.
 
 Torch-free on purpose: parsers are built without importing torch (`attnlab --help` stays fast); the names
-are turned into torch objects by `attnlab.models.loading.resolve_device` / `resolve_dtype` when the model
-loads.
+are turned into torch objects by `attnlab.devices.resolve_device` / `attnlab.models.loading.resolve_dtype`
+when the model loads.
 """
 
 from __future__ import annotations
 
 import argparse
-import re
 from typing import Any
 
+from attnlab import devices
+from attnlab.errors import ConfigError
+
 DTYPES = ("float32", "bfloat16", "float16", "float64")
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
 def device_name(text: str) -> str:
-    """argparse type of --device: auto, cpu, cuda or cuda:N."""
-    name = text.strip().lower()
-    if not _DEVICE.match(name):
-        raise argparse.ArgumentTypeError(f"unknown device {text!r}; use auto, cpu, cuda or cuda:N")
-    return name
+    """argparse type of --device: `attnlab.devices.device_name`, its error as argparse's."""
+    try:
+        return devices.device_name(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_device_flags(parser: argparse.ArgumentParser, *, what: str = "the model runs",

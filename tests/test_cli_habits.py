@@ -110,6 +110,31 @@ def test_device_and_dtype_resolve(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve_dtype("int8")
 
 
+def test_one_device_resolver_for_loading_training_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading, training and the --device flag use one resolver: the same names, the same errors."""
+    import attnlab.devices
+    import attnlab.models.loading
+    import attnlab.train.distributed as distributed
+    from attnlab.cli_flags import device_name
+
+    assert attnlab.models.loading.resolve_device is attnlab.devices.resolve_device
+    assert distributed.resolve_device is attnlab.devices.resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed.setup_distributed("auto").device == torch.device("cpu")
+    for where in (attnlab.devices.resolve_device, distributed.setup_distributed):
+        with pytest.raises(ConfigError, match="device 'cuda' asked for, but torch sees no CUDA GPU"):
+            where("cuda")
+        with pytest.raises(ConfigError, match="unknown device 'gpu'; use auto, cpu, cuda or cuda:N"):
+            where("gpu")
+    with pytest.raises(ConfigError, match="not supported for training"):
+        distributed.setup_distributed("meta")
+    assert device_name(" CUDA:1 ") == "cuda:1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert attnlab.devices.resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    assert attnlab.devices.resolve_device("cuda") == torch.device("cuda")
+
+
 def test_cuda_without_a_gpu_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
                                               tiny: Path, text: Path, tmp_path: Path) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from attnlab.data.tokenizers import NAME_FILE as TOKENIZER_NAME_FILE
+from attnlab.devices import resolve_device  # the one resolver; importable from here as before
 from attnlab.errors import AttnlabError, ConfigError, ModelError, ModelNotFoundError, OutputError
 from attnlab.io import atomic_folder
 from attnlab.models.adapter import LoadedModel, from_gpt, from_hf
@@ -110,26 +111,6 @@ def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
     return dtype
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """'auto' (CUDA when a GPU is visible, else the CPU), 'cpu', 'cuda', 'cuda:N' or a torch.device; asking
-    for CUDA where there is none is a ConfigError, not a crash deep inside the first forward."""
-    if isinstance(device, str) and device.strip().lower() == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device.strip().lower() if isinstance(device, str) else device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU (torch "
-                              f"{torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --device "
-                              f"cpu, or auto to take a GPU only when there is one")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(f"device {str(device)!r} asked for, but there are {torch.cuda.device_count()} "
-                              f"CUDA device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
-    return dev
 
 
 # -- the local Hugging Face cache ------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Devices and processes: `resolve_device`, and `setup_distributed` for runs under torchrun.
+"""Processes: `setup_distributed` for runs under torchrun, on `attnlab.devices.resolve_device`'s device.
 
 Under `torchrun` (WORLD_SIZE > 1) the default process group is created once per process (gloo on CPU,
 NCCL on CUDA) and reused by every later training call in that process (studies train many models in one
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from attnlab.devices import CLI_DEVICES, resolve_device
 from attnlab.errors import ConfigError
 
 
@@ -29,23 +30,11 @@ class Dist:
         return self.rank == 0
 
 
-def resolve_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
-    """'auto' (CUDA when there is one), 'cpu', 'cuda' (cuda:LOCAL_RANK) or 'cuda:N'."""
-    if isinstance(name, torch.device):
-        name = str(name)
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' asked for but no CUDA GPU is available; use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-    elif device.type != "cpu":
-        raise ConfigError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+def _training_device(name: str | torch.device, local_rank: int) -> torch.device:
+    """`attnlab.devices.resolve_device`, limited to what a process group can run on (gloo, NCCL)."""
+    device = resolve_device(name, local_rank)
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device {str(name)!r} is not supported for training; use {CLI_DEVICES}")
     return device
 
 
@@ -58,9 +47,9 @@ def setup_distributed(device_name: str | torch.device) -> Dist:
     needed (then destroyed at exit unless the caller, flagged by owns_group, destroys it first)."""
     world = world_size_from_env()
     if world <= 1:
-        return Dist(device=resolve_device(device_name))
+        return Dist(device=_training_device(device_name, 0))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_name, local)
+    device = _training_device(device_name, local)
     owns = False
     if not dist.is_initialized():
         if device.type == "cuda":
