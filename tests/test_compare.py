@@ -162,6 +162,8 @@ def test_nan_loss_stops_that_arm_and_keeps_the_others(tmp_path: Path,
     assert arms["softmax1"]["diverged"]["0"]["step"] == 0
     assert "loss became nan" in arms["softmax1"]["diverged"]["0"]["cause"]
     assert arms["softmax1"]["metrics"] == {} and arms["softmax"]["metrics"]["ppl"]["value"] > 0
+    assert "Diverged, left out of every number: softmax1 (seed 0) stopped at step 0" in (
+        tmp_path / "compare.html").read_text()
 
 
 def test_bad_input_fails_clearly_before_any_work(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

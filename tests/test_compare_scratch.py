@@ -125,3 +125,4 @@ def test_a_diverged_arm_keeps_its_row_and_the_others(tmp_path: Path, monkeypatch
     arms = {a["name"]: a for a in doc["scratch"]["arms"]}
     assert arms["softmax1"]["diverged"]["0"]["step"] == 0 and arms["softmax1"]["metrics"] == {}
     assert arms["softmax"]["metrics"]["first_token_dormant"]["value"] >= 0
+    assert "Diverged, left out of every number: softmax1 (seed 0)" in (tmp_path / "compare.html").read_text()

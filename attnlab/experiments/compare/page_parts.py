@@ -63,6 +63,15 @@ def scratch_sentence(doc: dict[str, Any], smoke: bool) -> str:
     return head + "; first-token attention at dormant queries with " + "; ".join(said) + "."
 
 
+def diverged_note(arms: list[dict[str, Any]]) -> list[Any]:
+    """One line naming every (arm, seed) whose training went non-finite: its row has no numbers."""
+    from attnlab.present import para
+
+    gone = [f"{a['name']} (seed {seed}) stopped at step {d['step']}: {d['cause']}"
+            for a in arms for seed, d in (a.get("diverged") or {}).items()]
+    return [para("Diverged, left out of every number: " + "; ".join(gone) + ".")] if gone else []
+
+
 # ------------------------------------------------------------------------------------------ part 1
 SCRATCH_TABLE = ("first_token_dormant", "first_token_active", "null_mass", "clipped_mass", "resid_peak",
                  "value_drain", "massive_tok0", "massive_rest", "kurtosis_token", "int8_damage", "loss",
@@ -96,7 +105,8 @@ def scratch_sections(doc: dict[str, Any], smoke: bool) -> list[Any]:
     figures = [head_maps(s), peak_figure(s), sink_curve_figure(s)]
     from attnlab.present import grid
 
-    return [section("Part 1: from scratch, where the sink is born", intro, metrics, diff_t, grid(figures),
+    return [section("Part 1: from scratch, where the sink is born", intro, *diverged_note(arms), metrics,
+                    diff_t, grid(figures),
                     claims_table([x for x in doc["claims"] if x.get("part") == "scratch"],
                                  "Part 1 claims", smoke))]
 
@@ -214,7 +224,8 @@ def retrofit_sections(doc: dict[str, Any], smoke: bool) -> list[Any]:
                               "total = trained arm - trained control (ratios for perplexity)."))
     from attnlab.experiments.compare.retrofit_figures import curve_figure, layer_figures
 
-    return [section("Part 2: the retrofit (a pretrained model, cheaply repaired?)", intro, arm_t, eff_t,
+    return [section("Part 2: the retrofit (a pretrained model, cheaply repaired?)", intro,
+                    *diverged_note(arms), arm_t, eff_t,
                     claims_table([x for x in doc["claims"] if x.get("part") == "retrofit"], "Part 2 claims",
                                  smoke),
                     grid([*layer_figures(r), curve_figure(r)]))]
