@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from attnlab.cli import main as cli_main
-from attnlab.errors import ConfigError, DataError
+from attnlab.errors import ConfigError, DataError, OutputError
 from attnlab.models.gpt import GPT, GPTConfig
 from attnlab.train import TrainConfig, train
 from attnlab.train.loop import lr_at
@@ -124,7 +124,9 @@ def test_bad_input_fails_clearly(text_file, tmp_path, capsys):
         train(cfg(short), progress=False)
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(ConfigError, match="cannot write to the output folder .*choose a writable --out"):
+    # The one writability check (attnlab.io.check_out_dir), as every other command's --out gets.
+    with pytest.raises(OutputError, match=f"cannot create the --out folder {blocker / 'run'} .*; pass a "
+                                          f"writable folder"):
         train(cfg(text_file, blocker / "run"), progress=False)
     argv = ["train", "--span", "windw(3)", "--text", str(text_file), "--out", str(tmp_path / "s")]
     assert cli_main(argv) == 2

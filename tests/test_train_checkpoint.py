@@ -279,3 +279,10 @@ def test_resume_after_a_kill_in_the_final_save_finishes_the_records(tmp_path, ca
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
     assert cli_main(["train", "--out", str(out), "--resume"]) == 0  # a finished run: nothing touched now
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+
+
+def test_metrics_log_moved_and_still_importable_from_checkpoint() -> None:
+    from attnlab.train import checkpoint, metrics_log
+
+    assert checkpoint.MetricsLog is metrics_log.MetricsLog and checkpoint.METRICS == "metrics.jsonl"
+    assert not hasattr(checkpoint, "tempfile") or "class MetricsLog" not in open(checkpoint.__file__).read()

@@ -1,4 +1,4 @@
-"""Checkpoints and the metrics file of a training run, both safe against a kill at any moment.
+"""Checkpoints of a training run, safe against a kill at any moment (the metrics file: metrics_log.py).
 
 OUT/checkpoint/ holds the model (for attnlab's GPT model.safetensors + config.json, so
 `GPT.from_pretrained(OUT/checkpoint)` works; for a Hugging Face model what `save_pretrained` writes),
@@ -18,8 +18,9 @@ complete one about to replace it) exists. A kill at any point therefore leaves a
 folder among checkpoint/, .checkpoint.old and a complete tmp; `find_checkpoint` picks the newest (highest
 step) and `recover_checkpoint` promotes it to checkpoint/ and discards the rest before training resumes.
 
-OUT/metrics.jsonl gets one JSON object per logged step, appended and flushed. On resume it is rewritten
-(atomically) to the lines up to the checkpoint's step, so the resumed run does not duplicate steps.
+Not on `attnlab.io.atomic_folder`: that writer deletes the previous copy before its rename and treats a
+killed temporary as garbage, while here a killed save's complete temporary may be the newest good copy and
+the previous checkpoint must survive until the new one carries its name.
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ import torch
 from torch import nn
 
 from attnlab.errors import ConfigError, OutputError
-from attnlab.io import atomic_write_json, atomic_write_text, private_dir_to_umask, write_failure
+from attnlab.io import atomic_write_json, private_dir_to_umask, write_failure
+from attnlab.io import check_out_dir as check_writable  # the one writability check (was a second copy here)
+from attnlab.train.metrics_log import METRICS, MetricsLog  # moved; importable from here as before
 
 CHECKPOINT = "checkpoint"
 OLD = ".checkpoint.old"
 TMP_PREFIX = ".checkpoint.tmp-"
 TRASH_PREFIX = ".checkpoint.trash-"
-METRICS = "metrics.jsonl"
 STATE_FILE = "state.pt"
 OPTIMIZER_FILE = "optimizer.pt"
 TRAIN_CONFIG_FILE = "train_config.json"
@@ -332,63 +334,6 @@ def _tied_aliases(model: nn.Module, loaded: dict[str, torch.Tensor]) -> set[str]
         if any(n in loaded for n in names):
             aliases.update(n for n in names if n not in loaded)
     return aliases
-
-
-# ---------------------------------------------------------------- metrics
-class MetricsLog:
-    """Append-only JSONL of logged steps; `truncate(step)` drops lines past a resumed checkpoint."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.records: list[dict[str, Any]] = []
-
-    def read(self) -> list[dict[str, Any]]:
-        if self.path is None or not self.path.exists():
-            return []
-        out = []
-        for line in self.path.read_text(encoding="utf-8").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill
-            if isinstance(record, dict):
-                out.append(record)
-        return out
-
-    def truncate(self, step: int) -> None:
-        if self.path is None or not self.path.exists():
-            return
-        self.records = [r for r in self.read() if r.get("step", 0) <= step]
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
-
-    def reset(self) -> None:
-        self.records = []
-        if self.path is not None:
-            atomic_write_text(self.path, "")
-
-    def append(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
-        if self.path is not None:
-            try:
-                with open(self.path, "a", encoding="utf-8") as fh:
-                    fh.write(json.dumps(record) + "\n")
-                    fh.flush()
-            except OSError as exc:  # a cut line is skipped on read, and resume truncates to the checkpoint
-                raise OutputError(f"cannot append to {self.path} ({exc.strerror or exc}); the last "
-                                  f"checkpoint is kept: free some space, then run the same command again "
-                                  f"with --resume") from exc
-
-
-def check_writable(out: Path) -> None:
-    """Create OUT and prove a file can be written there, or raise a one-line ConfigError."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-test-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ConfigError(f"cannot write to the output folder {out} ({exc.strerror or exc}); "
-                          f"choose a writable --out") from None
 
 
 __all__ = ["CHECKPOINT", "METRICS", "CheckpointError", "MetricsLog", "check_writable", "checkpoint_step",

@@ -37,6 +37,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from attnlab.errors import AttnlabError, ConfigError
+from attnlab.io import check_out_dir
 from attnlab.train.distributed import Dist, setup_distributed
 
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
@@ -232,7 +233,7 @@ def _fit(model: nn.Module, loss_fn: LossFn, batch_fn: BatchFn, ctx: Dist, stop: 
     params = [p for _, p in trainable_parameters(model)]
     start_step, curve = 0, []
     if out is not None and ctx.main:
-        ck.check_writable(out)
+        check_out_dir(out)
     if o["resume"]:
         if ctx.main:
             ck.recover_checkpoint(out)

@@ -33,13 +33,10 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from attnlab.errors import ConfigError
-from attnlab.io import atomic_write_json, provenance
+from attnlab.io import atomic_write_json, check_out_dir, provenance
 from attnlab.models.gpt import GPT
 from attnlab.train.checkpoint import (
     CHECKPOINT,
-    METRICS,
-    MetricsLog,
-    check_writable,
     checkpoint_step,
     discard_checkpoints,
     find_checkpoint,
@@ -51,6 +48,7 @@ from attnlab.train.config import RESUMABLE_FIELDS, TrainConfig, changed, diff
 from attnlab.train.distributed import Dist, resolve_device, setup_distributed
 from attnlab.train.fit import fit, make_adamw
 from attnlab.train.fit import lr_at as fit_lr_at
+from attnlab.train.metrics_log import METRICS, MetricsLog
 
 Callback = Callable[[int, dict[str, Any]], None]
 
@@ -170,7 +168,7 @@ def _train(config: TrainConfig, ctx: Dist, progress: bool, callback: Callback | 
             raise ConfigError(f"{out} already holds a training run; pass --resume to continue it, "
                               f"--overwrite to start over, or choose another --out")
         if ctx.main:
-            check_writable(out)
+            check_out_dir(out)
 
     train_tokens, val_tokens, vocab_size, text_desc = load_data(config, data)
     model_cfg = replace(config.model, vocab_size=vocab_size, seed=config.seed)
