@@ -48,7 +48,13 @@ def tables(doc: dict[str, Any]) -> str:
         out += ["Part 1, every arm (value [95% interval over seeds]):", ""]
         out += _table(["metric"] + [a["name"] for a in arms],
                       [[METRIC_LABELS[k]] + [_iv(a["metrics"].get(k)) for a in arms] for k in SCRATCH_TABLE])
-        out += ["Part 1 claims:", "", *_claims([c for c in doc["claims"] if c.get("part") == "scratch"])]
+        out += ["Part 1, primary endpoints (one Holm family):", "",
+                *_claims([c for c in doc["claims"] if c.get("part") == "scratch" and c.get("primary")])]
+        diffs = [[a["name"]] + [_iv(a.get("vs_control", {}).get(k)) for k in SCRATCH_TABLE]
+                 for a in arms if "vs_control" in a]
+        out += [f"Part 1, every difference from the control ({doc['scratch']['control']}), paired by seed "
+                f"(exploratory unless a primary endpoint above):", "",
+                *_table(["arm"] + [METRIC_LABELS[k] for k in SCRATCH_TABLE], diffs)]
     if "retrofit" in doc:
         from attnlab.experiments.compare.analysis import EFFECT_METRICS, LABELS, TABLE_METRICS
 
@@ -72,7 +78,9 @@ def tables(doc: dict[str, Any]) -> str:
         out += ["Part 2 effects (swap = step 0 - pretrained; learned = trained - step 0; total = trained - "
                 "trained control; perplexity as a ratio):", "",
                 *_table(["effect"] + [LABELS[m] for m in EFFECT_METRICS], erows)]
-        out += ["Part 2 claims:", "", *_claims([c for c in doc["claims"] if c.get("part") == "retrofit"])]
+        out += ["Part 2 claims (primary endpoints first, then exploratory):", "",
+                *_claims(sorted([c for c in doc["claims"] if c.get("part") == "retrofit"],
+                                key=lambda c: not c.get("primary")))]
     return "\n".join(out)
 
 

@@ -140,9 +140,11 @@ def make_claims(results: Mapping[str, Mapping[int, Any]], seeds: list[int], smok
     for arm in results:
         if arm == SCRATCH_CONTROL:
             continue
-        claims.append(_claim(results, arm, "null_mass" if ROW_DEFICIT.get(arm) == "null" else "clipped_mass",
-                             "above", 0.0, prem, primary=False, what="puts weight on no key"
-                             if ROW_DEFICIT.get(arm) == "null" else "clips weight away", single=True))
+        deficit = ROW_DEFICIT.get(arm)
+        if deficit is not None:  # an arm whose rows may sum below 1: where does the rest go?
+            key = "null_mass" if deficit == "null" else "clipped_mass"
+            claims.append(_claim(results, arm, key, "above", 0.0, prem, primary=False, single=True,
+                                 what="puts weight on no key" if deficit == "null" else "clips weight away"))
         for key, direction, thr, what in EXPLORATORY:
             if (arm, key, direction, thr) in PRIMARY:
                 continue
