@@ -352,3 +352,33 @@ def test_a_client_that_goes_away_prints_no_traceback(stub: StubExplorer, capfd) 
         assert request(srv, "GET", "/api/info")[0] == 200
     err = capfd.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) <= 1, err
+
+
+def test_refusal_is_a_function_of_the_request_alone() -> None:
+    """security.refusal without a socket: each check refuses what it should and passes the rest."""
+    from email.message import Message
+    from types import SimpleNamespace
+
+    from attnlab.explorer.security import refusal
+
+    def headers(*pairs: tuple[str, str]) -> Message:
+        m = Message()
+        for k, v in pairs:
+            m[k] = v
+        return m
+
+    local = SimpleNamespace(loopback=True, token=None, cookie_name="c", base_url="http://127.0.0.1:9/",
+                            allowed_hosts=lambda: {"127.0.0.1:9", "localhost:9", "[::1]:9"})
+    ok = headers(("Host", "127.0.0.1:9"))
+    assert refusal(ok, "/", local) is None
+    assert refusal(headers(("Host", "a"), ("Host", "b")), "/", local)[::2] == (400, True)
+    assert refusal(headers(("Host", "evil.example:9")), "/", local)[0] == 403
+    assert refusal(headers(("Host", "127.0.0.1:9"), ("Origin", "http://evil.example")), "/", local)[0] == 403
+    assert refusal(headers(("Host", "127.0.0.1:9"), ("Origin", "http://127.0.0.1:9")), "/", local) is None
+    token = "t" * 20
+    remote = SimpleNamespace(**{**vars(local), "loopback": False, "token": token})
+    assert refusal(headers(("Host", "any:9")), "/", remote)[0] == 401
+    assert refusal(headers(("Host", "any:9")), f"/?token={token}", remote) is None
+    assert refusal(headers(("Host", "any:9"), ("Authorization", f"Bearer {token}")), "/", remote) is None
+    assert refusal(headers(("Host", "any:9"), ("Cookie", f"x=1; c={token}")), "/", remote) is None
+    assert refusal(headers(("Host", "any:9"), ("Cookie", "c=" + "u" * 20)), "/", remote)[0] == 401

@@ -10,7 +10,7 @@ Bad requests get HTTP 400 (413 for a body over 64 KiB, 415 for a POST that is no
 `{"error": "<what is wrong and how to fix it>"}`. A request still waiting for the model when a newer one
 arrives is answered 409 without a forward (the page has aborted it anyway).
 
-Who may talk to it:
+Who may talk to it (the checks live in security.py):
 - The server binds to 127.0.0.1 unless told otherwise. While bound to a loopback address it refuses
   requests whose Host header names another host (a DNS-rebinding page could otherwise drive it).
 - Bound to any other address it needs an access token (made with `secrets`, or given), on every request:
@@ -31,47 +31,43 @@ Who may talk to it:
 
 from __future__ import annotations
 
-import hmac
 import io
-import ipaddress
 import json
 import math
-import re
 import secrets
-import socket
-import sys
 import threading
 import time
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from attnlab.explorer.engine import Explorer, Superseded
 from attnlab.explorer.params import RequestError, parse_params
+from attnlab.explorer.security import (  # noqa: F401  (re-exported: the checks moved to security.py)
+    BODY_SECONDS,
+    HEAD_SECONDS,
+    MAX_BODY,
+    MAX_CONNECTIONS,
+    MAX_DEPTH,
+    REQUEST_TIMEOUT,
+    SECURITY_HEADERS,
+    TOKEN_PATTERN,
+    BoundedHTTPServer,
+    DeadlineReader,
+    check_token,
+    is_loopback,
+    json_depth,
+    refusal,
+)
 
-MAX_BODY = 64 * 1024
-MAX_DEPTH = 16  # a request is an object holding a list of numbers at most: depth 2
-REQUEST_TIMEOUT = 15.0  # seconds a socket may sit idle mid-request
-HEAD_SECONDS = 10.0  # seconds the whole request head (line and headers) may take, idle keep-alive included
-BODY_SECONDS = 30.0  # seconds the whole body may take
-MAX_CONNECTIONS = 32
-TOKEN_PATTERN = re.compile(r"[A-Za-z0-9._~-]{16,256}")  # safe in a URL, a cookie and a header as is
 STATIC = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
-_SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-store",
-}
-
-
 def load_static() -> dict[str, tuple[bytes, str]]:
     """The allow-listed page files, read once from the package."""
     folder = resources.files("attnlab.explorer") / "static"
@@ -90,26 +86,9 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-def check_token(token: str) -> str:
-    """`token` if it is usable as an access token, else ValueError saying what a token must be."""
-    if not TOKEN_PATTERN.fullmatch(token):
-        raise ValueError("an access token must be 16 to 256 characters from A-Z a-z 0-9 . _ ~ -; "
-                         "leave it out to have one generated")
-    return token
-
-
-class ExplorerServer(ThreadingHTTPServer):
+class ExplorerServer(BoundedHTTPServer):
     """`token`: required on every request when given; None means one is generated for a non-loopback
     `host` and none is needed on loopback. `url` carries the token; `base_url` does not."""
-
-    daemon_threads = True
 
     def __init__(self, explorer: Explorer, host: str = "127.0.0.1", port: int = 8765,
                  token: str | None = None) -> None:
@@ -122,12 +101,6 @@ class ExplorerServer(ThreadingHTTPServer):
         if token is None and not self.loopback:
             token = secrets.token_urlsafe(24)
         self.token = None if token is None else check_token(token)
-        self.request_timeout, self.body_seconds = REQUEST_TIMEOUT, BODY_SECONDS
-        self.head_seconds = HEAD_SECONDS
-        self.max_connections = MAX_CONNECTIONS
-        self._open = 0
-        self._waiting: dict[socket.socket, float] = {}  # connections waiting for a request head: since when
-        self._open_lock = threading.Lock()
         super().__init__((host, port), ExplorerHandler)
         self.cookie_name = f"attnlab_explorer_{self.server_address[1]}"  # cookies ignore ports: one each
 
@@ -140,56 +113,6 @@ class ExplorerServer(ThreadingHTTPServer):
     def url(self) -> str:
         """The URL to open: with `?token=...` when the server needs one."""
         return self.base_url if self.token is None else f"{self.base_url}?token={self.token}"
-
-    def process_request(self, request: socket.socket, client_address: Any) -> None:
-        # One thread per connection, at most max_connections of them: beyond that, the connection waiting
-        # longest for its request head gives way (its blocked read ends; its thread exits in a moment), or,
-        # with none waiting, the new one is closed at once.
-        victim = None
-        with self._open_lock:
-            full = self._open >= self.max_connections
-            if full and self._waiting:
-                victim = min(self._waiting, key=self._waiting.__getitem__)
-                del self._waiting[victim]
-                full = False
-            if not full:
-                self._open += 1
-        if victim is not None:
-            try:
-                victim.shutdown(socket.SHUT_RDWR)
-            except OSError:  # already gone
-                pass
-        if full:
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._release()
-            raise
-
-    def process_request_thread(self, request: socket.socket, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._release()
-
-    def _release(self) -> None:
-        with self._open_lock:
-            self._open -= 1
-
-    def waiting_for_head(self, sock: socket.socket, waiting: bool) -> None:
-        """Mark a connection as waiting for a request head (evictable when all places are taken), or not."""
-        with self._open_lock:
-            if waiting:
-                self._waiting.setdefault(sock, time.monotonic())
-            else:
-                self._waiting.pop(sock, None)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
-            return  # the client went away or stalled past its deadline: nothing to report
-        super().handle_error(request, client_address)
 
     def ticket(self) -> int:
         """Number model requests in arrival order, so a waiting one can tell it is no longer the newest."""
@@ -216,7 +139,7 @@ class ExplorerHandler(BaseHTTPRequestHandler):
     def setup(self) -> None:
         self.timeout = self.server.request_timeout  # StreamRequestHandler sets it on the socket
         super().setup()
-        self._reader = _DeadlineReader(self.connection, self.server.request_timeout)
+        self._reader = DeadlineReader(self.connection, self.server.request_timeout)
         self.rfile = io.BufferedReader(self._reader)
 
     def finish(self) -> None:
@@ -242,7 +165,7 @@ class ExplorerHandler(BaseHTTPRequestHandler):
             self.send_header(k, v)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
-        for k, v in _SECURITY_HEADERS.items():
+        for k, v in SECURITY_HEADERS.items():
             self.send_header(k, v)
         self.end_headers()
         if self.command != "HEAD":
@@ -254,65 +177,15 @@ class ExplorerHandler(BaseHTTPRequestHandler):
     def _error(self, status: int, message: str) -> None:
         self._json(status, {"error": message})
 
-    def _host_ok(self) -> bool:
-        if not self.server.loopback:
-            return True
-        host = (self.headers.get("Host") or "").lower()
-        if host in self.server.allowed_hosts():
-            return True
-        # base_url, never url: this answer may go to a foreign page, and url carries the token.
-        self._error(HTTPStatus.FORBIDDEN,
-                    f"unexpected Host header {host!r}; open {self.server.base_url} instead")
-        return False
-
-    def _origin_ok(self) -> bool:
-        """No Origin (a same-origin GET, curl), or exactly this server's own, as the Host names it."""
-        origin = self.headers.get("Origin")
-        if origin is None:
-            return True
-        own = "http://" + (self.headers.get("Host") or "").lower()
-        if origin.strip().lower() == own:
-            return True
-        self._error(HTTPStatus.FORBIDDEN, f"requests from origin {origin[:100]!r} are refused: only this "
-                    f"server's own page may call it; open {self.server.base_url} instead")
-        return False
-
-    def _presented_tokens(self) -> list[str]:
-        found = []
-        auth = self.headers.get("Authorization") or ""
-        if auth[:7].lower() == "bearer ":
-            found.append(auth[7:].strip())
-        for part in (self.headers.get("Cookie") or "").split(";"):
-            name, _, value = part.strip().partition("=")
-            if name == self.server.cookie_name:
-                found.append(value.strip())
-        found += parse_qs(urlsplit(self.path).query).get("token", [])
-        return found
-
-    def _token_ok(self) -> bool:
-        token = self.server.token
-        if token is None:
-            return True
-        want = token.encode()
-        # Bytes, not str: compare_digest refuses non-ASCII str, and a client may send anything.
-        if any(hmac.compare_digest(t.encode("utf-8", "surrogateescape"), want)
-               for t in self._presented_tokens()):
-            return True
-        self._error(HTTPStatus.UNAUTHORIZED, "this server needs its access token: open the URL it printed "
-                    "(ending in ?token=...), or send the header 'Authorization: Bearer <token>'")
-        return False
-
-    def _single_headers(self) -> bool:
-        for name in ("Host", "Origin"):
-            count = len(self.headers.get_all(name) or [])
-            if count > 1:
-                self.close_connection = True
-                self._error(HTTPStatus.BAD_REQUEST, f"the request has {count} {name} headers; send one")
-                return False
-        return True
-
     def _allowed(self) -> bool:
-        return self._single_headers() and self._host_ok() and self._origin_ok() and self._token_ok()
+        refused = refusal(self.headers, self.path, self.server)
+        if refused is None:
+            return True
+        status, message, close = refused
+        if close:
+            self.close_connection = True
+        self._error(status, message)
+        return False
 
     def do_GET(self) -> None:  # noqa: N802
         if not self._allowed():
@@ -400,7 +273,7 @@ class ExplorerHandler(BaseHTTPRequestHandler):
         except RecursionError:  # nested past what the decoder recurses through
             self._too_deep()
             return
-        if _depth(obj) > MAX_DEPTH:
+        if json_depth(obj) > MAX_DEPTH:
             self._too_deep()
             return
         ex = self.server.explorer
@@ -424,37 +297,6 @@ class ExplorerHandler(BaseHTTPRequestHandler):
             self._error(HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}")
             return
         self._json(HTTPStatus.OK, result)
-
-
-class _DeadlineReader(io.RawIOBase):
-    """A connection's socket reads, each waiting at most `idle` seconds and never past `deadline`
-    (time.monotonic()): a client trickling a byte every few seconds cannot hold a request open."""
-
-    def __init__(self, sock: socket.socket, idle: float) -> None:
-        super().__init__()
-        self.sock, self.idle, self.deadline = sock, idle, math.inf
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the request's deadline passed")
-        self.sock.settimeout(min(self.idle, left))
-        return self.sock.recv_into(buffer)
-
-
-def _depth(obj: Any) -> int:
-    """How deep lists and objects nest in decoded JSON, without recursion."""
-    deepest, stack = 0, [(obj, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            if depth <= MAX_DEPTH:  # no need to look further down
-                stack.extend((x, depth + 1) for x in (item.values() if isinstance(item, dict) else item))
-    return deepest
 
 
 def serve_in_thread(explorer: Explorer, host: str = "127.0.0.1", port: int = 0,
