@@ -142,12 +142,13 @@ def test_a_driving_policy_is_asked_not_named() -> None:
 def test_streaming_cache_takes_a_registered_policy() -> None:
     model, x = tiny_llama("eager"), ids(10)
 
-    def greedy(policy: Policy) -> list[list[int]]:
+    def greedy(policy: Policy | str) -> list[list[int]]:
         out = model.generate(x, cache=StreamingCache(model, policy), max_new_tokens=30, do_sample=False)
         return out[:, x.shape[1]:].tolist()
 
     got = greedy(make_policy("onesink", window=12))
     assert got == greedy(SinksPolicy(1, 12))
+    assert greedy("onesink(12)") == greedy(f"{__name__}:OneSinkPolicy(12)") == got  # by name, as the CLI
     runner = StreamRunner(model, make_policy("onesink", window=12))
     logits = runner.feed(x, last_only=True)
     assert int(logits[0, -1].argmax()) == got[0][0] and runner.cache_length() == 10

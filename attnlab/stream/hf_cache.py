@@ -65,18 +65,23 @@ class _GenerateLayer(StreamLayer):
 
 class StreamingCache(RunnerCache):
     """A `transformers.Cache` for `model.generate(..., cache=StreamingCache(model, policy))`: memory bounded
-    by `policy` (sinks, window, chunked; full grows), greedy tokens equal to StreamRunner's."""
+    by `policy` (sinks, window, chunked; full grows), greedy tokens equal to StreamRunner's. `policy` is a
+    Policy or a spec the registry parses ("sinks(4,60)", "mine(64)", "mypkg.policies:Mine(64)")."""
 
     layer_class = _GenerateLayer
 
-    def __init__(self, model: Any, policy: Policy) -> None:
+    def __init__(self, model: Any, policy: Policy | str) -> None:
         module, kind, context = _unwrap(model)
         if kind != "hf":
             raise ConfigError("StreamingCache is a transformers Cache for Hugging Face causal LMs; stream "
                               "attnlab's GPT with attnlab.stream.StreamRunner")
+        if isinstance(policy, str):
+            from attnlab.stream.registry import parse_policy
+
+            policy = parse_policy(policy, max_context=context)
         if not isinstance(policy, Policy):
-            raise TypeError(f"policy must be an attnlab.stream Policy (make_policy(...)), got "
-                            f"{type(policy).__name__}")
+            raise TypeError(f"policy must be an attnlab.stream Policy (make_policy(...)) or a policy spec, "
+                            f"got {type(policy).__name__}")
         policy.check_model(kind)
         if not policy.uses_cache:
             raise ConfigError(f"{policy.name} keeps no KV cache (it drives the model itself), so there is "
