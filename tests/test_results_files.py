@@ -37,3 +37,27 @@ def test_every_verdict_is_the_engines_and_recomputes(path):
             assert recompute_verdict(c) == c["verdict"], (path.parent.name, c["claim"])
         else:  # a first-rule file keeps intervals, not items: the engine's rules on the stored intervals
             assert first_rule_verdict(c)[0] == c["verdict"], (path.parent.name, c["claim"])
+
+
+COMPARE = sorted(p for p in ROOT.glob("*/results.json") if json.loads(p.read_text()).get("study") == "compare")
+
+
+@pytest.mark.parametrize("path", COMPARE, ids=[p.parent.name for p in COMPARE])
+def test_compare_claims_replay_from_the_file_with_their_holm_family(path):
+    from attnlab.experiments.verdicts import recompute_holm
+
+    doc = json.loads(path.read_text())
+    assert doc["schema_version"] == 2 and doc["verdict_rule"] == VERDICT_RULE
+    assert not doc["smoke"], "a smoke run is plumbing: do not commit it as a result"
+    for c in doc["claims"]:
+        assert c["verdict"] in (*VERDICTS, NO_VERDICT) and c["data"]["per_seed"], c["claim"]
+        assert recompute_verdict(c) == c["verdict"], (path.parent.name, c["claim"])
+    for part in ("scratch", "retrofit"):
+        family = [c for c in doc["claims"] if c.get("part") == part and c.get("primary")]
+        withheld = any(c["result"].get("withheld") for c in family)
+        if family and not withheld:
+            assert recompute_holm(family) == [c["verdict"] for c in family], (path.parent.name, part)
+    if "scratch" in doc:  # the keys the issue names, each with its interval
+        for arm in doc["scratch"]["arms"]:
+            for key in ("first_token_dormant", "first_token_active", "null_mass"):
+                assert set(arm["metrics"][key]) >= {"value", "lo", "hi"}, (arm["name"], key)

@@ -36,6 +36,7 @@ def run(config: Config, out_dir: str | Path, progress: bool = True,
     doc: dict[str, Any] = {"study": "compare", "schema_version": 2, "question": QUESTION,
                            "preset": config.preset, "smoke": config.preset == "smoke", "part": config.part}
     timings: dict[str, float] = {}
+    compute = 0.0  # seconds every part took when it was computed (a resumed run's own time is only the rest)
     computed: list[str] = []
     reused: list[str] = []
     if config.part in ("both", "scratch"):
@@ -45,12 +46,15 @@ def run(config: Config, out_dir: str | Path, progress: bool = True,
         results, sparts = run_scratch(config.scratch, out, progress)
         doc["scratch"] = assemble_scratch(config.scratch, results, smoke=doc["smoke"])
         timings["scratch"] = time.perf_counter() - t0
+        # part 1's parts ran in worker processes: their own clocks are in the results
+        compute += sum(r.get("seconds", 0.0) for runs in results.values() for r in runs.values())
         computed += [f"scratch/{k}" for k in sparts.computed]
         reused += [f"scratch/{k}" for k in sparts.reused]
     if config.part in ("both", "retrofit"):
         t1 = time.perf_counter()
         doc["retrofit"], rparts = run_retrofit(config, out, progress)
         timings["retrofit"] = time.perf_counter() - t1
+        compute += sum(rparts.seconds.values())
         computed += rparts.computed
         reused += rparts.reused
     claims = [*doc.get("scratch", {}).get("claims", []), *doc.get("retrofit", {}).get("claims", [])]
@@ -62,8 +66,8 @@ def run(config: Config, out_dir: str | Path, progress: bool = True,
 
     cmd = command or f"attnlab compare --preset {config.preset} --part {config.part}"
     doc.update({"command": cmd, "config": asdict(config), "claims": claims, "verdict_rule": VERDICT_RULE,
-                "timings": {k: round(v, 2)
-                            for k, v in {**timings, "total": time.perf_counter() - t0}.items()},
+                "timings": {k: round(v, 2) for k, v in {**timings, "total": time.perf_counter() - t0,
+                                                         "compute": compute}.items()},
                 "parts": {"reused": reused, "computed": computed},
                 "provenance": provenance(config, config.seeds[0])})
     atomic_write_json(out / "results.json", doc, strict=True)
