@@ -133,7 +133,12 @@ def train(config: TrainConfig, progress: bool = True, callback: Callback | None 
     devices = [ctx.device.index or 0] if ctx.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
-            return _train(config, ctx, progress, callback, data)
+            result = _train(config, ctx, progress, callback, data)
+        if ctx.owns_group and dist.is_initialized():
+            # Every rank done before any tears the group down: a gloo rank that destroys it while its peer
+            # is still inside the last save aborts ("terminate called without an active exception").
+            dist.barrier()
+        return result
     finally:
         if ctx.owns_group and dist.is_initialized():
             dist.destroy_process_group()
