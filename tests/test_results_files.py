@@ -39,7 +39,8 @@ def test_every_verdict_is_the_engines_and_recomputes(path):
             assert first_rule_verdict(c)[0] == c["verdict"], (path.parent.name, c["claim"])
 
 
-COMPARE = sorted(p for p in ROOT.glob("*/results.json") if json.loads(p.read_text()).get("study") == "compare")
+COMPARE = sorted(p for p in ROOT.glob("*/results.json")
+                 if json.loads(p.read_text()).get("study") == "compare")
 
 
 @pytest.mark.parametrize("path", COMPARE, ids=[p.parent.name for p in COMPARE])

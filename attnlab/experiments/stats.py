@@ -321,5 +321,22 @@ def measure(evidence: Mapping[str, Any], level: float = LEVEL) -> dict[str, Any]
             **({} if measured else {"reason": "no bootstrap draw gave a finite value"})}
 
 
-__all__ = ["STAT_OPS", "bootstrap", "default_block", "equivalence", "excludes", "mean_interval", "measure",
-           "rounded", "stat_value", "t_interval", "t_quantile"]
+def interval_of(evidence: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """{value, lo, hi, n, method} of `measure(evidence)`, the keys a results file keeps for a metric; None
+    when there is no evidence or its value is not finite (no number rather than a plausible one)."""
+    if evidence is None or not evidence["per_seed"]:
+        return None
+    iv = measure(evidence)
+    if iv["value"] is None or not math.isfinite(iv["value"]):
+        return None
+    return {"value": iv["value"], "lo": iv["lo"], "hi": iv["hi"], "n": iv["n"], "method": iv["method"]}
+
+
+def finite_mean(xs: Sequence[float | None]) -> float:
+    """The mean of the finite values of xs (None and NaN left out); NaN when there is none."""
+    vals = _finite(xs)
+    return sum(vals) / len(vals) if vals else math.nan
+
+
+__all__ = ["STAT_OPS", "bootstrap", "default_block", "equivalence", "excludes", "finite_mean", "interval_of",
+           "mean_interval", "measure", "rounded", "stat_value", "t_interval", "t_quantile"]

@@ -312,10 +312,7 @@ def recompute_holm(claims: list[dict[str, Any]]) -> list[str]:
 
     fresh = copy.deepcopy([c for c in claims if c.get("primary")])
     for c in fresh:
-        res = result(c["data"], {"direction": c["direction"], "threshold": c["threshold"]})
-        if "premise" in c["result"]:
-            res["premise"] = c["result"]["premise"]
-        _settle(c, res)
+        _settle(c, _judge_at(c, LEVEL))
     return [c["verdict"] for c in apply_holm(fresh)]
 
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from attnlab.experiments.compare.config import CONTROL, STEP0
-from attnlab.experiments.stats import measure
+from attnlab.experiments.stats import interval_of
 from attnlab.experiments.verdicts import apply_holm, claim, evidence, withhold
 
 Items = Mapping[str, Any]  # one arm's per-window measurements (compare.measure)
@@ -145,18 +145,8 @@ def effect_evidence(kind: str, metric: str, arm: str, trained: Mapping[str, PerS
     raise ValueError(f"unknown effect kind {kind!r}; use total, learned or swap")
 
 
-def compact(ev: dict[str, Any] | None) -> dict[str, Any] | None:
-    """{value, lo, hi, n, method} of evidence, or None when there is none or it cannot be measured."""
-    if ev is None or not ev["per_seed"]:
-        return None
-    iv = measure(ev)
-    if iv["value"] is None or not math.isfinite(iv["value"]):
-        return None
-    return {"value": iv["value"], "lo": iv["lo"], "hi": iv["hi"], "n": iv["n"], "method": iv["method"]}
-
-
 def arm_metrics(runs: PerSeed) -> dict[str, dict[str, Any]]:
-    return {m: iv for m in TABLE_METRICS if (iv := compact(arm_evidence(runs, m))) is not None}
+    return {m: iv for m in TABLE_METRICS if (iv := interval_of(arm_evidence(runs, m))) is not None}
 
 
 def effects(trained: Mapping[str, PerSeed], step0: Mapping[str, Items]) -> dict[str, dict[str, Any]]:
@@ -166,7 +156,7 @@ def effects(trained: Mapping[str, PerSeed], step0: Mapping[str, Items]) -> dict[
         if arm in ("pretrained", CONTROL):
             continue
         out[arm] = {kind: {m: iv for m in EFFECT_METRICS
-                           if (iv := compact(effect_evidence(kind, m, arm, trained, step0))) is not None}
+                           if (iv := interval_of(effect_evidence(kind, m, arm, trained, step0))) is not None}
                     for kind in ("total", "learned", "swap")}
     return out
 
@@ -264,4 +254,4 @@ def answer_lines(eff: Mapping[str, Mapping[str, Any]], fmt: Any) -> list[str]:
 
 
 __all__ = ["EFFECT_METRICS", "LABELS", "METRICS", "PRIMARY", "TABLE_METRICS", "answer_lines",
-           "arm_evidence", "arm_metrics", "compact", "effect_evidence", "effects", "make_claims"]
+           "arm_evidence", "arm_metrics", "effect_evidence", "effects", "make_claims"]

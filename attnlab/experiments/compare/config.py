@@ -11,7 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attnlab.errors import ConfigError
-from attnlab.experiments.compare.scratch_config import SCRATCH_PRESETS, ScratchConfig, check_scratch
+from attnlab.experiments.compare.scratch_config import (  # noqa: F401  MAX_SEEDS: one bound for both parts
+    MAX_SEEDS,
+    SCRATCH_PRESETS,
+    ScratchConfig,
+    check_scratch,
+)
 
 # arm -> how `attnlab.retrofit` builds it (None: no fine-tuning; the pretrained reference row)
 ARMS: dict[str, dict[str, Any] | None] = {
@@ -42,7 +47,6 @@ start at a neutral value and must move by O(1), while the pretrained projections
 TRAINABLE = ("attention", "all")
 AUTOCAST = ("auto", "bf16", "off")
 MAX_STEPS = 100_000
-MAX_SEEDS = 64
 
 
 @dataclass(frozen=True)

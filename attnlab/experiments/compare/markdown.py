@@ -11,11 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
-def _iv(iv: dict[str, Any] | None) -> str:
-    from attnlab.present import fmt_interval
-
-    return "–" if not iv else fmt_interval(iv["value"], iv["lo"], iv["hi"])
+from attnlab.experiments.compare.page import cell
 
 
 def _row(cells: list[str]) -> str:
@@ -30,7 +26,7 @@ def _claims(claims: list[dict[str, Any]]) -> list[str]:
     rows = []
     for c in claims:
         iv = c["result"].get("interval")
-        ours = _iv({"value": c["result"]["value"], "lo": iv[0], "hi": iv[1]}) if iv else "not measured"
+        ours = cell({"value": c["result"]["value"], "lo": iv[0], "hi": iv[1]}) if iv else "not measured"
         kind = "primary" if c.get("primary") else "exploratory"
         reason = c["result"].get("reason")
         rows.append([c["claim"], f"{c['source']}: {c['paper']}", ours + (f" ({reason})" if reason else ""),
@@ -47,10 +43,10 @@ def tables(doc: dict[str, Any]) -> str:
         arms = doc["scratch"]["arms"]
         out += ["Part 1, every arm (value [95% interval over seeds]):", ""]
         out += _table(["metric"] + [a["name"] for a in arms],
-                      [[METRIC_LABELS[k]] + [_iv(a["metrics"].get(k)) for a in arms] for k in SCRATCH_TABLE])
+                      [[METRIC_LABELS[k]] + [cell(a["metrics"].get(k)) for a in arms] for k in SCRATCH_TABLE])
         out += ["Part 1, primary endpoints (one Holm family):", "",
                 *_claims([c for c in doc["claims"] if c.get("part") == "scratch" and c.get("primary")])]
-        diffs = [[a["name"]] + [_iv(a.get("vs_control", {}).get(k)) for k in SCRATCH_TABLE]
+        diffs = [[a["name"]] + [cell(a.get("vs_control", {}).get(k)) for k in SCRATCH_TABLE]
                  for a in arms if "vs_control" in a]
         out += [f"Part 1, every difference from the control ({doc['scratch']['control']}), paired by seed "
                 f"(exploratory unless a primary endpoint above):", "",
@@ -67,13 +63,13 @@ def tables(doc: dict[str, Any]) -> str:
         for m in TABLE_METRICS:
             row = [LABELS[m]]
             for a in r["arms"]:
-                row.append(_iv(a["metrics"].get(m)))
+                row.append(cell(a["metrics"].get(m)))
                 if a["name"] != "pretrained" and "metrics_step0" in a:
-                    row.append(_iv(a["metrics_step0"].get(m)))
+                    row.append(cell(a["metrics_step0"].get(m)))
             rows.append(row)
         out += ["Part 2, every arm after fine-tuning and at step 0 (value [95% interval]):", "",
                 *_table(["metric"] + cols, rows)]
-        erows = [[f"{arm}: {kind}"] + [_iv(k.get(kind, {}).get(m)) for m in EFFECT_METRICS]
+        erows = [[f"{arm}: {kind}"] + [cell(k.get(kind, {}).get(m)) for m in EFFECT_METRICS]
                  for arm, k in r["effects"].items() for kind in ("swap", "learned", "total")]
         out += ["Part 2 effects (swap = step 0 - pretrained; learned = trained - step 0; total = trained - "
                 "trained control; perplexity as a ratio):", "",

@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from attnlab.experiments.stats import finite_mean
+
 WINDOW_KEYS = ("token0_attention", "first_query_weight", "sink_rate", "null_mass", "clipped_mass",
                "kurtosis_token", "kurtosis_tok0", "kurtosis_pooled_ex0", "kurtosis_pooled_ex0_max",
                "massive_tok0", "massive_rest", "max_abs")
@@ -86,11 +88,12 @@ def _window_stats(cache: dict[str, Tensor], n_layers: int, deficit: str | None) 
             first_q.append(float(p[0, :, 0, 0].double().mean()))
     deficit_value = s.get("null_sink_mass")
     stats = {
-        "token0_attention": s.get("first_token_attn"), "first_query_weight": _mean(first_q),
+        "token0_attention": s.get("first_token_attn"), "first_query_weight": finite_mean(first_q),
         "sink_rate": s.get("sink_rate"),
         "null_mass": deficit_value if deficit == "null" else 0.0,
         "clipped_mass": deficit_value if deficit == "clipped" else 0.0,
-        "kurtosis_token": _mean(k_tok), "kurtosis_tok0": _mean(k0), "kurtosis_pooled_ex0": _mean(pooled),
+        "kurtosis_token": finite_mean(k_tok), "kurtosis_tok0": finite_mean(k0),
+        "kurtosis_pooled_ex0": finite_mean(pooled),
         "kurtosis_pooled_ex0_max": max(pooled), "massive_tok0": max(m0), "massive_rest": max(mrest),
         "max_abs": s.get("max_abs"),
     }
@@ -153,11 +156,6 @@ def measure(lm: Any, windows: Tensor, *, deficit: str | None = None, calibration
 
 def _minus(a: list[float], b: list[float]) -> list[float | None]:
     return [_finite_or_none(x - y) for x, y in zip(a, b)]
-
-
-def _mean(xs: list[float]) -> float:
-    vals = [x for x in xs if math.isfinite(x)]
-    return sum(vals) / len(vals) if vals else math.nan
 
 
 def _finite_or_none(x: Any) -> float | None:

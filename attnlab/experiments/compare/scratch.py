@@ -11,7 +11,6 @@ cause; the other arms go on.
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -106,6 +105,8 @@ def _worker(args: tuple[dict[str, Any], str, int]) -> dict[str, Any]:
 def run_scratch(c: ScratchConfig, out: Path, progress: bool = True) -> tuple[dict[str, dict[int, Any]], Any]:
     """Every (arm, seed) part, computed or reused: ({arm: {seed: result}}, the Parts record)."""
     from attnlab.experiments.base import Parts
+    from attnlab.experiments.compare.run import _say
+    from attnlab.experiments.stats import finite_mean
 
     parts = Parts(out / "scratch", c)
     keys = [(arm, seed) for seed in c.seeds for arm in c.arms]
@@ -127,7 +128,7 @@ def run_scratch(c: ScratchConfig, out: Path, progress: bool = True) -> tuple[dic
         results.setdefault(arm, {})[seed] = res
         done += 1
         note = (f"diverged at step {res['diverged_at']} ({res['cause']})" if res["diverged_at"] is not None
-                else f"sink {_mean(res['items']['first_token_dormant']):.3f}")
+                else f"sink {finite_mean(res['items']['first_token_dormant']):.3f}")
         eta = (time.perf_counter() - started) / max(1, done - (len(keys) - len(todo))) * (len(keys) - done)
         _say(progress, f"part 1: {arm} seed {seed} done ({done}/{len(keys)}, {note}, {res['seconds']:.0f} s; "
                        f"about {eta / 60:.1f} min left)")
@@ -151,16 +152,6 @@ def run_scratch(c: ScratchConfig, out: Path, progress: bool = True) -> tuple[dic
         finally:
             torch.set_num_threads(threads)
     return results, parts
-
-
-def _mean(xs: list[float | None]) -> float:
-    vals = [x for x in xs if x is not None]
-    return sum(vals) / len(vals) if vals else float("nan")
-
-
-def _say(progress: bool, text: str) -> None:
-    if progress:
-        print(f"compare: {text}", file=sys.stderr, flush=True)
 
 
 __all__ = ["build", "run_scratch", "task", "train_one"]

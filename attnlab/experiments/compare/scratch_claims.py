@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from attnlab.experiments.compare.scratch_config import ROW_DEFICIT, SCRATCH_CONTROL
-from attnlab.experiments.stats import measure
+from attnlab.experiments.stats import finite_mean, interval_of
 from attnlab.experiments.verdicts import apply_holm, claim, count_premise, evidence, withhold
 
 SINK_PREMISE = 0.3
@@ -110,10 +110,7 @@ def _ev(results: Mapping[str, Mapping[int, Any]], arms: list[str], key: str) -> 
 
 def interval(results: Mapping[str, Mapping[int, Any]], arms: list[str], key: str) -> dict[str, Any] | None:
     """{value, lo, hi, n, method} of key(arm) (one arm) or key(a) - key(b) (two), measured over seeds."""
-    iv = measure(_ev(results, arms, key))
-    if iv["value"] is None:
-        return None
-    return {"value": iv["value"], "lo": iv["lo"], "hi": iv["hi"], "n": iv["n"], "method": iv["method"]}
+    return interval_of(_ev(results, arms, key))
 
 
 def arm_metrics(results: Mapping[str, Mapping[int, Any]], arm: str) -> dict[str, Any]:
@@ -122,7 +119,8 @@ def arm_metrics(results: Mapping[str, Mapping[int, Any]], arm: str) -> dict[str,
 
 def premise(results: Mapping[str, Mapping[int, Any]], seeds: list[int]) -> dict[str, Any]:
     per_seed = items_of(results, SCRATCH_CONTROL, "first_token_dormant")
-    values = [_mean(per_seed[s]) if s in per_seed else None for s in seeds]
+    means = [finite_mean(per_seed[s]) if s in per_seed else math.nan for s in seeds]
+    values = [v if math.isfinite(v) else None for v in means]
     need = math.ceil(PREMISE_SHARE * len(seeds))
     return count_premise("first-token attention of the softmax control at dormant queries", values,
                          SINK_PREMISE, need)
@@ -174,11 +172,6 @@ def _claim(results: Mapping[str, Mapping[int, Any]], arm: str, key: str, directi
     return claim(text, source, paper, effect, _ev(results, arms, key), thr, direction,
                  premise=None if arm == SCRATCH_CONTROL else prem, primary=primary, arm=arm, metric=key,
                  label=METRIC_LABELS[key], part="scratch")
-
-
-def _mean(xs: list[float]) -> float | None:
-    vals = [x for x in xs if math.isfinite(x)]
-    return sum(vals) / len(vals) if vals else None
 
 
 __all__ = ["METRICS", "METRIC_LABELS", "PRIMARY", "arm_metrics", "interval", "make_claims", "premise"]

@@ -28,7 +28,7 @@ SCRATCH_CONTROL = "softmax"
 # be negative: clipped rows may sum above 1), or nothing (rows sum to 1 exactly, reported as exact 0).
 ROW_DEFICIT = {"softmax1": "null", "sinks": "null", "softmax1+gated": "null", "softpick": "null",
                "clipped": "clipped"}
-MAX_SEEDS = 64
+MAX_SEEDS = 64  # each seed trains every arm of both parts again; more is a typo, not a plan
 
 
 @dataclass(frozen=True)
