@@ -35,18 +35,13 @@ def cache_dir() -> Path:
     if path.exists() and not path.is_dir():
         raise OutputError(f"{where} is a file, not a folder; {fix}")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(parents=True, exist_ok=True)  # every call: a cache deleted mid-process comes back
     except OSError as exc:
         raise OutputError(f"cannot create {where} ({_reason(exc)}); {fix}") from exc
     if path not in _WRITABLE_CACHES:
         # An existing folder may still refuse writes (read-only, another user's): say so here, once, rather
         # than as a bare errno from whichever write comes first.
-        try:
-            fd, probe = tempfile.mkstemp(dir=path, prefix=".attnlab-write-test.")
-            os.close(fd)
-            os.unlink(probe)
-        except OSError as exc:
-            raise OutputError(f"cannot write in {where} ({_reason(exc)}); {fix}") from exc
+        _ensure_writable(path, where, fix)
         _WRITABLE_CACHES.add(path)
     return path
 
