@@ -16,15 +16,15 @@ factory's keyword arguments; a model wraps them in `nn.Parameter`s and calls
 
 from __future__ import annotations
 
-import importlib
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
 from attnlab.attention.base import Normalizer
+from attnlab.attention.named_registry import Messages, NameView, Registry
 
 Factory = Callable[..., Normalizer]
 
@@ -36,9 +36,6 @@ class _Entry:
     keywords: frozenset[str]  # keyword arguments the factory takes
     required: tuple[str, ...]  # ... and those without a default
     open_keywords: bool  # takes **kwargs: every keyword is passed on
-
-
-_registry: dict[str, _Entry] = {}
 
 
 def _signature(factory: Factory) -> tuple[frozenset[str], tuple[str, ...], bool]:
@@ -53,17 +50,35 @@ def _signature(factory: Factory) -> tuple[frozenset[str], tuple[str, ...], bool]
             any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params))
 
 
-def _add(name: str, factory: object, overwrite: bool) -> None:
+def _check_factory(name: str, factory: object) -> None:
     if not (isinstance(factory, type) and issubclass(factory, Normalizer)) and (
             isinstance(factory, (type, Normalizer)) or not callable(factory)):
         hint = "; pass its class (or lambda: obj)" if isinstance(factory, Normalizer) else ""
         raise TypeError(f"register_normalizer({name!r}, ...): the factory must be a Normalizer subclass or a "
                         f"callable returning a Normalizer, got {factory!r}{hint}")
-    if name in _registry and not overwrite and _registry[name].factory is not factory:
-        raise ValueError(f"a normalizer named {name!r} is already registered ({_registry[name].factory!r}); "
-                         f"pick another name, or pass overwrite=True to replace it")
-    keywords, required, open_keywords = _signature(factory)
-    _registry[name] = _Entry(name, factory, keywords, required, open_keywords)
+
+
+_registry: Registry[_Entry] = Registry(
+    base=Normalizer, error=ValueError,
+    make_entry=lambda name, factory: _Entry(name, factory, *_signature(factory)),
+    check_factory=_check_factory,
+    name_rule=lambda name: not any(c.isspace() for c in name),
+    messages=Messages(
+        bad_name="register_normalizer: the name must be a non-empty lowercase string without spaces or ':' "
+                 "(':' marks 'module:Attr' import names), got {name!r}",
+        taken="a normalizer named {name!r} is already registered ({factory!r}); pick another name, or pass "
+              "overwrite=True to replace it",
+        no_module="normalizer {name!r}: cannot import module {module!r} ({exc}); name an importable module "
+                  "as 'module:Attr'",
+        no_attr="normalizer {name!r}: module {module!r} has no attribute {attr!r}",
+        not_class="normalizer {name!r}: {attr!r} is not a Normalizer subclass; name one, or register a "
+                  "factory in-process with attnlab.register_normalizer(name, factory)",
+        unknown="unknown normalizer {name!r}; valid normalizers: {names} (register another with "
+                "attnlab.register_normalizer(name, factory), or name it 'module:Attr')",
+        not_a_name="a normalizer name must be a string, got {kind}; valid normalizers: {names}",
+    ),
+)
+_entry = _registry.entry
 
 
 def register_normalizer(name: str, factory: type[Normalizer] | Factory, *, overwrite: bool = False) -> None:
@@ -71,59 +86,24 @@ def register_normalizer(name: str, factory: type[Normalizer] | Factory, *, overw
     that attention, GPTConfig, `attnlab train --normalizer`, the explorer and attention_override accept the
     name. Its keyword arguments are the normalizer's settings and learned parameters. Registering the same
     factory again is a no-op; another factory under a taken name needs overwrite=True."""
-    if not isinstance(name, str) or not name or name != name.lower() or ":" in name or any(
-            c.isspace() for c in name):
-        raise ValueError(f"register_normalizer: the name must be a non-empty lowercase string without spaces "
-                         f"or ':' (':' marks 'module:Attr' import names), got {name!r}")
-    _add(name, factory, overwrite)
+    _registry.register(name, factory, overwrite=overwrite)
 
 
 def unregister_normalizer(name: str) -> None:
     """Remove a registered name (tests, notebooks that redefine a class)."""
-    _entry(name)
-    del _registry[name]
+    _registry.unregister(name)
 
 
 def normalizer_names() -> list[str]:
     """Every registered name, built-ins first, in registration order."""
-    return list(_registry)
-
-
-def _import(name: str) -> _Entry:
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"normalizer {name!r}: cannot import module {module_name!r} ({exc}); "
-                         f"name an importable module as 'module:Attr'") from None
-    factory = getattr(module, attr, None)
-    if factory is None:
-        raise ValueError(f"normalizer {name!r}: module {module_name!r} has no attribute {attr!r}")
-    # Only classes: a saved config names this, and calling any other callable it names is not safe.
-    if not (isinstance(factory, type) and issubclass(factory, Normalizer)):
-        raise ValueError(f"normalizer {name!r}: {attr!r} is not a Normalizer subclass; name one, or register "
-                         f"a factory in-process with attnlab.register_normalizer(name, factory)")
-    _add(name, factory, overwrite=False)
-    return _registry[name]
-
-
-def _entry(name: object) -> _Entry:
-    if not isinstance(name, str):
-        raise TypeError(f"a normalizer name must be a string, got {type(name).__name__}; "
-                        f"valid normalizers: {', '.join(_registry)}")
-    entry = _registry.get(name) or _registry.get(name.strip().lower())
-    if entry is not None:
-        return entry
-    if ":" in name:
-        return _import(name.strip())
-    raise ValueError(f"unknown normalizer {name!r}; valid normalizers: {', '.join(_registry)} (register "
-                     f"another with attnlab.register_normalizer(name, factory), or name it 'module:Attr')")
+    return _registry.names()
 
 
 def normalizer_help() -> str:
     """One line for a CLI's --normalizer help, read from the registry now (a user's registration shows)."""
-    return (f"attention normalizer: {', '.join(_registry)} (the registry: attnlab.normalizer_names()), or "
-            f"'module:Attr' naming a Normalizer subclass; docs/attention.md cites each")
+    return (f"attention normalizer: {', '.join(_registry.names())} (the registry: "
+            f"attnlab.normalizer_names()), or 'module:Attr' naming a Normalizer subclass; docs/attention.md "
+            f"cites each")
 
 
 def is_normalizer(name: object) -> bool:
@@ -189,29 +169,13 @@ def resolve_normalizer(normalizer: object) -> Normalizer:
     if isinstance(normalizer, str):
         return create_normalizer(normalizer)
     raise TypeError(f"normalizer must be a name or a Normalizer object, got {type(normalizer).__name__}; "
-                    f"valid normalizers: {', '.join(_registry)}")
+                    f"valid normalizers: {', '.join(_registry.names())}")
 
 
-class _Names:
-    """A live view of the registered names for code that wants a container (argparse `choices`,
-    `name in NORMALIZER_NAMES`): iterating lists the registry now. `in` is true for a registered name and
-    for any 'module:Attr' name, which is imported where it is used (GPTConfig, create_normalizer), so that
-    a failed import is reported with its cause rather than as an unknown name."""
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and (":" in name or is_normalizer(name))
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(_registry))
-
-    def __len__(self) -> int:
-        return len(_registry)
-
-    def __repr__(self) -> str:
-        return repr(tuple(_registry))
-
-
-NORMALIZER_NAMES = _Names()
+# A live view for code that wants a container (argparse `choices`, `name in NORMALIZER_NAMES`). `in` is
+# true for a registered name and for any 'module:Attr' name, which is imported where it is used (GPTConfig,
+# create_normalizer), so that a failed import is reported with its cause rather than as an unknown name.
+NORMALIZER_NAMES = NameView(_registry, lambda name: ":" in name or is_normalizer(name))
 
 __all__ = ["NORMALIZER_NAMES", "create_normalizer", "is_normalizer", "learned_parameters",
            "normalizer_help", "normalizer_keywords", "normalizer_names", "register_normalizer",

@@ -13,11 +13,11 @@ each size the factory's signature names, with `memory` falling back to `window`.
 
 from __future__ import annotations
 
-import importlib
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from attnlab.attention.named_registry import Messages, NameView, Registry
 from attnlab.errors import ConfigError
 from attnlab.stream.policies import (
     ChunkedPolicy,
@@ -41,16 +41,7 @@ class _Entry:
     keywords: frozenset[str]  # every size the factory takes by name
 
 
-_registry: dict[str, _Entry] = {}
-
-
-def _add(name: str, factory: object, overwrite: bool) -> None:
-    if not callable(factory) or isinstance(factory, Policy):
-        raise TypeError(f"register_policy({name!r}, ...): the factory must be a Policy subclass or a "
-                        f"callable returning a Policy, got {factory!r}")
-    if name in _registry and not overwrite and _registry[name].factory is not factory:
-        raise ValueError(f"a streaming policy named {name!r} is already registered; pick another name, or "
-                         f"pass overwrite=True to replace it")
+def _make_entry(name: str, factory: Factory) -> _Entry:
     try:
         params = list(inspect.signature(factory).parameters.values())
     except (TypeError, ValueError):  # no signature to read: a policy without sizes
@@ -58,7 +49,32 @@ def _add(name: str, factory: object, overwrite: bool) -> None:
     positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     args = tuple(p.name for p in params if p.kind in positional)
     keywords = frozenset(p.name for p in params if p.kind is not inspect.Parameter.VAR_POSITIONAL)
-    _registry[name] = _Entry(name, factory, args, keywords)
+    return _Entry(name, factory, args, keywords)
+
+
+def _check_factory(name: str, factory: object) -> None:
+    if not callable(factory) or isinstance(factory, Policy):
+        raise TypeError(f"register_policy({name!r}, ...): the factory must be a Policy subclass or a "
+                        f"callable returning a Policy, got {factory!r}")
+
+
+_registry: Registry[_Entry] = Registry(
+    base=Policy, error=ConfigError, make_entry=_make_entry, check_factory=_check_factory,
+    name_rule=lambda name: not any(c in name for c in "() ,"),  # a spec's punctuation: "sinks(4,1020)"
+    messages=Messages(
+        bad_name="register_policy: the name must be a non-empty lowercase string without spaces, commas, "
+                 "parentheses or ':' (':' marks 'module:Attr' names), got {name!r}",
+        taken="a streaming policy named {name!r} is already registered; pick another name, or pass "
+              "overwrite=True to replace it",
+        no_module="streaming policy {name!r}: cannot import module {module!r} ({exc}); check the name, or "
+                  "put the module on PYTHONPATH",
+        not_class="streaming policy {name!r}: {attr!r} is not a Policy subclass in {module!r}; name one, or "
+                  "register a factory with attnlab.stream.register_policy(name, factory)",
+        unknown="unknown streaming policy {name!r}; valid policies: {names} (register another with "
+                "attnlab.stream.register_policy(name, factory), or name it 'module:Attr')",
+    ),
+)
+_entry = _registry.entry
 
 
 def register_policy(name: str, factory: type[Policy] | Factory, *, overwrite: bool = False) -> None:
@@ -66,62 +82,29 @@ def register_policy(name: str, factory: type[Policy] | Factory, *, overwrite: bo
     make_policy, parse_policy and `attnlab stream eval --policy` accept it. Its parameters are its sizes:
     positional ones in spec order ("name(a,b)"), any of sinks/window/chunk/memory/segment filled by name
     for a bare name. Registering the same factory again is a no-op."""
-    if not isinstance(name, str) or not name or name != name.lower() or any(c in name for c in ":() ,"):
-        raise ValueError(f"register_policy: the name must be a non-empty lowercase string without spaces, "
-                         f"commas, parentheses or ':' (':' marks 'module:Attr' names), got {name!r}")
-    _add(name, factory, overwrite)
+    _registry.register(name, factory, overwrite=overwrite)
 
 
 def unregister_policy(name: str) -> None:
     """Remove a registered name (tests, notebooks that redefine a class)."""
-    _entry(name)
-    del _registry[name]
+    _registry.unregister(name)
 
 
 def policy_names() -> list[str]:
     """Every registered name, built-ins first, in registration order."""
-    return list(_registry)
+    return _registry.names()
 
 
 def policy_help() -> str:
     """The --policy help line, read from the registry now (a user's registration shows)."""
-    return (f"{', '.join(_registry)} (attnlab.stream.policy_names()), or 'module:Attr' naming a Policy "
-            f"subclass; or a spec with sizes such as sinks(4,1020), window(1024), recompute(1024)")
+    return (f"{', '.join(_registry.names())} (attnlab.stream.policy_names()), or 'module:Attr' naming a "
+            f"Policy subclass; or a spec with sizes such as sinks(4,1020), window(1024), recompute(1024)")
 
 
 def size_readers(size: str) -> list[str]:
     """The registered names whose bare form reads `size` (window also sizes a policy that takes memory)."""
-    return [e.name for e in _registry.values()
+    return [e.name for e in _registry.entries()
             if size in e.keywords or (size == "window" and "memory" in e.keywords)]
-
-
-def _import(name: str) -> _Entry:
-    module_name, _, attr = name.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"streaming policy {name!r}: cannot import module {module_name!r} ({exc}); check "
-                          f"the name, or put the module on PYTHONPATH") from None
-    factory = getattr(module, attr, None)
-    # Only classes: a config names this, and calling any other callable it names is not safe.
-    if not (isinstance(factory, type) and issubclass(factory, Policy)):
-        raise ConfigError(f"streaming policy {name!r}: {attr!r} is not a Policy subclass in "
-                          f"{module_name!r}; name one, or register a factory with "
-                          f"attnlab.stream.register_policy(name, factory)")
-    _add(name, factory, overwrite=False)
-    return _registry[name]
-
-
-def _entry(name: object) -> _Entry:
-    if isinstance(name, str):
-        entry = _registry.get(name) or _registry.get(name.strip().lower())
-        if entry is not None:
-            return entry
-        if ":" in name:
-            return _import(name.strip())
-    raise ConfigError(f"unknown streaming policy {name!r}; valid policies: {', '.join(_registry)} "
-                      f"(register another with attnlab.stream.register_policy(name, factory), or name it "
-                      f"'module:Attr')")
 
 
 def _build(entry: _Entry, sizes: dict[str, int], max_context: int | None) -> Policy:
@@ -177,23 +160,8 @@ def parse_policy(spec: str, *, sinks: int = 4, window: int = 1020, chunk: int = 
     return _build(entry, dict(zip(entry.args, args, strict=True)), max_context)
 
 
-class _Names:
-    """A live view of the registered names (`', '.join(POLICIES)`, `name in POLICIES`)."""
-
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.strip().lower() in _registry
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(_registry))
-
-    def __len__(self) -> int:
-        return len(_registry)
-
-    def __repr__(self) -> str:
-        return repr(tuple(_registry))
-
-
-POLICIES = _Names()
+# A live view of the registered names (`', '.join(POLICIES)`, `name in POLICIES`).
+POLICIES = NameView(_registry, lambda name: name.strip().lower() in _registry.names())
 
 
 def _memory(memory: int, segment: int | None = None) -> MemoryPolicy:
