@@ -134,6 +134,23 @@ def test_seed_stats_mean_std_and_nonfinite():
     assert seed_stats([])["mean"] is None
 
 
+def test_fmt_stat_cells():
+    from attnlab.experiments.base import fmt_stat
+
+    assert fmt_stat(seed_stats([1.0, 2.0, 3.0])) == "2 ± 1"
+    assert fmt_stat(seed_stats([0.5])) == "0.5"
+    assert fmt_stat(seed_stats([])) == "–"
+
+
+def test_every_name_of_the_frame_stays_importable_from_base():
+    """base.py re-exports what moved out (verdicts.py, seedstats.py): the same objects; no caller breaks."""
+    from attnlab.experiments import base, seedstats, verdicts
+
+    assert all(hasattr(base, name) for name in base.__all__)
+    assert base.seed_stats is seedstats.seed_stats and base.fmt_stat is seedstats.fmt_stat
+    assert base.claim is verdicts.claim and base.recompute_verdict is verdicts.recompute_verdict
+
+
 @dataclass(frozen=True)
 class _Cfg:
     a: int = 1

@@ -7,28 +7,28 @@ A study is a module with a config dataclass (presets `smoke`, `quick`, `full`) a
   a hash of the config, so a killed run resumes and a re-run with the same config skips finished parts;
 - `start(config, out_dir, validate)`: the opening of every `run()` (validated config, output folder, parts);
 - `check_fields(config, choices=..., **rules)`: an unknown choice or a bad value as one ConfigError line;
-- `seed_stats(values)`: mean, sample standard deviation and standard error over seeds;
 - `evidence(...)`: the per-item values a claim's interval is measured from (kept in results.json);
 - `claim(...)`: one published claim, our number next to the paper's, and a verdict computed by `judge`;
 - `recompute_verdict(claim_dict)`: the verdict again, from a results file's claim alone;
 - `finish(...)`: the results JSON (config, seeds, provenance, timings, claims) and the HTML page.
 
 The verdict rule and its words live in `attnlab.experiments.verdicts` (the one engine every study and
-`attnlab compare` use); this module re-exports `claim`, `evidence`, `judge` and `recompute_verdict`.
+`attnlab compare` use); this module re-exports `claim`, `evidence`, `judge` and `recompute_verdict`. The
+statistics over seeds (`seed_stats`, `fmt_stat`) live in `attnlab.experiments.seedstats`, re-exported here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from attnlab.errors import ConfigError
+from attnlab.experiments.seedstats import fmt_stat, seed_stats  # re-exported for the studies
 from attnlab.experiments.verdicts import (  # the one verdict engine; re-exported for the studies
     HELD,
     INCONCLUSIVE,
@@ -179,27 +179,6 @@ def start(config: Any, out_dir: str | Path, validate: Callable[[Any], None]) -> 
     resumable parts, whose clock starts now (`parts.timings()`)."""
     validate(config)
     return Path(out_dir), Parts(out_dir, config)
-
-
-# -------------------------------------------------------------------------------------- statistics
-def seed_stats(values: Sequence[float]) -> dict[str, Any]:
-    """Mean, sample std and standard error of per-seed values (non-finite values are kept out and counted)."""
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    n = len(vals)
-    if n == 0:
-        return {"mean": None, "std": None, "se": None, "n": 0, "values": list(values)}
-    mean = sum(vals) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (n - 1)) if n > 1 else 0.0
-    return {"mean": mean, "std": std, "se": std / math.sqrt(n) if n > 1 else None, "n": n,
-            "values": [float(v) for v in values]}
-
-
-def fmt_stat(st: dict[str, Any]) -> str:
-    if st.get("mean") is None:
-        return "–"
-    if st.get("n", 0) > 1:
-        return f"{fmt(st['mean'])} ± {fmt(st['std'])}"
-    return fmt(st["mean"])
 
 
 # ------------------------------------------------------------------------------------------ output
