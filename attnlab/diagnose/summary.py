@@ -18,7 +18,7 @@ the attention keys.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -90,13 +90,18 @@ def _mean(xs: list[float]) -> float:
 
 
 def summarize(cache: Mapping[str, Tensor], n_layers: int | None = None, *,
-              threshold: float = SINK_THRESHOLD) -> dict[str, Any]:
+              threshold: float = SINK_THRESHOLD, keys: Iterable[str] | None = None) -> dict[str, Any]:
     """Headline numbers of a cache (TransformerLens names, see `attnlab.models.adapter`), pooled over its
     batch. `n_layers` defaults to the blocks the cache holds; `threshold` is Gu et al.'s sink epsilon.
 
     Returns floats (nan where undefined), per-layer lists of floats, and per-(layer, head) lists of lists;
     the keys and formulas are the table "Summary keys" of docs/diagnostics.md.
+
+    keys: only these keys (any of `KEYS`), each the same value the full call gives; the work that feeds
+    no asked key is skipped (effective rank and uniformity take an SVD per layer). The cache and the
+    threshold are checked as in the full call, so asking for fewer keys never turns an error into a result.
     """
+    need = _groups(keys)
     n_layers = _layer_count(cache, n_layers)
     out: dict[str, Any] = {k: [] for k in ("resid_norm", "kurtosis", "max_abs_layer", "massive_ratio_layer",
                                            "uniformity", "effective_rank")}
@@ -104,45 +109,58 @@ def summarize(cache: Mapping[str, Tensor], n_layers: int | None = None, *,
     top = (-1.0, {})
     for layer in range(n_layers):
         x = _get(cache, f"blocks.{layer}.hook_resid_post", 3).detach()  # (B, T, d)
-        n = token_norms(x)  # (B, T)
-        out["resid_norm"].append(float((n[:, 1:] if n.shape[1] > 1 else n).mean()))
-        first_norms.append(float(n[:, 0].mean()))
-        out["kurtosis"].append(float(layer_kurtosis(x).mean()))
-        a = x.abs().double()
-        flat = a.flatten(1)  # (B, T * d)
-        peak, where = flat.max(dim=1)
-        median = flat.median(dim=1).values
-        out["massive_ratio_layer"].append(float(torch.where(median > 0, peak / median.clamp_min(1e-300),
-                                                            torch.full_like(peak, math.inf)).max()))
-        b = int(peak.argmax())
-        out["max_abs_layer"].append(float(peak[b]))
-        if float(peak[b]) > top[0]:
-            i = int(where[b])
-            top = (float(peak[b]), {"layer": layer, "sequence": b, "token": i // x.shape[2],
-                                    "dim": i % x.shape[2]})
-        out["uniformity"].append(float(sum(uniformity_ratio(s) for s in x) / x.shape[0]))
-        out["effective_rank"].append(float(sum(effective_rank(s) for s in x) / x.shape[0]))
+        if "norms" in need:
+            n = token_norms(x)  # (B, T)
+            out["resid_norm"].append(float((n[:, 1:] if n.shape[1] > 1 else n).mean()))
+            first_norms.append(float(n[:, 0].mean()))
+        if "kurtosis" in need:
+            out["kurtosis"].append(float(layer_kurtosis(x).mean()))
+        if "peak" in need:
+            a = x.abs().double()
+            flat = a.flatten(1)  # (B, T * d)
+            peak, where = flat.max(dim=1)
+            median = flat.median(dim=1).values
+            out["massive_ratio_layer"].append(float(torch.where(median > 0, peak / median.clamp_min(1e-300),
+                                                                torch.full_like(peak, math.inf)).max()))
+            b = int(peak.argmax())
+            out["max_abs_layer"].append(float(peak[b]))
+            if float(peak[b]) > top[0]:
+                i = int(where[b])
+                top = (float(peak[b]), {"layer": layer, "sequence": b, "token": i // x.shape[2],
+                                        "dim": i % x.shape[2]})
+        if "uniformity" in need:
+            out["uniformity"].append(float(sum(uniformity_ratio(s) for s in x) / x.shape[0]))
+        if "effective_rank" in need:
+            out["effective_rank"].append(float(sum(effective_rank(s) for s in x) / x.shape[0]))
     norms = out["resid_norm"]
     last = _get(cache, f"blocks.{n_layers - 1}.hook_resid_post", 3).detach()
-    out.update({
-        "resid_norm_last": norms[-1],
-        "norm_first_over_rest_last": first_norms[-1] / norms[-1] if norms[-1] > 0 else math.nan,
-        "norm_growth_per_layer": fitted_growth(norms) if n_layers >= 2 and min(norms) > 0 else math.nan,
-        "kurtosis_max": max(out["kurtosis"]),
-        "kurtosis_mean": _mean(out["kurtosis"]),
-        "max_abs": top[0],
-        "max_abs_where": top[1],
-        "massive_ratio": max(out["massive_ratio_layer"]),
-        "uniformity_last": out["uniformity"][-1],
-        "uniformity_excl_first_last": (float(sum(uniformity_ratio(s[1:]) for s in last) / last.shape[0])
-                                       if last.shape[1] > 2 else math.nan),
-        "effective_rank_last": out["effective_rank"][-1],
-    })
-    out.update(_attention(cache, n_layers, threshold))
-    return out
+    if "norms" in need:
+        out.update({
+            "resid_norm_last": norms[-1],
+            "norm_first_over_rest_last": first_norms[-1] / norms[-1] if norms[-1] > 0 else math.nan,
+            "norm_growth_per_layer": fitted_growth(norms) if n_layers >= 2 and min(norms) > 0 else math.nan,
+        })
+    if "kurtosis" in need:
+        out.update({"kurtosis_max": max(out["kurtosis"]), "kurtosis_mean": _mean(out["kurtosis"])})
+    if "peak" in need:
+        out.update({"max_abs": top[0], "max_abs_where": top[1],
+                    "massive_ratio": max(out["massive_ratio_layer"])})
+    if "uniformity" in need:
+        out["uniformity_last"] = out["uniformity"][-1]
+    if "uniformity_excl_first" in need:
+        out["uniformity_excl_first_last"] = (float(sum(uniformity_ratio(s[1:]) for s in last) / last.shape[0])
+                                             if last.shape[1] > 2 else math.nan)
+    if "effective_rank" in need:
+        out["effective_rank_last"] = out["effective_rank"][-1]
+    out.update(_attention(cache, n_layers, threshold, need))
+    if keys is None:
+        return out
+    asked = set().union(*need.values())
+    return {k: v for k, v in out.items() if k in asked}
 
 
-def _attention(cache: Mapping[str, Tensor], n_layers: int, threshold: float) -> dict[str, Any]:
+def _attention(cache: Mapping[str, Tensor], n_layers: int, threshold: float,
+               need: Mapping[str, Any]) -> dict[str, Any]:
     names = [f"blocks.{layer}.attn.pattern" for layer in range(n_layers)]
     if not all(name in cache for name in names):
         return dict.fromkeys(ATTENTION_KEYS)
@@ -151,19 +169,63 @@ def _attention(cache: Mapping[str, Tensor], n_layers: int, threshold: float) -> 
     first_heads, null_heads, entropy = [], [], []
     for name in names:
         p = _get(cache, name, 4).detach()  # (B, H, Q, K)
-        first_heads.append(first_token_attention(p).mean(dim=0).tolist())  # (H,)
-        null_heads.append(null_sink_mass(p).mean(dim=0).tolist())
-        entropy.append(float(normalized_entropy(p).nanmean()))
-    every = [a for row in first_heads for a in row]
-    return {
-        "first_token_heads": first_heads,
-        "first_token_layer": [sum(row) / len(row) for row in first_heads],
-        "first_token_attn": sum(every) / len(every),
-        "sink_rate_layer": [sum(a > threshold for a in row) / len(row) for row in first_heads],
-        "sink_rate": sum(a > threshold for a in every) / len(every),
-        "null_sink_mass_heads": null_heads,
-        "null_sink_mass_layer": [sum(row) / len(row) for row in null_heads],
-        "null_sink_mass": sum(m for row in null_heads for m in row) / len(every),
-        "entropy_layer": entropy,
-        "entropy_norm": _mean(entropy),
-    }
+        if "first_token" in need:
+            first_heads.append(first_token_attention(p).mean(dim=0).tolist())  # (H,)
+        if "null_sink" in need:
+            null_heads.append(null_sink_mass(p).mean(dim=0).tolist())
+        if "entropy" in need:
+            entropy.append(float(normalized_entropy(p).nanmean()))
+    out: dict[str, Any] = {}
+    if "first_token" in need:
+        every = [a for row in first_heads for a in row]
+        out.update({
+            "first_token_heads": first_heads,
+            "first_token_layer": [sum(row) / len(row) for row in first_heads],
+            "first_token_attn": sum(every) / len(every),
+            "sink_rate_layer": [sum(a > threshold for a in row) / len(row) for row in first_heads],
+            "sink_rate": sum(a > threshold for a in every) / len(every),
+        })
+    if "null_sink" in need:
+        heads = sum(len(row) for row in null_heads)  # every (layer, head) pair, as first_token_attn counts
+        out.update({
+            "null_sink_mass_heads": null_heads,
+            "null_sink_mass_layer": [sum(row) / len(row) for row in null_heads],
+            "null_sink_mass": sum(m for row in null_heads for m in row) / heads,
+        })
+    if "entropy" in need:
+        out.update({"entropy_layer": entropy, "entropy_norm": _mean(entropy)})
+    return out
+
+
+def _groups(keys: Iterable[str] | None) -> dict[str, set[str]]:
+    """The computations the asked keys need, each with the asked keys it feeds (all of them for None)."""
+    if keys is None:
+        return {group: set(members) for group, members in GROUPS.items()}
+    if isinstance(keys, str):
+        raise TypeError(f"keys must be a collection of key names, e.g. keys=({keys!r},), not a string")
+    asked = list(keys)
+    unknown = [k for k in asked if k not in _GROUP_OF]
+    if unknown:
+        raise ValueError(f"summarize: unknown key(s) {', '.join(map(repr, unknown))}; the keys are: "
+                         f"{', '.join(KEYS)}")
+    need: dict[str, set[str]] = {}
+    for k in asked:
+        need.setdefault(_GROUP_OF[k], set()).add(k)
+    return need
+
+
+# Which computation feeds each key: a call with `keys` runs only the groups of the keys it asks for.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "norms": ("resid_norm", "resid_norm_last", "norm_first_over_rest_last", "norm_growth_per_layer"),
+    "kurtosis": ("kurtosis", "kurtosis_max", "kurtosis_mean"),
+    "peak": ("max_abs_layer", "massive_ratio_layer", "max_abs", "max_abs_where", "massive_ratio"),
+    "uniformity": ("uniformity", "uniformity_last"),  # an SVD per layer and sequence
+    "uniformity_excl_first": ("uniformity_excl_first_last",),  # one more, of the last layer
+    "effective_rank": ("effective_rank", "effective_rank_last"),  # an SVD per layer and sequence
+    "first_token": ("first_token_heads", "first_token_layer", "first_token_attn", "sink_rate_layer",
+                    "sink_rate"),
+    "null_sink": ("null_sink_mass_heads", "null_sink_mass_layer", "null_sink_mass"),
+    "entropy": ("entropy_layer", "entropy_norm"),
+}
+_GROUP_OF = {key: group for group, members in GROUPS.items() for key in members}
+KEYS = tuple(_GROUP_OF)  # every key summarize returns
