@@ -12,36 +12,15 @@ from typing import Any
 
 from attnlab.diagnose import plots
 from attnlab.present import Raw, details, esc, figure_html, fmt_num, grid, page, para, section, table
+from attnlab.present.catalogue import label, metric
 from attnlab.present.plots import has_data, png_data_uri
 
-# (summary key, label, how to read it)
-SUMMARY_ROWS = (
-    ("loss_nats", "loss on the passage (nats / token)", "next-token cross-entropy; perplexity = e^loss"),
-    ("norm_growth_per_layer", "residual norm growth per block (fit)",
-     "> 1: the stream grows geometrically with depth (Heimersheim & Turner 2023)"),
-    ("norm_first_over_rest_last", "token-0 norm / other tokens, last block",
-     ">> 1: position 0 carries massive activations (an attention sink)"),
-    ("sink_rate", "sink rate",
-     "share of heads putting > 0.3 of their attention on token 0 (Gu et al. 2024)"),
-    ("null_sink_mass", "weight on the null sink",
-     "1 - row sum, mean over layers, heads, queries: what softmax1 / learned sinks take off the tokens"),
-    ("uniformity_last", "uniformity ratio, last block",
-     "Dong et al. 2021: near 0 = all tokens alike (rank collapse); may exceed 1 when token 0 "
-     "dominates"),
-    ("uniformity_excl_first_last", "same, without token 0", "the ratio of the ordinary tokens"),
-    ("uniformity_last_no_skip", "same, skips removed",
-     "outer skip paths removed (each MLP still reads x inside its block); Dong et al. predict a fall"),
-    ("uniformity_last_pure_attention", "same, pure attention",
-     "no skips and no MLPs: Dong et al.'s collapse"),
-    ("kurtosis_max", "max kurtosis", "Gaussian = 3; hundreds = outlier features (Bondarenko et al. 2023)"),
-    ("max_abs", "max |activation|", "Sun et al. 2024 call > 100 and > 1000x the median massive"),
-    ("quant_w8a8_delta_ppl", "perplexity cost of int8 W8A8",
-     "per-tensor int8 weights + activations, fake-quantized"),
-    ("sensitivity_first_over_last", "sensitivity, first / last token",
-     "how much more the final state feels token 0 than the latest token (Barbero et al. 2024)"),
-    ("lipschitz_exponent", "Lipschitz growth exponent b",
-     "local Lipschitz constant ~ n^b over the lengths measured (Castin et al. 2024)"),
-)
+# The summary's headline keys, in table order; each row's label and reading are the catalogue's
+# (attnlab.present.catalogue), the same words every other page uses for the key.
+SUMMARY_ROWS = ("loss_nats", "norm_growth_per_layer", "norm_first_over_rest_last", "sink_rate",
+                "null_sink_mass", "uniformity_last", "uniformity_excl_first_last", "uniformity_last_no_skip",
+                "uniformity_last_pure_attention", "kurtosis_max", "max_abs", "quant_w8a8_delta_ppl",
+                "sensitivity_first_over_last", "lipschitz_exponent")
 
 # The report shows four significant digits (a loss of 3.457 nats, not 3.46).
 num = partial(fmt_num, digits=4)
@@ -72,8 +51,9 @@ def _cards(figures: Sequence[Figure], sections: Sections) -> Raw:
     return grid(_card(title, draw, caption, sections) for title, draw, caption in figures)
 
 
-_ENTROPY_MAP = _first(plots.heatmap, "entropy_normalized", "entropy / log(keys seen)", 0.0, 1.0, "viridis")
-_SINK_MAP = _first(plots.heatmap, "first_token", "mean attention on token 0", 0.0, 1.0, "magma")
+# Per head, the numbers the summary's entropy_layer and first_token_layer average over heads.
+_ENTROPY_MAP = _first(plots.heatmap, "entropy_normalized", label("entropy_layer"), 0.0, 1.0, "viridis")
+_SINK_MAP = _first(plots.heatmap, "first_token", label("first_token_heads"), 0.0, 1.0, "magma")
 
 # One model's figures, in page order.
 MODEL_FIGURES: tuple[Figure, ...] = (
@@ -135,10 +115,11 @@ COMPARISON_FIGURES: tuple[Figure, ...] = (
 
 def _summary_table(sections: Sequence[dict[str, Any]]) -> Raw:
     rows = []
-    for key, label, reading in SUMMARY_ROWS:
+    for key in SUMMARY_ROWS:
         vals = [s.get("summary", {}).get(key) for s in sections]
         if any(v is not None for v in vals):
-            rows.append([label, *vals, Raw(f"<span class='read'>{esc(reading)}</span>")])
+            reading = metric(key).reading
+            rows.append([label(key), *vals, Raw(f"<span class='read'>{esc(reading)}</span>")])
     return table(rows, ["headline", *(s["model"]["name"] for s in sections), "how to read it"], num)
 
 
@@ -148,8 +129,8 @@ QUANT_MODES = (("fp32", "full precision"), ("w8a8", "int8 weights + activations"
 
 def _quant_table(section_: dict[str, Any]) -> Raw:
     q = section_.get("quantization") or {}
-    rows = [[label, q[mode]["loss"], q[mode]["ppl"], q[mode].get("delta_loss"), q[mode].get("delta_ppl")]
-            for mode, label in QUANT_MODES if mode in q]
+    rows = [[name, q[mode]["loss"], q[mode]["ppl"], q[mode].get("delta_loss"), q[mode].get("delta_ppl")]
+            for mode, name in QUANT_MODES if mode in q]
     if not rows:
         return Raw("")
     columns = ["weights / activations", "loss (nats)", "perplexity", "+ loss", "+ ppl"]

@@ -18,10 +18,7 @@ from attnlab.experiments.base import fmt_stat
 from attnlab.experiments.html import claims_html, figures_html, smoke_banner
 from attnlab.io import atomic_write_text
 from attnlab.present import LABELS, Raw, bold, code, esc, page, para, section, table
-
-# Which direction is better, for rows where that is not a matter of taste.
-LOWER_IS_BETTER = {"val_loss", "quant_gap", "kurtosis_max", "kurtosis_mean", "max_abs", "massive_ratio",
-                   "first_token_attn", "sink_rate", "lipschitz_max_len", "lipschitz_exponent"}
+from attnlab.present.catalogue import lower_is_better
 
 GROUPS = (
     ("Quality", ("val_loss",)),
@@ -31,6 +28,10 @@ GROUPS = (
                               "effective_rank_last")),
     ("Sensitivity and Lipschitz", ("sensitivity_first_over_last", "lipschitz_max_len", "lipschitz_exponent")),
 )
+
+# The rows whose best value is bold: the catalogue's say on which side is better (not a matter of taste).
+# Only GROUPS' keys: "Other" gathers whatever else a results file holds, and stays plain.
+LOWER_IS_BETTER = lower_is_better(k for _, keys in GROUPS for k in keys)
 
 
 def _is_stat(x: Any) -> bool:

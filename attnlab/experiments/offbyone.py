@@ -31,7 +31,7 @@ import torch
 
 from attnlab.experiments.base import check_fields, claim, evidence, finish, fmt, fmt_stat, seed_stats, start
 from attnlab.experiments.common import lm_loss, shakespeare_split, train_loop
-from attnlab.present import LABELS
+from attnlab.present.catalogue import label
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "softmax": {"normalizer": "softmax"},
@@ -182,13 +182,13 @@ def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str,
 
 
 # ---------------------------------------------------------------------- aggregation over seeds
-# Every scalar a probe returns that the comparison shows, with its label (one map: attnlab.present.LABELS).
-SCALARS: dict[str, str] = {key: LABELS[key] for key in (
+# Every scalar a probe returns that the comparison shows, in table order; labels are the catalogue's.
+SCALARS: tuple[str, ...] = (
     "val_loss", "quant_gap", "kurtosis_max", "kurtosis_mean", "max_abs", "massive_ratio",
     "first_token_attn", "sink_rate", "null_sink_mass", "entropy_norm", "resid_norm_last",
     "norm_growth_per_layer", "uniformity_last", "effective_rank_last", "sensitivity_first_over_last",
     "lipschitz_max_len", "lipschitz_exponent",
-)}
+)
 PER_LAYER = ("resid_norm", "uniformity", "effective_rank", "kurtosis", "max_abs_layer", "first_token_layer",
              "sink_rate_layer", "entropy_layer")
 
@@ -320,8 +320,8 @@ def make_claims(config: Config, results: dict[str, Any], runs: dict[str, list[di
 def make_tables(config: Config, results: dict[str, Any]) -> list[dict[str, Any]]:
     variants = list(results["variants"])
     rows = []
-    for key, label in SCALARS.items():
-        rows.append([label] + [fmt_stat(results["variants"][v][key]) for v in variants])
+    for key in SCALARS:
+        rows.append([label(key)] + [fmt_stat(results["variants"][v][key]) for v in variants])
     n = len(config.seeds)
     title = "Variants side by side (mean ± std over seeds)" if n > 1 else "Variants side by side (one seed)"
     return [{"title": title,
@@ -345,21 +345,22 @@ def make_figures(config: Config, runs: dict[str, list[dict[str, Any]]], results:
                 s[v] = (list(range(len(e[key]))), [x["mean"] for x in e[key]], [x["std"] for x in e[key]])
         return s
 
-    for key, ylabel, title, logy, caption in (
-        ("resid_norm", "mean ||h||", "Residual-stream norm by layer", True,
+    # line_plot and bar_plot label the y axis with the key's catalogue label.
+    for key, title, logy, caption in (
+        ("resid_norm", "Residual-stream norm by layer", True,
          "Residual norm leaving each block: steeper growth means larger activations to quantize."),
-        ("kurtosis", "kurtosis", "Activation kurtosis by layer", True,
+        ("kurtosis", "Activation kurtosis by layer", True,
          "Kurtosis of the residual stream per layer (3 = Gaussian); outliers show as large values."),
-        ("first_token_layer", "attention to token 0", "First-token attention by layer", False,
+        ("first_token_layer", "First-token attention by layer", False,
          "Mean attention weight on token 0 per layer; a sink shows as a value near 1."),
-        ("uniformity", "uniformity ratio", "Token uniformity by layer", False,
+        ("uniformity", "Token uniformity by layer", False,
          "Dong et al.'s ratio: 0 means every token has the same representation (rank collapse)."),
-        ("entropy_layer", "entropy / log(keys)", "Attention entropy by layer", False,
+        ("entropy_layer", "Attention entropy by layer", False,
          "Normalised attention entropy per layer: 1 is uniform attention, 0 attends to one key."),
     ):
         s = layer_series(key)
         if s:
-            line_plot(out_dir / f"{key}.png", s, xlabel="layer", ylabel=ylabel, title=title, logy=logy)
+            line_plot(out_dir / f"{key}.png", s, xlabel="layer", ylabel=key, title=title, logy=logy)
             figs.append((f"{key}.png", caption))
     names = list(variants)
     for key, title, caption in (
@@ -399,13 +400,11 @@ def answer_text(config: Config, results: dict[str, Any]) -> str:
         return v[variant][key]["mean"] if variant in v else None
 
     parts = []
-    for key, what in (("first_token_attn", "attention to token 0"), ("sink_rate", "sink rate"),
-                      ("kurtosis_max", "max-layer kurtosis"), ("max_abs", "max |activation|"),
-                      ("quant_gap", "int8 loss gap"), ("val_loss", "validation loss")):
+    for key in ("first_token_attn", "sink_rate", "kurtosis_max", "max_abs", "quant_gap", "val_loss"):
         a, b = m("softmax", key), m("softmax1", key)
         if a is None or b is None:
             continue
-        parts.append(f"{what} {fmt(a)} -> {fmt(b)}")
+        parts.append(f"{label(key)} {fmt(a)} -> {fmt(b)}")
     text = "softmax -> softmax1: " + "; ".join(parts) + "."
     best = [(name, m(name, "kurtosis_max")) for name in v if m(name, "kurtosis_max") is not None]
     if best:

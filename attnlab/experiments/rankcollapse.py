@@ -516,7 +516,7 @@ def make_figures(config: Config, init: dict[str, list[dict[str, Any]]], results:
     figs = []
     abl = tuple(a for a in ABLATIONS if a in results["init"])
     line_plot(out_dir / "ratio_init.png", series(results["init"], abl), xlabel="layer",
-              ylabel="uniformity ratio", title="At initialisation, causal (float64)", logy=True)
+              ylabel="uniformity", title="At initialisation, causal (float64)", logy=True)
     figs.append(("ratio_init.png", "Uniformity ratio by layer at init, causal attention: pure attention "
                                    "falls towards rounding noise; skip connections hold it up."))
     if config.bidirectional:
@@ -524,7 +524,7 @@ def make_figures(config: Config, init: dict[str, list[dict[str, Any]]], results:
         line_plot(out_dir / "ratio_bidirectional.png",
                   {**series(results["init"], pair, " (causal)"),
                    **series(results["init_bidirectional"], tuple(config.bidirectional), " (bidirectional)")},
-                  xlabel="layer", ylabel="uniformity ratio", logy=True,
+                  xlabel="layer", ylabel="uniformity", logy=True,
                   title="Bidirectional vs causal at init (float64)")
         figs.append(("ratio_bidirectional.png",
                      "Bidirectional attention (Dong et al.'s setting): uniform attention is rank one at "
@@ -534,11 +534,11 @@ def make_figures(config: Config, init: dict[str, list[dict[str, Any]]], results:
     effects = tuple(a for a in config.architectures if a not in ABLATIONS or a == "full (pre-LN)")
     if len(effects) > 1:
         line_plot(out_dir / "ratio_effects.png", series(results["init"], effects), xlabel="layer",
-                  ylabel="uniformity ratio", title="Full block variants at init")
+                  ylabel="uniformity", title="Full block variants at init")
         figs.append(("ratio_effects.png", "LayerNorm placement, orthogonal init and depth scaling on "
                                           "the full block at init."))
     line_plot(out_dir / "ratio_trained.png", series(results["trained"], tuple(config.architectures)),
-              xlabel="layer", ylabel="uniformity ratio", title=f"After {config.train_steps} training steps",
+              xlabel="layer", ylabel="uniformity", title=f"After {config.train_steps} training steps",
               logy=True)
     figs.append(("ratio_trained.png", "Uniformity ratio by layer after short training on Shakespeare."))
     ref = results["reference_losses"]
@@ -562,7 +562,7 @@ def make_figures(config: Config, init: dict[str, list[dict[str, Any]]], results:
             return out
 
         if line_plot(out_dir / "norm_growth.png", {**norms("init"), **norms("trained")}, xlabel="layer",
-                     ylabel="residual norm", title="Residual norm by block", logy=True):
+                     ylabel="resid_norm", title="Residual norm by block", logy=True):
             figs.append(("norm_growth.png", "Mean token norm of each block's output (positions >= 1): "
                                             "pre-LN grows with depth, post-LN is normalised at every block, "
                                             "depth-scaled branches add less per block."))
