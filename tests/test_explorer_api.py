@@ -12,10 +12,11 @@ import torch
 from attnlab.attention import normalizer_names
 from attnlab.explorer import directions as dirs
 from attnlab.explorer.engine import Explorer, default_params
-from attnlab.explorer.layer_metrics import layer_metrics
+from attnlab.explorer.layer_metrics import METRIC_NAMES, layer_metrics
 from attnlab.explorer.params import Limits, RequestError, parse_params
 from attnlab.explorer.server import serve_in_thread
 from attnlab.models.hooks import attention_override, pattern_name, record_attention
+from attnlab.present.catalogue import catalogue_json
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer"
 
@@ -78,6 +79,11 @@ def test_info_describes_the_model(server):
     assert info["max_labelled_tokens"] == 48  # as the notebook's AttentionPattern labels its ticks
     assert len(info["explained"]) == 3 and len(info["explained"][0]) == info["n_directions"]
     assert 0 < len(info["default_text"]) and info["default_text"].startswith("Shall I compare")
+    # The curves' keys in page order, each with the catalogue's words (what the page titles them with).
+    assert list(info["metrics"]) == list(METRIC_NAMES)
+    assert info["metrics"] == catalogue_json(METRIC_NAMES)
+    assert info["metrics"]["entropy_nats_layer"]["unit"] == "nats"
+    assert all(e["label"] and e["reading"] for e in info["metrics"].values())
 
 
 def test_page_and_assets_are_served(server):
@@ -97,7 +103,7 @@ def test_analyze_default_is_a_causal_softmax_pattern(server):
     assert p.shape == (t, t)
     assert torch.allclose(p.sum(-1), torch.ones(t), atol=1e-2)
     assert torch.all(torch.triu(p, diagonal=1) == 0)  # no query sees the future
-    assert set(r["metrics"]) == {"norm", "uniformity", "entropy", "sink_mass"}
+    assert set(r["metrics"]) == {"resid_norm", "uniformity", "entropy_nats_layer", "first_token_layer"}
     assert all(len(v) == 3 for v in r["metrics"].values())
     probs = [x["prob"] for x in r["top"]]
     assert probs == sorted(probs, reverse=True) and len(probs) == 10
@@ -126,11 +132,12 @@ def test_override_changes_attention_and_metrics(server):
     _, one = analyze(server, layer=1, head=0, normalizer="softmax1")
     rows = torch.tensor(one["pattern"]).sum(-1)
     assert torch.all(rows < 0.999)  # the extra 1 in the denominator takes mass from every row
-    assert all(a < b for a, b in zip(one["metrics"]["sink_mass"], base["metrics"]["sink_mass"]))
-    assert one["metrics"]["norm"] != base["metrics"]["norm"]
+    tok0, base_tok0 = one["metrics"]["first_token_layer"], base["metrics"]["first_token_layer"]
+    assert all(a < b for a, b in zip(tok0, base_tok0))
+    assert one["metrics"]["resid_norm"] != base["metrics"]["resid_norm"]
     assert one["baseline_metrics"] == base["metrics"]
     _, hot = analyze(server, layer=1, head=0, temperature=4.0)
-    assert hot["metrics"]["entropy"][1] > base["metrics"]["entropy"][1]  # hotter = flatter rows
+    assert hot["metrics"]["entropy_nats_layer"][1] > base["metrics"]["entropy_nats_layer"][1]  # flatter rows
     _, sink = analyze(server, layer=1, head=0, normalizer="sinks", sink_logit=5.0)
     assert torch.tensor(sink["pattern"]).sum(-1).max() < rows.max()  # a larger sink logit takes more
 
@@ -138,8 +145,8 @@ def test_override_changes_attention_and_metrics(server):
 def test_scope_layer_leaves_other_layers_alone(server):
     _, base = analyze(server, layer=2)
     _, r = analyze(server, layer=2, scope="layer", temperature=3.0)
-    assert r["metrics"]["entropy"][:2] == base["metrics"]["entropy"][:2]
-    assert r["metrics"]["entropy"][2] != base["metrics"]["entropy"][2]
+    assert r["metrics"]["entropy_nats_layer"][:2] == base["metrics"]["entropy_nats_layer"][:2]
+    assert r["metrics"]["entropy_nats_layer"][2] != base["metrics"]["entropy_nats_layer"][2]
 
 
 def test_head_and_layer_moves_reuse_the_forward(server):
@@ -178,8 +185,9 @@ def test_steering_moves_the_next_token_distribution(server, explorer):
     assert r["baseline_top"] == base["top"]
     moved = {t["id"]: t["prob"] for t in r["top"]}
     assert any(abs(moved[t["id"]] - t["baseline_prob"]) > 1e-4 for t in r["top"])
-    assert r["metrics"]["norm"][0] == base["metrics"]["norm"][0]  # blocks before the steered one unchanged
-    assert r["metrics"]["norm"][1] != base["metrics"]["norm"][1]
+    # blocks before the steered one unchanged
+    assert r["metrics"]["resid_norm"][0] == base["metrics"]["resid_norm"][0]
+    assert r["metrics"]["resid_norm"][1] != base["metrics"]["resid_norm"][1]
     after = explorer.loaded.logits(explorer.encode(TEXT)).detach()
     assert torch.equal(before, after)  # the steering hook is gone after the request
 
@@ -321,15 +329,16 @@ def test_layer_metrics_summaries():
     uniform = torch.tril(torch.ones(2, t, t, dtype=torch.float64)) / torch.arange(1, t + 1)[:, None]
     m = layer_metrics(x, uniform)
     assert m["uniformity"] < 1e-6  # identical rows: the rank-one limit of uniform attention
-    assert math.isclose(m["norm"], float(x[0].norm()), rel_tol=1e-9)
+    assert math.isclose(m["resid_norm"], float(x[0].norm()), rel_tol=1e-9)
     want = float(torch.log(torch.arange(1, t + 1).double()).mean())
-    assert math.isclose(m["entropy"], want, rel_tol=1e-9)
-    assert math.isclose(m["sink_mass"], float((1 / torch.arange(2, t + 1).double()).mean()), rel_tol=1e-9)
+    assert math.isclose(m["entropy_nats_layer"], want, rel_tol=1e-9)
+    assert math.isclose(m["first_token_layer"], float((1 / torch.arange(2, t + 1).double()).mean()),
+                        rel_tol=1e-9)
     first = torch.zeros(1, t, t)
     first[..., 0] = 0.5  # softmax1-like rows summing to 0.5: sink mass is not renormalised, entropy is
     m = layer_metrics(x, first)
-    assert m["sink_mass"] == 0.5 and m["entropy"] == 0.0
-    assert math.isnan(layer_metrics(x, None)["entropy"])
+    assert m["first_token_layer"] == 0.5 and m["entropy_nats_layer"] == 0.0
+    assert math.isnan(layer_metrics(x, None)["entropy_nats_layer"])
 
 
 def test_parse_params_defaults_fill_alphas():

@@ -23,7 +23,9 @@ import pytest
 import torch
 
 from attnlab.explorer.engine import Explorer
+from attnlab.explorer.layer_metrics import METRIC_NAMES
 from attnlab.explorer.server import serve_in_thread
+from attnlab.present.catalogue import label, metric
 
 TIMEOUT_MS = 300_000  # generous: on 2 shared cores a SmolLM2 update can take tens of seconds under load
 CHROMIUM = os.environ.get("ATTNLAB_CHROMIUM", "/usr/bin/chromium")
@@ -74,7 +76,11 @@ def drive(url: str, shot: Path, *, viewport=(1440, 1010), tweak: bool = True) ->
             page.wait_for_selector("body[data-renders='1']", timeout=TIMEOUT_MS)
             out["checksum0"] = page.get_attribute("#heatmap", "data-checksum")
             out["pixels0"] = heatmap_pixels(page)
-            out["entropy0"] = json.loads(page.get_attribute("#metric-entropy", "data-values"))
+            out["entropy0"] = json.loads(page.get_attribute("#metric-entropy_nats_layer", "data-values"))
+            out["curve_ids"] = [page.locator("#curves svg").nth(i).get_attribute("id")
+                                for i in range(page.locator("#curves svg").count())]
+            out["curve_titles"] = page.locator("#curves svg text.title").all_text_contents()
+            out["curve_tooltips"] = page.locator("#curves svg > title").all_text_contents()
             out["status0"] = page.inner_text("#status")
             out["grid_cells"] = page.locator("#grid g.cell").count()
             if tweak:
@@ -82,7 +88,7 @@ def drive(url: str, shot: Path, *, viewport=(1440, 1010), tweak: bool = True) ->
                 page.wait_for_selector("body[data-renders='2']", timeout=TIMEOUT_MS)
                 out["checksum1"] = page.get_attribute("#heatmap", "data-checksum")
                 out["pixels1"] = heatmap_pixels(page)
-                out["entropy1"] = json.loads(page.get_attribute("#metric-entropy", "data-values"))
+                out["entropy1"] = json.loads(page.get_attribute("#metric-entropy_nats_layer", "data-values"))
                 out["temperature_label"] = page.inner_text("#temperature-out")
                 # A selector, not wait_for_function: the CSP (no 'unsafe-eval') forbids evaluating strings.
                 page.wait_for_selector("body[data-continued='2']", timeout=TIMEOUT_MS)
@@ -129,6 +135,10 @@ def test_slider_moves_heatmap_and_metrics_in_chromium(tiny_server, tmp_path):
     assert r["pixels1"] != r["pixels0"]
     assert r["temperature_label"] == "2.83"
     assert all(b > a for a, b in zip(r["entropy0"], r["entropy1"]))  # hotter attention: higher entropy
+    # The curves are the catalogue's keys, titled and explained (tooltip) in the catalogue's words.
+    assert r["curve_ids"] == [f"metric-{k}" for k in METRIC_NAMES]
+    for key, title, tip in zip(METRIC_NAMES, r["curve_titles"], r["curve_tooltips"]):
+        assert title.startswith(label(key)) and tip == metric(key).reading
     assert r["continuations"] == 2  # overridden and unmodified continuation side by side
     assert r["grid_cells"] == 4  # every head of the chosen layer
     assert "tokens" in r["status0"]

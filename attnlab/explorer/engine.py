@@ -44,6 +44,7 @@ from attnlab.explorer.layer_metrics import METRIC_NAMES, layer_metrics
 from attnlab.explorer.params import Limits, Params, RequestError, normalizer_menu
 from attnlab.explorer.passages import CORPUS, DEFAULT_TEXT
 from attnlab.models.hooks import attention_override, pattern_name
+from attnlab.present.catalogue import catalogue_json
 
 
 @dataclass
@@ -165,7 +166,9 @@ class Explorer:
             "normalizers": normalizer_menu(),
             # Those the sink-logit slider drives (a learned `logits`, one sink logit per head).
             "sink_normalizers": [n for n in normalizer_menu() if _takes_sink(n)],
-            "metrics": list(METRIC_NAMES),
+            # The curves in page order, each with its catalogue entry (label, unit, reading), so the page
+            # names them with the report's words.
+            "metrics": catalogue_json(METRIC_NAMES),
             "default_text": self.default_text,
             "default_layer": min(self.n_layers - 1, max(0, self.n_layers // 2)),
             # Up to this many tokens the heatmap's axes name the tokens (as the notebook's pattern does).

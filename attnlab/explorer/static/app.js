@@ -6,10 +6,6 @@
 const $ = (id) => document.getElementById(id);
 const VIRIDIS = ["#440154", "#482475", "#414487", "#355f8d", "#2a788e", "#21918c", "#22a884", "#44bf70",
   "#7ad151", "#bddf26", "#fde725"].map((h) => [1, 3, 5].map((i) => parseInt(h.slice(i, i + 2), 16)));
-const METRIC_LABELS = {
-  norm: "residual norm ‖x‖", uniformity: "uniformity ratio", entropy: "attention entropy (nats)",
-  sink_mass: "sink mass (token 0)",
-};
 const state = { info: null, last: null, seq: 0, controller: null, timer: null, renders: 0 };
 
 function colour(v) {
@@ -276,27 +272,51 @@ function fmt(v) {
 
 const CURVE_W = 330, CURVE_H = 190;
 
+// A curve's name and how to read it: the metric catalogue's entry that /api/info sends (the report's words).
+function metricEntry(name) {
+  const e = (state.info && state.info.metrics && state.info.metrics[name]) || {};
+  const label = e.label || name;
+  return { title: e.unit ? `${label} (${e.unit})` : label, reading: e.reading || "" };
+}
+
+// A catalogue label can be longer than a card is wide: drop "at layer N" first (the orange line marks the
+// layer), then squeeze the glyphs, so the value never runs off the card.
+function fitTitle(t, width) {
+  if (!t || t.getComputedTextLength() <= width) return;
+  const at = t.querySelector(".at");
+  if (at) at.remove();
+  if (t.getComputedTextLength() > width) {
+    t.setAttribute("textLength", String(width));
+    t.setAttribute("lengthAdjust", "spacingAndGlyphs");
+  }
+}
+
 function drawCurves(d) {
   const box = $("curves");
   box.textContent = "";
-  const L = d.metrics.norm.length, W = CURVE_W, H = CURVE_H, m = { l: 44, r: 10, t: 22, b: 34 };
-  for (const name of Object.keys(METRIC_LABELS)) {
+  const names = state.info && state.info.metrics ? Object.keys(state.info.metrics) : Object.keys(d.metrics);
+  const L = d.metrics[names[0]].length, W = CURVE_W, H = CURVE_H, m = { l: 44, r: 10, t: 22, b: 34 };
+  for (const name of names) {
     const now = d.metrics[name], base = d.baseline_metrics ? d.baseline_metrics[name] : null;
     const vals = [...now, ...(base || [])].filter((v) => v !== null);
     let lo = Math.min(...vals), hi = Math.max(...vals);
-    if (name !== "norm") lo = Math.min(lo, 0);
-    if (name === "uniformity" || name === "sink_mass") hi = Math.max(hi, name === "sink_mass" ? 0.1 : 1);
+    if (name !== "resid_norm") lo = Math.min(lo, 0);
+    if (name === "uniformity" || name === "first_token_layer") {
+      hi = Math.max(hi, name === "first_token_layer" ? 0.1 : 1);
+    }
     const yt = niceTicks(lo, hi, 4);
     if (yt.length) { lo = Math.min(lo, yt[0]); hi = Math.max(hi, yt[yt.length - 1]); }
     if (hi - lo < 1e-12) hi = lo + 1;
     const X = (l) => m.l + (L === 1 ? 0.5 : l / (L - 1)) * (W - m.l - m.r);
     const Y = (v) => H - m.b - (v - lo) / (hi - lo) * (H - m.t - m.b);
     const path = (arr) => arr.map((v, l) => (v === null ? "" : `${l && arr[l - 1] !== null ? "L" : "M"}${X(l).toFixed(1)},${Y(v).toFixed(1)}`)).join("");
+    const entry = metricEntry(name);
     let s = `<svg viewBox="0 0 ${W} ${H}" id="metric-${name}" data-values='${JSON.stringify(now)}' font-family="system-ui, sans-serif">`;
+    if (entry.reading) s += `<title>${esc(entry.reading)}</title>`;
     const sel = now[d.layer];
     // The one curve about a single token names it.
-    const label = name === "sink_mass" ? `sink mass (token 0 “${esc(tokLabel(d.tokens[0]))}”)` : METRIC_LABELS[name];
-    s += `<text class="title" x="2" y="13" font-size="12" font-weight="600" fill="#374151">${label} <tspan class="value" fill="#2563eb">${fmt(sel)}</tspan><tspan fill="#6b7280" font-weight="400"> at layer ${d.layer}</tspan></text>`;
+    const label = esc(entry.title) + (name === "first_token_layer" ? ` “${esc(tokLabel(d.tokens[0]))}”` : "");
+    s += `<text class="title" x="2" y="13" font-size="12" font-weight="600" fill="#374151">${label} <tspan class="value" fill="#2563eb">${fmt(sel)}</tspan><tspan class="at" fill="#6b7280" font-weight="400"> at layer ${d.layer}</tspan></text>`;
     for (const v of yt) s += `<line x1="${m.l}" x2="${W - m.r}" y1="${Y(v)}" y2="${Y(v)}" stroke="#eef0f3"/><text x="${m.l - 5}" y="${Y(v) + 3}" text-anchor="end" ${TICK}>${fmt(v)}</text>`;
     const xstep = L <= 12 ? 1 : L <= 32 ? 5 : 10;
     for (let l = 0; l < L; l += xstep) s += `<text x="${X(l)}" y="${H - m.b + 13}" text-anchor="middle" ${TICK}>${l}</text>`;
@@ -307,6 +327,7 @@ function drawCurves(d) {
     s += `<path class="now" d="${path(now)}" fill="none" stroke="#2563eb" stroke-width="2"/>`;
     if (sel !== null) s += `<circle cx="${X(d.layer)}" cy="${Y(sel)}" r="3.5" fill="#2563eb"/>`;
     box.insertAdjacentHTML("beforeend", s + "</svg>");
+    fitTitle(box.lastElementChild.querySelector("text.title"), W - 4);
   }
 }
 
