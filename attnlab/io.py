@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import uuid
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -189,20 +190,32 @@ def atomic_folder(folder: str | Path, *, complete: Callable[[Path], bool] | None
         private_dir_to_umask(tmp)  # mkdtemp makes it private; a saved model is a plain readable folder
     except OSError as exc:
         raise OutputError(f"cannot write in {folder.parent} ({_reason(exc)}); {fix}") from exc
+    aside: Path | None = None
+    aside_lock: int | None = None
     try:
         yield tmp
         if folder.exists() and complete is not None and complete(folder):
             shutil.rmtree(tmp, ignore_errors=True)
             return
         if folder.exists():
-            shutil.rmtree(folder)
+            # The previous copy is moved aside, not deleted, until the new one carries the name: an interrupt
+            # between the two renames puts it back (below). Locked, so no other writer's cleanup of killed
+            # temporaries takes it meanwhile; unlocked, a leftover is such a temporary.
+            aside_lock = os.open(folder, os.O_RDONLY)
+            _claim(aside_lock)
+            aside = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}")
+            os.replace(folder, aside)
         try:
             os.replace(tmp, folder)
         except OSError:
             if complete is None or not complete(folder):
                 raise
             shutil.rmtree(tmp, ignore_errors=True)  # a concurrent writer finished between the check and here
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     except BaseException as exc:
+        if aside is not None and aside.exists() and not folder.exists():
+            os.replace(aside, folder)
         shutil.rmtree(tmp, ignore_errors=True)
         reason = write_failure(exc)
         if reason is not None and not isinstance(exc, OutputError):
@@ -212,6 +225,8 @@ def atomic_folder(folder: str | Path, *, complete: Callable[[Path], bool] | None
         raise
     finally:
         os.close(lock)
+        if aside_lock is not None:
+            os.close(aside_lock)
 
 
 # -- leftovers of killed writes -----------------------------------------------------------------------------

@@ -143,6 +143,49 @@ def test_atomic_folder_keeps_a_complete_folder_written_first(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["converted"]
 
 
+def test_atomic_folder_interrupted_at_the_swap_keeps_the_previous_copy(tmp_path, monkeypatch):
+    # A Ctrl-C between moving the old copy aside and renaming the new one in must not lose both.
+    import attnlab.io as io_mod
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    real_replace = os.replace
+    calls = []
+
+    def interrupted(src, dst):
+        calls.append(Path(src).name)
+        if Path(dst) == target and len(calls) == 2:  # the new copy's rename, after the old one moved aside
+            raise KeyboardInterrupt
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(io_mod.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt), io_mod.atomic_folder(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+    monkeypatch.setattr(io_mod.os, "replace", real_replace)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
+
+
+def test_atomic_folder_leftover_previous_copy_is_removed_by_the_next_write(tmp_path, monkeypatch):
+    # Killed while deleting the previous copy: the new one is in place, the leftover goes with the next write.
+    import attnlab.io as io_mod
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    monkeypatch.setattr(io_mod.shutil, "rmtree", lambda *a, **k: None)
+    with io_mod.atomic_folder(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+    monkeypatch.undo()
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    assert len(list(tmp_path.iterdir())) == 2  # the unremoved previous copy, under a temporary's name
+    with io_mod.atomic_folder(target) as tmp:
+        (tmp / "newer.txt").write_text("newer")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert sorted(p.name for p in target.iterdir()) == ["newer.txt"]
+
+
 def test_atomic_folder_unwritable_parent_is_one_line(tmp_path):
     from attnlab.errors import OutputError
     from attnlab.io import atomic_folder
