@@ -12,8 +12,8 @@ import stat
 import subprocess
 import sys
 import tempfile
-import uuid
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
