@@ -19,6 +19,8 @@ from attnlab.errors import ConfigError
 from attnlab.models.gpt_config import INITS, NORM_POSITIONS, NORMALIZERS, NORMS, SCORES, GPTConfig
 from attnlab.train.config import AUTOCAST, DERIVED_MODEL_FIELDS, TrainConfig
 
+DEFAULT_OUT = "runs/train"  # the CLI keeps what it trains; `train()` in code keeps nothing by default
+
 # Short names the issue's examples use; the long field names work too.
 ALIASES = {"n_layers": ["--layers"], "n_heads": ["--heads"], "n_kv_heads": ["--kv-heads"]}
 CHOICES = {"normalizer": NORMALIZERS, "norm": NORMS, "norm_position": NORM_POSITIONS, "init": INITS,
@@ -108,7 +110,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """defaults < checkpoint (with --resume) < --config file < explicit flags."""
+    """defaults < checkpoint (with --resume) < --config file < explicit flags, with --out defaulting to
+    runs/train: the one TrainConfig (and GPTConfig) of the run, validated once; the loop trusts it."""
     given = {k: v for k, v in vars(args).items() if k not in ("func", "config", "command")}
     flags_model = {k.split(".", 1)[1]: v for k, v in given.items() if k.startswith("model.")}
     flags_train = {k: v for k, v in given.items() if not k.startswith("model.")}
@@ -131,6 +134,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         merged["model"] = {**merged.get("model", {}), **file_model}
     merged.update(flags_train)
     merged["model"] = {**merged.get("model", {}), **flags_model}
+    if merged.get("out") is None:
+        merged["out"] = DEFAULT_OUT
     return TrainConfig.from_dict(merged, source="attnlab train")
 
 
@@ -139,8 +144,6 @@ def main(args: argparse.Namespace) -> int:
     from attnlab.train.loop import train
 
     config = config_from_args(args)
-    if config.out is None:
-        config = TrainConfig.from_dict({**config.to_dict(), "out": "runs/train"})
     check_schedule(config.steps, config.warmup)
     if config.val_fraction == 0 and config.eval_every and "eval_every" in vars(args):
         from attnlab.advice import advise
@@ -173,4 +176,4 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-__all__ = ["config_from_args", "main", "register"]
+__all__ = ["DEFAULT_OUT", "config_from_args", "main", "register"]

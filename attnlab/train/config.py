@@ -7,6 +7,7 @@ differ, which is what forbids resuming a checkpoint into another config.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
@@ -111,6 +112,20 @@ class TrainConfig:
         return cls.from_dict(load_mapping(path), source=str(path))
 
 
+def with_derived(config: TrainConfig, vocab_size: int) -> TrainConfig:
+    """`config` with the model fields the run sets itself (DERIVED_MODEL_FIELDS: the tokenizer's vocabulary
+    size, the run's seed), built without validating the config again: it was validated whole when it was
+    made, no GPTConfig rule reads the seed (TrainConfig checked it), and the one rule on the vocabulary size
+    is checked here. `dataclasses.replace` would rerun every check (and the normalizer build inside them)."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ConfigError(f"GPTConfig.vocab_size must be a positive integer, got {vocab_size!r}")
+    model = copy.copy(config.model)
+    model.vocab_size, model.seed = vocab_size, config.seed
+    derived = copy.copy(config)
+    derived.model = model
+    return derived
+
+
 def split_mapping(data: dict[str, Any], source: str = "config") -> tuple[dict[str, Any], dict[str, Any]]:
     """(TrainConfig keys, GPTConfig keys) of a flat or nested mapping; unknown keys raise ConfigError."""
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
@@ -190,4 +205,4 @@ def _positive_int(name: str, value: Any) -> None:
 
 
 __all__ = ["AUTOCAST", "DERIVED_MODEL_FIELDS", "RESUMABLE_FIELDS", "TrainConfig", "changed", "diff",
-           "load_mapping", "split_mapping"]
+           "load_mapping", "split_mapping", "with_derived"]

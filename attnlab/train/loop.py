@@ -24,7 +24,6 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,7 @@ from attnlab.train.checkpoint import (
     missing_files,
     recover_checkpoint,
 )
-from attnlab.train.config import RESUMABLE_FIELDS, TrainConfig, changed, diff
+from attnlab.train.config import RESUMABLE_FIELDS, TrainConfig, changed, diff, with_derived
 from attnlab.train.distributed import Dist, resolve_device, setup_distributed
 from attnlab.train.fit import fit, make_adamw
 from attnlab.train.fit import lr_at as fit_lr_at
@@ -176,8 +175,8 @@ def _train(config: TrainConfig, ctx: Dist, progress: bool, callback: Callback | 
             check_out_dir(out)
 
     train_tokens, val_tokens, vocab_size, text_desc = load_data(config, data)
-    model_cfg = replace(config.model, vocab_size=vocab_size, seed=config.seed)
-    config = replace(config, model=model_cfg)
+    config = with_derived(config, vocab_size)
+    model_cfg = config.model
     if config.batch_size % ctx.world_size:
         raise ConfigError(f"batch_size {config.batch_size} is not divisible by {ctx.world_size} processes; "
                           f"pick a multiple of --nproc_per_node")
