@@ -137,26 +137,36 @@ _SIZE_FLAGS = {  # dest: (flag, default, the size keyword it gives a bare policy
 }
 
 
-def _policies(args: argparse.Namespace, specs: list[str], context: int | None) -> list[Any]:
-    """The policies of `specs`; on the first call (before the model loads), a warning for each size flag
-    that none of them reads: a spec with sizes, sinks(4,16), takes none from the flags."""
+def _policies(args: argparse.Namespace, specs: list[str]) -> list[Any]:
+    """The policies of `specs`, parsed once, before the model loads (so a bad spec fails in a second); a
+    warning for each size flag that none of them reads: a spec with sizes, sinks(4,16), takes none from the
+    flags. `_fit_context` then checks them against the model's context."""
     from attnlab.advice import advise
     from attnlab.stream.registry import parse_policy, size_readers
 
-    if not getattr(args, "sizes_checked", False):
-        args.sizes_checked = True
-        bare = [s.strip().lower() for s in specs if "(" not in s]
-        for dest, (flag, default, size) in _SIZE_FLAGS.items():
-            value = getattr(args, dest)
-            readers = size_readers(size)  # from the registry: the factories that take this size
-            if value is None:
-                setattr(args, dest, default)
-            elif not any(name in readers for name in bare):
-                advise(f"{flag} {value} is unused: {' and '.join('--policy ' + s for s in specs)} "
-                       f"{'does' if len(specs) == 1 else 'do'} not read it (it sizes the bare policy names "
-                       f"{', '.join(readers)}; a spec with sizes such as sinks(4,1020) sets its own)")
-    return [parse_policy(s, sinks=args.sinks, window=args.window, chunk=args.chunk_size, max_context=context)
-            for s in specs]
+    bare = [s.strip().lower() for s in specs if "(" not in s]
+    for dest, (flag, default, size) in _SIZE_FLAGS.items():
+        value = getattr(args, dest)
+        readers = size_readers(size)  # from the registry: the factories that take this size
+        if value is None:
+            setattr(args, dest, default)
+        elif not any(name in readers for name in bare):
+            advise(f"{flag} {value} is unused: {' and '.join('--policy ' + s for s in specs)} "
+                   f"{'does' if len(specs) == 1 else 'do'} not read it (it sizes the bare policy names "
+                   f"{', '.join(readers)}; a spec with sizes such as sinks(4,1020) sets its own)")
+    return [parse_policy(s, sinks=args.sinks, window=args.window, chunk=args.chunk_size) for s in specs]
+
+
+def _fit_context(args: argparse.Namespace, specs: list[str], policies: list[Any],
+                 context: int | None) -> None:
+    """Refuse a policy whose cache outgrows the loaded model's context. Only a policy that does is parsed
+    again, with the context, so the registry's own message (naming the sizes the user set) is the error."""
+    from attnlab.stream.registry import parse_policy
+
+    for spec, pol in zip(specs, policies, strict=True):
+        if context and pol.capacity is not None and pol.capacity > context:
+            parse_policy(spec, sinks=args.sinks, window=args.window, chunk=args.chunk_size,
+                         max_context=context)
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -164,7 +174,7 @@ def _eval(args: argparse.Namespace) -> int:
     from attnlab.data.corpus import load_text
     from attnlab.errors import ConfigError, ModelError
     from attnlab.io import check_out_dir, check_out_file
-    from attnlab.stream.eval import plot_nll, save_results, stream_eval
+    from attnlab.stream.eval import evaluate, plot_nll, save_results
 
     # Check the cheap things (settings, policies, output paths, text) before loading the model, so a
     # mistake fails in a second rather than after a long evaluation.
@@ -174,17 +184,19 @@ def _eval(args: argparse.Namespace) -> int:
                         ("--bin-size", args.bin_size)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
-    checked = _policies(args, args.policy, None)
+    policies = _policies(args, args.policy)
+    # The one decision of each policy's stride: only a policy that scores positions independently strides.
+    plan = [(pol, args.stride if pol.strides else 1) for pol in policies]
     out, plot = _outputs(args)
     if out.name == "results.json" and out.parent == Path(args.out).expanduser():
         check_out_dir(out.parent)  # --out names a folder: say so if it is a file
     check_out_file(out, flag="--out")
     if plot:
         check_out_file(plot, flag="--plot")
-    _advise_eval(args, chunk_given, checked)
+    _advise_eval(args, chunk_given, plan)
     text = load_text(args.text)
     lm = _load(args)
-    policies = _policies(args, args.policy, lm.max_context or None)
+    _fit_context(args, args.policy, policies, lm.max_context or None)
     ids = lm.encode(text)
     if ids.shape[1] - 1 < args.tokens:
         advise(f"the text is {ids.shape[1]} tokens for {lm.name}, so {ids.shape[1] - 1} are scored, not "
@@ -195,13 +207,12 @@ def _eval(args: argparse.Namespace) -> int:
                 advise(f"--policy {pol.name} keeps every token, and the stream runs past {lm.name}'s context "
                        f"of {lm.max_context} tokens: positions beyond it were never trained, so its "
                        f"perplexity there measures that failure (StreamingLLM's baseline), not the policy")
-    config = {k: v for k, v in vars(args).items() if k not in ("func", "sizes_checked")}
+    config = {k: v for k, v in vars(args).items() if k != "func"}
     config["text"] = args.text or "shakespeare"
     results = []
-    for pol in policies:
-        stride = args.stride if pol.strides else 1
-        res = stream_eval(lm, ids, pol, args.tokens, mode=args.mode, chunk=args.chunk, stride=stride,
-                          bin_size=args.bin_size)
+    for pol, stride in plan:
+        res = evaluate(lm, ids, pol, args.tokens, mode=args.mode, chunk=args.chunk, stride=stride,
+                       bin_size=args.bin_size)
         results.append(res)
         ppl = "n/a (not finite)" if res["perplexity"] is None else f"{res['perplexity']:.3f}"
         speed = "" if res["tokens_per_s"] is None else f"{res['tokens_per_s']:.1f} tok/s, "
@@ -221,13 +232,13 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _advise_eval(args: argparse.Namespace, chunk_given: bool, policies: list[Any]) -> None:
+def _advise_eval(args: argparse.Namespace, chunk_given: bool, plan: list[tuple[Any, int]]) -> None:
     """Settings that run but do nothing, or nothing useful (checked before the model loads)."""
     from attnlab.advice import advise
 
     if chunk_given and args.mode == "token":
         advise("--chunk applies to --mode chunked; --mode token feeds one token per forward, so it is unused")
-    if args.stride > 1 and not any(pol.strides for pol in policies):  # asked of the policies, not their names
+    if args.stride > 1 and all(stride == 1 for _, stride in plan):  # the plan's strides, decided once
         advise(f"--stride {args.stride} applies to the recompute policy only; the cache policies score every "
                f"token")
     if args.bin_size >= args.tokens:
@@ -245,10 +256,10 @@ def _generate(args: argparse.Namespace) -> int:
     if args.prompt is not None and not args.prompt.strip():
         raise DataError("--prompt is empty; give it some text, or leave --prompt out to read turns from "
                         "stdin")
-    _policies(args, [args.policy], None)
+    policy = _policies(args, [args.policy])[0]
     _advise_generate(args)
     lm = _load(args)
-    policy = _policies(args, [args.policy], lm.max_context or None)[0]
+    _fit_context(args, [args.policy], [policy], lm.max_context or None)
     if policy.capacity is None and lm.max_context and args.max_new_tokens > lm.max_context:
         from attnlab.advice import advise
 

@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from torch import Tensor
 from attnlab.errors import ConfigError, DataError
 from attnlab.stream.policies import Policy
 from attnlab.stream.runner import StreamRunner, _unwrap
+
+if TYPE_CHECKING:
+    from attnlab.train.progress import Counter
 
 MODES = ("token", "chunked")
 
@@ -92,6 +95,14 @@ def stream_eval(model: Any, text: str | Tensor, policy: Policy, tokens: int | No
                 progress: bool = True, batch: int = 8) -> dict[str, Any]:
     """Stream `text` through `model` under `policy`; returns NLLs, perplexity overall and per bin, speed,
     and memory. `model` is a LoadedModel (or a bare HF model / attnlab GPT with `text` given as ids)."""
+    check_settings(policy, mode=mode, chunk=chunk, stride=stride, bin_size=bin_size, batch=batch)
+    return evaluate(model, text, policy, tokens, mode=mode, chunk=chunk, stride=stride, bin_size=bin_size,
+                    progress=progress, batch=batch)
+
+
+def check_settings(policy: Policy, *, mode: str, chunk: int, stride: int, bin_size: int, batch: int) -> None:
+    """What `stream_eval` refuses: an unknown mode, a size below 1, a stride for a policy that scores every
+    token. A caller that checked its settings already (the CLI, at its edge) calls `evaluate` directly."""
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if chunk < 1 or stride < 1 or bin_size < 1 or batch < 1:
@@ -101,6 +112,13 @@ def stream_eval(model: Any, text: str | Tensor, policy: Policy, tokens: int | No
     if stride > 1 and not policy.strides:
         raise ConfigError(f"stride applies to the recompute policy only ({policy.name} scores every token); "
                           f"leave --stride at 1")
+
+
+def evaluate(model: Any, text: str | Tensor, policy: Policy, tokens: int | None, *, mode: str, chunk: int,
+             stride: int, bin_size: int, progress: bool = True, batch: int = 8) -> StreamResult:
+    """`stream_eval` on settings `check_settings` has passed (not checked again)."""
+    from attnlab.train.progress import counter  # importing attnlab.train at the top pulls in the trainer
+
     module, _, _ = _unwrap(model)
     ids = stream_ids(model, text, tokens).to(next(module.parameters()).device)
     n = ids.shape[1] - 1  # scored positions 0 .. n-1
@@ -108,7 +126,7 @@ def stream_eval(model: Any, text: str | Tensor, policy: Policy, tokens: int | No
     rss_bins: list[int] = []
     cache_peak = 0
     start = time.perf_counter()
-    bar = _TokenProgress(n, f"stream {policy.name}", progress)
+    bar = counter(n, f"stream {policy.name}", progress)  # counted in scored tokens
     if policy.strides:  # positions scored independently (recompute): every `stride`-th, `batch` per forward
         scored = _eval_positions(module, ids, policy, nll, 1 if mode == "token" else batch, stride, bar,
                                  bin_size, rss_bins)
@@ -143,27 +161,9 @@ def stream_eval(model: Any, text: str | Tensor, policy: Policy, tokens: int | No
     return StreamResult(result)
 
 
-class _TokenProgress:
-    """`attnlab.train.progress.Progress` counted in scored tokens: a bar on a terminal, a plain line now and
-    then in a log (a 20,000-token evaluation used to be silent there)."""
-
-    def __init__(self, total: int, desc: str, enabled: bool) -> None:
-        from attnlab.train.progress import Progress
-
-        self.progress = Progress(total, desc=desc, enabled=enabled)
-        self.n = 0
-
-    def update(self, k: int) -> None:
-        self.n += k
-        self.progress.update(self.n)
-
-    def close(self) -> None:
-        self.progress.close()
-
-
 @torch.no_grad()
 def _eval_positions(module: torch.nn.Module, ids: Tensor, policy: Policy, nll: Tensor, per: int, stride: int,
-                    bar: _TokenProgress, bin_size: int, rss_bins: list[int]) -> int:
+                    bar: Counter, bin_size: int, rss_bins: list[int]) -> int:
     """Score every `stride`-th position with the policy's own independent scorer (`Policy.score`)."""
     module.eval()
     scored_pos = list(range(0, nll.numel(), stride))
