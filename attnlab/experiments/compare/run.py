@@ -25,22 +25,17 @@ from attnlab.experiments.compare.config import ARMS, DEFICIT, NEW_PARAM_LR, SINK
 
 def load_base(config: Config) -> Any:
     """The pretrained model as a LoadedModel (attnlab attention, softmax), float32, on the config's device."""
-    from attnlab.models.adapter import from_hf
-    from attnlab.models.tiny import TINY_NAME, tiny_llama
+    from attnlab.models import load_model
+    from attnlab.models.tiny import TINY_NAME
     from attnlab.train.distributed import resolve_device
 
-    device = resolve_device(config.device)
-    if config.model == TINY_NAME:
-        model, tokenizer = tiny_llama(seed=0, context=max(config.context, config.eval_context) + 1)
-        lm = from_hf(model.to(device), tokenizer, name=TINY_NAME, source="random (attnlab.models.tiny)")
-    else:
-        from attnlab.models.loading import load_model
-
-        lm = load_model(config.model, device=device)
-        if lm.kind != "hf":
-            raise ConfigError(f"the compare study retrofits Hugging Face causal LMs; {config.model!r} is an "
-                              f"attnlab GPT checkpoint (compare GPTs trained from scratch with "
-                              f"`attnlab run offbyone`)")
+    # The smoke preset's random Llama gets just the positions the study uses (+1 for the shifted target).
+    context = max(config.context, config.eval_context) + 1 if config.model == TINY_NAME else None
+    lm = load_model(config.model, device=resolve_device(config.device), context=context)
+    if lm.kind != "hf":
+        raise ConfigError(f"the compare study retrofits Hugging Face causal LMs; {config.model!r} is an "
+                          f"attnlab GPT checkpoint (compare GPTs trained from scratch with "
+                          f"`attnlab run offbyone`)")
     need = max(config.context, config.eval_context)
     if lm.max_context and need > lm.max_context:
         raise ConfigError(f"context {need} exceeds {lm.name}'s {lm.max_context} positions; lower --context")
