@@ -211,8 +211,10 @@ def test_empty_text_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 @pytest.mark.usefixtures("no_study")
 def test_seed_count_has_an_upper_bound(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _fails(capsys, ["run", "offbyone", "--seeds", "101", "--out", str(tmp_path / "r")],
-           "--seeds must be a positive integer, at most 100", "got 101")
+    _fails(capsys, ["run", "offbyone", "--seeds", "65", "--out", str(tmp_path / "r")],
+           "--seeds must be a positive integer, at most 64", "got 65")
+    _fails(capsys, ["compare", "--seeds", "65", "--out", str(tmp_path / "r")], "--seeds must be in 1..64",
+           "got 65")
     _fails(capsys, ["compare", "--seeds", "0", "--out", str(tmp_path / "r")], "--seeds", "got 0")
     assert not (tmp_path / "r").exists()  # refused before the output folder was made
 

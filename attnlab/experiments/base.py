@@ -57,7 +57,7 @@ PART_FORMAT = 2
 
 
 # ----------------------------------------------------------------------------------------- presets
-MAX_SEEDS = 100  # each seed repeats the whole study; more is a typo, not a plan
+MAX_SEEDS = 64  # every study and both parts of compare: each seed repeats the whole run; more is a typo
 
 
 def choose_preset(presets: dict[str, Any], name: str, seeds: int | None = None) -> Any:

@@ -11,12 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from attnlab.errors import ConfigError
-from attnlab.experiments.compare.scratch_config import (  # noqa: F401  MAX_SEEDS: one bound for both parts
-    MAX_SEEDS,
-    SCRATCH_PRESETS,
-    ScratchConfig,
-    check_scratch,
-)
+from attnlab.experiments.base import MAX_SEEDS
+from attnlab.experiments.compare.scratch_config import SCRATCH_PRESETS, ScratchConfig, check_scratch
 
 # arm -> how `attnlab.retrofit` builds it (None: no fine-tuning; the pretrained reference row)
 ARMS: dict[str, dict[str, Any] | None] = {

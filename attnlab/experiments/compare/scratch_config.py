@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from attnlab.errors import ConfigError
+from attnlab.experiments.base import MAX_SEEDS  # the one bound on seeds, for every study
 
 # arm -> the GPT's attention (GPTConfig.normalizer, GPTConfig.gated_attention)
 SCRATCH_ARMS: dict[str, dict[str, Any]] = {
@@ -28,7 +29,6 @@ SCRATCH_CONTROL = "softmax"
 # be negative: clipped rows may sum above 1), or nothing (rows sum to 1 exactly, reported as exact 0).
 ROW_DEFICIT = {"softmax1": "null", "sinks": "null", "softmax1+gated": "null", "softpick": "null",
                "clipped": "clipped"}
-MAX_SEEDS = 64  # each seed trains every arm of both parts again; more is a typo, not a plan
 
 
 @dataclass(frozen=True)
