@@ -31,7 +31,13 @@ def run(config: Config, out_dir: str | Path, progress: bool = True,
     from attnlab.io import check_out_dir
 
     check_config(config)
-    out = check_out_dir(out_dir)
+    return run_checked(config, check_out_dir(out_dir), progress, command)
+
+
+def run_checked(config: Config, out: Path, progress: bool = True,
+                command: str | None = None) -> dict[str, Any]:
+    """`run` on a config `check_config` passed and an out folder `check_out_dir` proved writable (the CLI
+    checks both at its edge, before its own notes), without checking them again."""
     t0 = time.perf_counter()
     doc: dict[str, Any] = {"study": "compare", "schema_version": 2, "question": QUESTION,
                            "preset": config.preset, "smoke": config.preset == "smoke", "part": config.part}
@@ -113,4 +119,4 @@ def run_retrofit(config: Config, out: Path, progress: bool) -> tuple[dict[str, A
     return doc, parts
 
 
-__all__ = ["ARMS", "CONTROL", "Config", "PRESETS", "QUESTION", "run"]
+__all__ = ["ARMS", "CONTROL", "Config", "PRESETS", "QUESTION", "run", "run_checked"]

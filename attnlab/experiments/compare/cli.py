@@ -6,7 +6,8 @@ import argparse
 import sys
 from dataclasses import replace
 
-from attnlab.experiments.compare.config import ARMS, MAX_SEEDS, PARTS, PRESETS
+from attnlab.experiments.base import MAX_SEEDS
+from attnlab.experiments.compare.config import ARMS, PARTS, PRESETS, Config
 from attnlab.experiments.compare.scratch_config import SCRATCH_ARMS
 
 
@@ -45,7 +46,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmp.set_defaults(func=_compare)
 
 
-def config_from_args(args: argparse.Namespace):  # noqa: ANN201
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The run's one Config from the flags over the preset, checked (`check_config`) before it is returned."""
     from attnlab.errors import ConfigError
     from attnlab.experiments.compare.config import check_config
 
@@ -94,15 +96,17 @@ def config_from_args(args: argparse.Namespace):  # noqa: ANN201
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from attnlab.experiments.compare import run
+    from attnlab.experiments.compare import run_checked
     from attnlab.io import check_out_dir
 
+    # The edge: the config (checked in config_from_args) and the out folder are checked here, once; the run
+    # trusts both.
     config = config_from_args(args)
     out = check_out_dir(args.out)  # the string: Path("") would be the current folder
     if args.resume and not (out / "parts").is_dir():
         print(f"attnlab: note: nothing to resume in {out}; starting the run", file=sys.stderr)
     command = "attnlab compare " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "attnlab compare"
-    doc = run(config, out, progress=True, command=command)
+    doc = run_checked(config, out, progress=True, command=command)
     from attnlab.experiments.compare.page_parts import sentences
 
     for c in doc["claims"]:
