@@ -19,7 +19,7 @@ from attnlab.experiments.compare.measure import batched_nll, measure
 from attnlab.experiments.verdicts import NO_VERDICT, recompute_verdict
 
 SMOKE = replace(PRESETS["smoke"], arms=("pretrained", "softmax", "softmax1", "gated"), part="retrofit")
-REQUIRED = ("ppl", "token0_attention", "first_query_weight", "sink_rate", "null_mass", "kurtosis_token",
+REQUIRED = ("ppl", "first_token_attn", "first_query_weight", "sink_rate", "null_sink_mass", "kurtosis_token",
             "kurtosis_pooled_ex0", "massive_tok0", "massive_rest", "int8_w8a8", "int8_static")
 
 
@@ -60,13 +60,14 @@ def test_arms_that_coincide_at_step0_share_the_pretrained_measurement(smoke: tup
     assert stored == ["step0-pretrained", "step0-softmax1"]
 
 
-def test_null_mass_is_exactly_zero_without_a_null_and_positive_with_one(smoke: tuple[Path, dict]) -> None:
+def test_null_sink_mass_is_exactly_zero_without_a_null_and_positive_with_one(smoke: tuple[Path, dict]
+                                                                            ) -> None:
     _, doc = smoke
     arms = _arms(doc)
     for name in ("pretrained", "softmax", "gated"):
-        assert arms[name]["metrics"]["null_mass"] == {**arms[name]["metrics"]["null_mass"], "value": 0.0,
-                                                      "lo": 0.0, "hi": 0.0}
-    assert arms["softmax1"]["metrics"]["null_mass"]["lo"] > 0.01
+        null = arms[name]["metrics"]["null_sink_mass"]
+        assert null == {**null, "value": 0.0, "lo": 0.0, "hi": 0.0}
+    assert arms["softmax1"]["metrics"]["null_sink_mass"]["lo"] > 0.01
     assert arms["softmax1"]["metrics"]["first_query_weight"]["value"] < 0.99  # query 0: sigmoid(s00), not 1
     assert arms["softmax"]["metrics"]["first_query_weight"]["value"] == pytest.approx(1.0, abs=1e-6)
 
@@ -78,12 +79,12 @@ def test_effects_separate_the_swap_from_training(smoke: tuple[Path, dict]) -> No
     step0 = doc["retrofit"]["items_step0"]
     # learned = trained - step 0; swap = step 0 - pretrained; both recompute from the stored window items
     mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-    learned = mean(items["softmax1"]["0"]["token0_attention"]) - mean(step0["softmax1"]["token0_attention"])
-    swap = mean(step0["softmax1"]["token0_attention"]) - mean(step0["pretrained"]["token0_attention"])
+    learned = mean(items["softmax1"]["0"]["first_token_attn"]) - mean(step0["softmax1"]["first_token_attn"])
+    swap = mean(step0["softmax1"]["first_token_attn"]) - mean(step0["pretrained"]["first_token_attn"])
     # the stored items are rounded to 6 significant digits (stats.SIG_DIGITS)
-    assert eff["learned"]["token0_attention"]["value"] == pytest.approx(learned, abs=1e-7)
-    assert eff["swap"]["token0_attention"]["value"] == pytest.approx(swap, abs=1e-7)
-    assert doc["retrofit"]["effects"]["gated"]["swap"]["token0_attention"]["value"] == 0.0
+    assert eff["learned"]["first_token_attn"]["value"] == pytest.approx(learned, abs=1e-7)
+    assert eff["swap"]["first_token_attn"]["value"] == pytest.approx(swap, abs=1e-7)
+    assert doc["retrofit"]["effects"]["gated"]["swap"]["first_token_attn"]["value"] == 0.0
 
 
 def test_int8_damage_of_a_window_does_not_depend_on_the_other_windows(smoke: tuple[Path, dict]) -> None:
@@ -115,7 +116,7 @@ def test_smoke_claims_store_their_data_and_show_no_verdict(smoke: tuple[Path, di
     out, _ = smoke
     doc = json.loads((out / "results.json").read_text())
     primary = [c for c in doc["claims"] if c.get("primary")]
-    assert [c["metric"] for c in primary] == ["token0_attention", "token0_attention", "int8_w8a8", "ppl"]
+    assert [c["metric"] for c in primary] == ["first_token_attn", "first_token_attn", "int8_w8a8", "ppl"]
     for c in doc["claims"]:
         assert c["verdict"] == NO_VERDICT and c["result"]["withheld"]
         assert recompute_verdict(c) == NO_VERDICT and c["data"]["per_seed"] and c["direction"]

@@ -42,15 +42,16 @@ def test_results_hold_part1_with_seeds_arms_and_the_issue_keys(scratch: tuple[Pa
     assert s["seeds"] == [0, 1] and [a["name"] for a in s["arms"]] == list(TINY.arms)
     assert s["task"]["vocab"] == TINY.vocab and len(s["task"]["triggers"]) == TINY.n_triggers
     for arm in s["arms"]:
-        for key in ("first_token_dormant", "first_token_active", "null_mass"):
+        for key in ("first_token_dormant", "first_token_active", "null_sink_mass"):
             iv = arm["metrics"][key]
             assert set(iv) >= {"value", "lo", "hi"} and "over 2 seeds" in iv["method"]
         assert len(arm["sink_curve"]["0"]) == TINY.steps // TINY.curve_every + 1
         assert len(arm["heads_dormant"]) == TINY.n_layers
     arms = {a["name"]: a for a in s["arms"]}
     for name in ("softmax", "gated"):  # rows sum to 1: exactly 0, not rounding
-        assert arms[name]["metrics"]["null_mass"]["value"] == 0.0 == arms[name]["metrics"]["null_mass"]["hi"]
-    assert arms["softmax1"]["metrics"]["null_mass"]["value"] > 0.01
+        null = arms[name]["metrics"]["null_sink_mass"]
+        assert null["value"] == 0.0 == null["hi"]
+    assert arms["softmax1"]["metrics"]["null_sink_mass"]["value"] > 0.01
     assert s["premise"]["kind"] == "count" and len(s["premise"]["values"]) == 2
 
 

@@ -45,10 +45,12 @@ COMPARE = sorted(p for p in ROOT.glob("*/results.json")
 
 @pytest.mark.parametrize("path", COMPARE, ids=[p.parent.name for p in COMPARE])
 def test_compare_claims_replay_from_the_file_with_their_holm_family(path):
+    from attnlab.experiments.compare.schema import metric_keys
     from attnlab.experiments.verdicts import recompute_holm
+    from attnlab.present.catalogue import canonical_key, metric
 
     doc = json.loads(path.read_text())
-    assert doc["schema_version"] == 2 and doc["verdict_rule"] == VERDICT_RULE
+    assert doc["schema_version"] == 3 and doc["verdict_rule"] == VERDICT_RULE
     assert not doc["smoke"], "a smoke run is plumbing: do not commit it as a result"
     for c in doc["claims"]:
         assert c["verdict"] in (*VERDICTS, NO_VERDICT) and c["data"]["per_seed"], c["claim"]
@@ -58,7 +60,9 @@ def test_compare_claims_replay_from_the_file_with_their_holm_family(path):
         withheld = any(c["result"].get("withheld") for c in family)
         if family and not withheld:
             assert recompute_holm(family) == [c["verdict"] for c in family], (path.parent.name, part)
+    for key in metric_keys(doc):  # the catalogue's keys, none of them a former one (token0_attention ...)
+        assert metric(key) and canonical_key(key) == key, (path.parent.name, key)
     if "scratch" in doc:  # the keys the issue names, each with its interval
         for arm in doc["scratch"]["arms"]:
-            for key in ("first_token_dormant", "first_token_active", "null_mass"):
+            for key in ("first_token_dormant", "first_token_active", "null_sink_mass"):
                 assert set(arm["metrics"][key]) >= {"value", "lo", "hi"}, (arm["name"], key)

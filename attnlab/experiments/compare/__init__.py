@@ -9,7 +9,9 @@ training, so what the swap does is told apart from what training does (analysis.
 
 Outputs in OUT: results.json (schema in docs/experiments.md, "compare": part 1 under "scratch"),
 compare.html, one folder per fine-tuned arm (seed 0) that `attnlab.load_model(OUT/ARM)` accepts, and the
-resumable parts (OUT/parts for the retrofit, OUT/scratch/parts for part 1).
+resumable parts (OUT/parts for the retrofit, OUT/scratch/parts for part 1). Every metric key is the
+catalogue's (`attnlab.present.catalogue`); parts and results files written under older keys are read
+through `schema` (a rerun reuses them).
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ def run_checked(config: Config, out: Path, progress: bool = True,
                 command: str | None = None) -> dict[str, Any]:
     """`run` on a config `check_config` passed and an out folder `check_out_dir` proved writable (the CLI
     checks both at its edge, before its own notes), without checking them again."""
+    from attnlab.experiments.compare.schema import SCHEMA_VERSION, read_part
+
     t0 = time.perf_counter()
-    doc: dict[str, Any] = {"study": "compare", "schema_version": 2, "question": QUESTION,
+    doc: dict[str, Any] = {"study": "compare", "schema_version": SCHEMA_VERSION, "question": QUESTION,
                            "preset": config.preset, "smoke": config.preset == "smoke", "part": config.part}
     timings: dict[str, float] = {}
     compute = 0.0  # seconds every part took when it was computed (a resumed run's own time is only the rest)
@@ -50,6 +54,7 @@ def run_checked(config: Config, out: Path, progress: bool = True,
         from attnlab.experiments.compare.scratch_report import assemble_scratch
 
         results, sparts = run_scratch(config.scratch, out, progress)
+        results = {arm: {seed: read_part(r) for seed, r in runs.items()} for arm, runs in results.items()}
         doc["scratch"] = assemble_scratch(config.scratch, results, smoke=doc["smoke"])
         timings["scratch"] = time.perf_counter() - t0
         # part 1's parts ran in worker processes: their own clocks are in the results
@@ -88,6 +93,7 @@ def run_retrofit(config: Config, out: Path, progress: bool) -> tuple[dict[str, A
     from attnlab.experiments.base import Parts
     from attnlab.experiments.compare.data import check_train_tokens, eval_windows, token_streams
     from attnlab.experiments.compare.run import _say, load_base, run_arm, run_step0
+    from attnlab.experiments.compare.schema import read_part
 
     t0 = time.perf_counter()
     base = load_base(config)
@@ -101,17 +107,17 @@ def run_retrofit(config: Config, out: Path, progress: bool) -> tuple[dict[str, A
     parts = Parts(out, retrofit_keys)
     step0: dict[str, Any] = {}
     for group in dict.fromkeys(["pretrained", *(STEP0[a] for a in config.arms if a in STEP0)]):
-        step0[group] = parts.get(f"step0-{group}", lambda g=group: run_step0(base, g, windows, calibration,
-                                                                               progress))["items"]
+        step0[group] = read_part(parts.get(f"step0-{group}", lambda g=group: run_step0(
+            base, g, windows, calibration, progress)))["items"]
     per_arm: dict[str, dict[int, dict[str, Any]]] = {}
     for arm in config.arms:
         if ARMS[arm] is None:
             continue  # the pretrained row is step0["pretrained"]
         for seed in config.seeds:
             _say(progress, f"part 2 (retrofit): arm {arm}, seed {seed}")
-            per_arm.setdefault(arm, {})[seed] = parts.get(
+            per_arm.setdefault(arm, {})[seed] = read_part(parts.get(
                 f"{arm}-seed{seed}", lambda arm=arm, seed=seed: run_arm(base, arm, seed, config, train_tokens,
-                                                                        windows, calibration, out, progress))
+                                                                        windows, calibration, out, progress)))
     from attnlab.experiments.compare.retrofit_report import assemble_retrofit
 
     doc = assemble_retrofit(config, per_arm, step0, windows.shape, data_desc, base)

@@ -21,36 +21,24 @@ from collections.abc import Mapping
 from typing import Any
 
 from attnlab.experiments.compare.config import CONTROL, STEP0
+from attnlab.experiments.compare.measure import QUANT_KEYS, WINDOW_KEYS
 from attnlab.experiments.stats import interval_of
 from attnlab.experiments.verdicts import apply_holm, claim, evidence, withhold
+from attnlab.present.catalogue import label
 
 Items = Mapping[str, Any]  # one arm's per-window measurements (compare.measure)
 PerSeed = Mapping[int, Items]
 
-LABELS = {
-    "ppl": "perplexity", "token0_attention": "attention on token 0 (queries >= 1)",
-    "first_query_weight": "query 0's weight on itself", "sink_rate": "sink rate (heads > 0.3)",
-    "null_mass": "weight on no key", "clipped_mass": "weight clipped away",
-    "kurtosis_token": "per-token kurtosis (tokens >= 1)", "kurtosis_tok0": "kurtosis of token 0",
-    "kurtosis_pooled_ex0": "pooled kurtosis without token 0 (mean over layers)",
-    "kurtosis_pooled_ex0_max": "pooled kurtosis without token 0 (max over layers)",
-    "massive_tok0": "max |h| / median, token 0", "massive_rest": "max |h| / median, other tokens",
-    "max_abs": "max |activation|", "int8_w8a8": "int8 W8A8 damage (ΔNLL, nats)",
-    "int8_w8a8_token": "int8 W8A8 per-token damage (ΔNLL, nats)",
-    "int8_static": "int8 W8A8 static-range damage (ΔNLL, nats)",
-    "token0_layer": "attention on token 0", "null_mass_layer": "weight on no key",
-    "kurtosis_token_layer": "per-token kurtosis", "massive_tok0_layer": "max |h| / median, token 0",
-}
-# metric -> (per-window column, statistic of one arm's mean, statistic of a paired comparison)
+# metric -> (per-window column, statistic of one arm's mean, statistic of a paired comparison); every key is
+# the catalogue's (`attnlab.present.catalogue`), which also names it on the page
 METRICS: dict[str, tuple[str, str, str]] = {
     "ppl": ("nll", "exp_mean", "exp_ratio"),
-    **{k: (k, "mean", "diff") for k in LABELS
-       if k not in ("ppl",) and not k.endswith("_layer")},
+    **{k: (k, "mean", "diff") for k in (*WINDOW_KEYS, *QUANT_KEYS)},
 }
-TABLE_METRICS = ("ppl", "token0_attention", "first_query_weight", "sink_rate", "null_mass", "clipped_mass",
-                 "kurtosis_token", "kurtosis_tok0", "kurtosis_pooled_ex0", "massive_tok0", "massive_rest",
-                 "max_abs", "int8_w8a8", "int8_w8a8_token", "int8_static")
-EFFECT_METRICS = ("ppl", "token0_attention", "null_mass", "kurtosis_token", "massive_tok0", "int8_w8a8",
+TABLE_METRICS = ("ppl", "first_token_attn", "first_query_weight", "sink_rate", "null_sink_mass",
+                 "clipped_mass", "kurtosis_token", "kurtosis_tok0", "kurtosis_pooled_ex0", "massive_tok0",
+                 "massive_rest", "max_abs", "int8_w8a8", "int8_w8a8_token", "int8_static")
+EFFECT_METRICS = ("ppl", "first_token_attn", "null_sink_mass", "kurtosis_token", "massive_tok0", "int8_w8a8",
                   "int8_static")
 
 SINK_PREMISE = 0.05  # pretrained sink rate above which there is a sink to remove
@@ -59,15 +47,15 @@ OUTLIER_PREMISE = 10.0  # pretrained massive ratio (token 0) above which there a
 QUALITY_MARGIN = 0.02  # "costs no quality": ppl(arm) / ppl(control) within 1 +- 2%
 KURTOSIS_KEPT = (0.5, 2.0)  # Kaul et al.: softmax1 alone leaves per-token kurtosis within a factor 2
 MASSIVE = "the pretrained model has massive activations"
-PREMISES = {"token0_attention": ("sink_rate", SINK_PREMISE, "the pretrained model has attention sinks"),
+PREMISES = {"first_token_attn": ("sink_rate", SINK_PREMISE, "the pretrained model has attention sinks"),
             "int8_w8a8": ("int8_w8a8", QUANT_PREMISE, "the pretrained model loses NLL under W8A8"),
             "int8_static": ("int8_static", QUANT_PREMISE, "the pretrained model loses NLL under static W8A8"),
             "kurtosis_token": ("massive_tok0", OUTLIER_PREMISE, MASSIVE),
             "massive_tok0": ("massive_tok0", OUTLIER_PREMISE, MASSIVE)}
 # (arm, metric, effect kind, direction, threshold): the primary endpoints, fixed before the run
 PRIMARY: tuple[tuple[str, str, str, str, Any], ...] = (
-    ("softmax1", "token0_attention", "total", "below", 0.0),
-    ("softmax1", "token0_attention", "learned", "below", 0.0),
+    ("softmax1", "first_token_attn", "total", "below", 0.0),
+    ("softmax1", "first_token_attn", "learned", "below", 0.0),
     ("softmax1", "int8_w8a8", "total", "below", 0.0),
     ("softmax1", "ppl", "total", "within", (1 - QUALITY_MARGIN, 1 + QUALITY_MARGIN)),
 )
@@ -80,9 +68,9 @@ EXPLORATORY: tuple[tuple[str, str, str, str, Any, str, str, str], ...] = (
     ("softmax1", "kurtosis_token", "total_ratio", "within", KURTOSIS_KEPT,
      "... but softmax1 alone leaves the per-token kurtosis where it was", "Kaul et al. 2025",
      "kurtosis stays high without OrthoAdam"),
-    ("sinks", "token0_attention", "total", "below", 0.0, "learned sinks take attention off token 0",
+    ("sinks", "first_token_attn", "total", "below", 0.0, "learned sinks take attention off token 0",
      "gpt-oss (OpenAI 2025)", "per-head learned sink logits"),
-    ("sinks", "token0_attention", "learned", "below", 0.0, "... and training moves it further than the swap",
+    ("sinks", "first_token_attn", "learned", "below", 0.0, "... and training moves it further than the swap",
      "gpt-oss (OpenAI 2025)", "-"),
     ("clipped", "kurtosis_token", "total", "below", 0.0, "clipped softmax shrinks activation outliers",
      "Bondarenko et al. 2023", "large kurtosis reductions (BERT, OPT, ViT)"),
@@ -90,7 +78,7 @@ EXPLORATORY: tuple[tuple[str, str, str, str, Any, str, str, str], ...] = (
      "Bondarenko et al. 2023", "W8A8 close to floating point"),
     ("gated", "int8_static", "total", "below", 0.0, "gated attention shrinks the static W8A8 damage",
      "Bondarenko et al. 2023, OPT-125m", "W8A8 perplexity gap 5.3 -> 0.5"),
-    ("gated", "token0_attention", "total", "below", 0.0, "gated attention removes the token-0 sink",
+    ("gated", "first_token_attn", "total", "below", 0.0, "gated attention removes the token-0 sink",
      "Qiu et al. 2025, 1.7B dense", "first-token attention 0.467 -> 0.048"),
     ("gated", "massive_tok0", "total", "below", 0.0, "gated attention shrinks massive activations",
      "Qiu et al. 2025, 1.7B dense", "max activation 1053 -> 94"),
@@ -184,15 +172,15 @@ def _claim(arm: str, metric: str, kind: str, direction: str, thr: Any, text: str
         effect = f"ppl({a.split(':')[0]}) / ppl({b.split(':')[0]})"
     return claim(text, source, paper, effect, ev, thr, direction, premise=_premise(step0, metric),
                  primary=primary, arm=arm, metric=metric, kind=kind.replace("_ratio", ""), part="retrofit",
-                 label=LABELS[metric])
+                 label=label(metric))
 
 
 def _primary_text(arm: str, metric: str, kind: str) -> tuple[str, str, str]:
     if metric == "ppl":
         return (f"{arm} costs no language-modelling quality (within ±{QUALITY_MARGIN:.0%})",
                 "the variants' papers", "no perplexity loss")
-    what = {"token0_attention": "lowers attention on token 0", "int8_w8a8": "shrinks the int8 W8A8 damage"}
-    sources = {"token0_attention": ("Kaul et al. 2025; Miller 2023", "first-token attention largely removed"),
+    what = {"first_token_attn": "lowers attention on token 0", "int8_w8a8": "shrinks the int8 W8A8 damage"}
+    sources = {"first_token_attn": ("Kaul et al. 2025; Miller 2023", "first-token attention largely removed"),
                "int8_w8a8": ("Miller 2023 (proposal)", "predicted, not measured")}
     lead = what[metric] + (" beyond what the swap did (learned effect)" if kind == "learned"
                            else " against the control trained alike (total effect)")
@@ -240,7 +228,7 @@ def answer_lines(eff: Mapping[str, Mapping[str, Any]], fmt: Any) -> list[str]:
                 continue
             word = "raised" if iv["value"] > null else "lowered"
             swap, learned = kinds.get("swap", {}).get(m), kinds.get("learned", {}).get(m)
-            parts = [f"{word} {LABELS[m]} ({'x' if m == 'ppl' else ''}{fmt(iv['value'])} "
+            parts = [f"{word} {label(m)} ({'x' if m == 'ppl' else ''}{fmt(iv['value'])} "
                      f"[{fmt(iv['lo'])}, {fmt(iv['hi'])}] against the control"]
             if swap:
                 parts.append(f"the swap alone: {fmt(swap['value'])}")
@@ -253,5 +241,5 @@ def answer_lines(eff: Mapping[str, Mapping[str, Any]], fmt: Any) -> list[str]:
     return lines
 
 
-__all__ = ["EFFECT_METRICS", "LABELS", "METRICS", "PRIMARY", "TABLE_METRICS", "answer_lines",
+__all__ = ["EFFECT_METRICS", "METRICS", "PRIMARY", "TABLE_METRICS", "answer_lines",
            "arm_evidence", "arm_metrics", "effect_evidence", "effects", "make_claims"]

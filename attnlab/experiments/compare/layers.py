@@ -44,7 +44,7 @@ def layer_profiles(per_seed: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
             hi.append(iv["hi"])
             method = iv["method"]
         out[key] = {"value": value, "lo": lo, "hi": hi, "method": method}
-    for key in HEAD_KEYS.values():
+    for key in HEAD_KEYS:
         maps = [per_seed[s].get(key) for s in seeds]
         if all(m is not None for m in maps):
             out[key] = [[sum(m[i][h] for m in maps) / len(maps) for h in range(len(maps[0][i]))]

@@ -6,12 +6,11 @@ results.json so that no number is typed by hand:
 
 from __future__ import annotations
 
-import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from attnlab.experiments.compare.page import cell
+from attnlab.present.catalogue import label
 
 
 def _row(cells: list[str]) -> str:
@@ -36,23 +35,22 @@ def _claims(claims: list[dict[str, Any]]) -> list[str]:
 
 def tables(doc: dict[str, Any]) -> str:
     from attnlab.experiments.compare.page_parts import SCRATCH_TABLE, sentences
-    from attnlab.experiments.compare.scratch_claims import METRIC_LABELS
 
     out = ["Answer (computed):", "", *(f"- {s}" for s in sentences(doc)), ""]
     if "scratch" in doc:
         arms = doc["scratch"]["arms"]
         out += ["Part 1, every arm (value [95% interval over seeds]):", ""]
         out += _table(["metric"] + [a["name"] for a in arms],
-                      [[METRIC_LABELS[k]] + [cell(a["metrics"].get(k)) for a in arms] for k in SCRATCH_TABLE])
+                      [[label(k)] + [cell(a["metrics"].get(k)) for a in arms] for k in SCRATCH_TABLE])
         out += ["Part 1, primary endpoints (one Holm family):", "",
                 *_claims([c for c in doc["claims"] if c.get("part") == "scratch" and c.get("primary")])]
         diffs = [[a["name"]] + [cell(a.get("vs_control", {}).get(k)) for k in SCRATCH_TABLE]
                  for a in arms if "vs_control" in a]
         out += [f"Part 1, every difference from the control ({doc['scratch']['control']}), paired by seed "
                 f"(exploratory unless a primary endpoint above):", "",
-                *_table(["arm"] + [METRIC_LABELS[k] for k in SCRATCH_TABLE], diffs)]
+                *_table(["arm"] + [label(k) for k in SCRATCH_TABLE], diffs)]
     if "retrofit" in doc:
-        from attnlab.experiments.compare.analysis import EFFECT_METRICS, LABELS, TABLE_METRICS
+        from attnlab.experiments.compare.analysis import EFFECT_METRICS, TABLE_METRICS
 
         r = doc["retrofit"]
         cols, rows = [], []
@@ -61,7 +59,7 @@ def tables(doc: dict[str, Any]) -> str:
             if a["name"] != "pretrained" and "metrics_step0" in a:
                 cols.append(f"{a['name']} (step 0)")
         for m in TABLE_METRICS:
-            row = [LABELS[m]]
+            row = [label(m)]
             for a in r["arms"]:
                 row.append(cell(a["metrics"].get(m)))
                 if a["name"] != "pretrained" and "metrics_step0" in a:
@@ -73,7 +71,7 @@ def tables(doc: dict[str, Any]) -> str:
                  for arm, k in r["effects"].items() for kind in ("swap", "learned", "total")]
         out += ["Part 2 effects (swap = step 0 - pretrained; learned = trained - step 0; total = trained - "
                 "trained control; perplexity as a ratio):", "",
-                *_table(["effect"] + [LABELS[m] for m in EFFECT_METRICS], erows)]
+                *_table(["effect"] + [label(m) for m in EFFECT_METRICS], erows)]
         out += ["Part 2 claims (primary endpoints first, then exploratory):", "",
                 *_claims(sorted([c for c in doc["claims"] if c.get("part") == "retrofit"],
                                 key=lambda c: not c.get("primary")))]
@@ -86,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m attnlab.experiments.compare.markdown RUN_DIR_OR_RESULTS_JSON",
               file=sys.stderr)
         return 2
-    path = Path(args[0])
-    path = path / "results.json" if path.is_dir() else path
-    print(tables(json.loads(path.read_text(encoding="utf-8"))))
+    from attnlab.experiments.compare.schema import read_results
+
+    print(tables(read_results(args[0])))  # a schema-2 file reads under the catalogue's keys too
     return 0
 
 

@@ -5,11 +5,11 @@ window so windows stay independent items.
 For every window (1, T + 1), from one capture forward:
 
 - `nll`: mean next-token NLL (nats/token) of its T predictions.
-- `token0_attention`, `sink_rate`: attention on token 0, mean over layers, heads and queries >= 1, and the
+- `first_token_attn`, `sink_rate`: attention on token 0, mean over layers, heads and queries >= 1, and the
   share of (layer, head) pairs above Gu et al.'s 0.3 (`diagnose.summary`); query 0 has one key, so it is
   left out of both and reported on its own as `first_query_weight` (its weight on itself, mean over layers
   and heads: 1 for softmax, sigmoid(s_00) for softmax1, whatever the model learned).
-- `null_mass`: 1 - row sum over queries >= 1 (the weight softmax1's zero logit or a learned sink takes),
+- `null_sink_mass`: 1 - row sum over queries >= 1 (the weight softmax1's zero logit or a learned sink takes),
   exactly 0 for arms without a null; `clipped_mass`: the same deficit for clipped softmax (weight clipped
   away, can be negative), exactly 0 for the others.
 - `kurtosis_token` / `kurtosis_tok0`: per-token kurtosis across d (Kaul et al. 2025), mean over layers, of
@@ -22,6 +22,11 @@ For every window (1, T + 1), from one capture forward:
   nats/token: weights per tensor and activations per tensor with this window's own scales (one window per
   forward, so no window's outlier sets another's scale), per token, or static ranges calibrated on the
   training split (Bondarenko et al.'s protocol; the calibration is fixed per arm and seed).
+
+Per layer per window: `first_token_layer`, `null_sink_mass_layer`, `kurtosis_token_layer`,
+`massive_tok0_layer`; per (layer, head), mean over windows: `first_token_heads`, `null_sink_mass_heads`.
+Every key is `diagnose.summary`'s own or compare's entry in `attnlab.present.catalogue`: none is renamed on
+its way to results.json.
 """
 
 from __future__ import annotations
@@ -36,12 +41,12 @@ from torch import Tensor
 
 from attnlab.experiments.stats import finite_mean
 
-WINDOW_KEYS = ("token0_attention", "first_query_weight", "sink_rate", "null_mass", "clipped_mass",
+WINDOW_KEYS = ("first_token_attn", "first_query_weight", "sink_rate", "null_sink_mass", "clipped_mass",
                "kurtosis_token", "kurtosis_tok0", "kurtosis_pooled_ex0", "kurtosis_pooled_ex0_max",
                "massive_tok0", "massive_rest", "max_abs")
 QUANT_KEYS = ("int8_w8a8", "int8_w8a8_token", "int8_static")
-LAYER_KEYS = ("token0_layer", "null_mass_layer", "kurtosis_token_layer", "massive_tok0_layer")
-HEAD_KEYS = {"first_token_heads": "token0_heads", "null_sink_mass_heads": "null_mass_heads"}
+LAYER_KEYS = ("first_token_layer", "null_sink_mass_layer", "kurtosis_token_layer", "massive_tok0_layer")
+HEAD_KEYS = ("first_token_heads", "null_sink_mass_heads")
 CALIBRATION_WINDOWS = 4
 
 
@@ -88,9 +93,9 @@ def _window_stats(cache: dict[str, Tensor], n_layers: int, deficit: str | None) 
             first_q.append(float(p[0, :, 0, 0].double().mean()))
     deficit_value = s.get("null_sink_mass")
     stats = {
-        "token0_attention": s.get("first_token_attn"), "first_query_weight": finite_mean(first_q),
+        "first_token_attn": s.get("first_token_attn"), "first_query_weight": finite_mean(first_q),
         "sink_rate": s.get("sink_rate"),
-        "null_mass": deficit_value if deficit == "null" else 0.0,
+        "null_sink_mass": deficit_value if deficit == "null" else 0.0,
         "clipped_mass": deficit_value if deficit == "clipped" else 0.0,
         "kurtosis_token": finite_mean(k_tok), "kurtosis_tok0": finite_mean(k0),
         "kurtosis_pooled_ex0": finite_mean(pooled),
@@ -98,8 +103,9 @@ def _window_stats(cache: dict[str, Tensor], n_layers: int, deficit: str | None) 
         "max_abs": s.get("max_abs"),
     }
     layers = {
-        "token0_layer": s.get("first_token_layer") or [],
-        "null_mass_layer": (s.get("null_sink_mass_layer") or []) if deficit == "null" else [0.0] * n_layers,
+        "first_token_layer": s.get("first_token_layer") or [],
+        "null_sink_mass_layer": ((s.get("null_sink_mass_layer") or []) if deficit == "null"
+                                 else [0.0] * n_layers),
         "kurtosis_token_layer": k_tok, "massive_tok0_layer": m0,
     }
     return {"window": stats, "layers": layers, "heads": {k: s.get(k) for k in HEAD_KEYS}}
@@ -129,12 +135,12 @@ def measure(lm: Any, windows: Tensor, *, deficit: str | None = None, calibration
             items[k].append(_finite_or_none(st["window"][k]))
         for k in LAYER_KEYS:
             items[k].append([_finite_or_none(v) for v in st["layers"][k]])
-        for k, name in HEAD_KEYS.items():
+        for k in HEAD_KEYS:
             if st["heads"].get(k) is not None:
                 t = torch.tensor(st["heads"][k], dtype=torch.float64)
                 if k == "null_sink_mass_heads" and deficit != "null":
                     t = torch.zeros_like(t)
-                heads[name] = heads.get(name, torch.zeros_like(t)) + t / n
+                heads[k] = heads.get(k, torch.zeros_like(t)) + t / n
         del cache
         if tick is not None:
             tick("measure")

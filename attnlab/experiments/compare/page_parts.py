@@ -6,6 +6,7 @@ from typing import Any
 
 from attnlab.experiments.compare.page import cell, claims_table, scroll
 from attnlab.experiments.verdicts import NO_VERDICT
+from attnlab.present.catalogue import label
 
 
 def _fmt(x: Any) -> str:
@@ -73,13 +74,12 @@ def diverged_note(arms: list[dict[str, Any]]) -> list[Any]:
 
 
 # ------------------------------------------------------------------------------------------ part 1
-SCRATCH_TABLE = ("first_token_dormant", "first_token_active", "null_mass", "clipped_mass", "resid_peak",
+SCRATCH_TABLE = ("first_token_dormant", "first_token_active", "null_sink_mass", "clipped_mass", "resid_peak",
                  "value_drain", "massive_tok0", "massive_rest", "kurtosis_token", "int8_damage", "loss",
                  "loss_excess", "backcopy_acc")
 
 
 def scratch_sections(doc: dict[str, Any], smoke: bool) -> list[Any]:
-    from attnlab.experiments.compare.scratch_claims import METRIC_LABELS
     from attnlab.present import para, section, table
 
     s = doc["scratch"]
@@ -94,13 +94,13 @@ def scratch_sections(doc: dict[str, Any], smoke: bool) -> list[Any]:
                  f"fixed across seeds. Dormant queries: non-trigger tokens (the next token follows the "
                  f"chain, "
                  f"attention has nothing to do); active: triggers (the next token copies the one before).")
-    rows = [[METRIC_LABELS[k]] + [cell(a["metrics"].get(k)) for a in arms] for k in SCRATCH_TABLE]
+    rows = [[label(k)] + [cell(a["metrics"].get(k)) for a in arms] for k in SCRATCH_TABLE]
     metrics = scroll(table(rows, ["metric"] + [a["name"] for a in arms], title="Every arm (mean over seeds)",
                            note="value [95% interval]: a t interval over seeds of each seed's mean over the "
                                 "held-out sequences. Weight on no key is exactly 0 where rows sum to 1."))
     diffs = [[a["name"]] + [cell(a.get("vs_control", {}).get(k)) for k in SCRATCH_TABLE[:-2]]
              for a in arms if "vs_control" in a]
-    diff_t = scroll(table(diffs, ["arm"] + [METRIC_LABELS[k] for k in SCRATCH_TABLE[:-2]],
+    diff_t = scroll(table(diffs, ["arm"] + [label(k) for k in SCRATCH_TABLE[:-2]],
                           title=f"Difference from the control ({s['control']}), paired by seed"))
     figures = [head_maps(s), peak_figure(s), sink_curve_figure(s)]
     from attnlab.present import grid
@@ -150,7 +150,7 @@ def peak_figure(s: dict[str, Any]) -> Any:
     else:
         plot_layers(ax, {a["name"]: (a["resid_peak_layer"], None, None) for a in arms})
         ax.legend(fontsize=6, ncol=2)
-    ax.set_ylabel("||h_0|| / median ||h_t||")
+    ax.set_ylabel(label("resid_peak_layer"))
     src = png_data_uri(fig) if has_data(fig) else None
     return figure_html(src, "Residual-state peak on the first token per layer (mean over seeds and "
                             "sequences).",
@@ -173,7 +173,7 @@ def sink_curve_figure(s: dict[str, Any]) -> Any:
     fig, ax = figure(5.0, 3.0)
     plot_series(ax, series, markers=False)
     ax.set_xlabel("training step")
-    ax.set_ylabel("first-token attention, dormant")
+    ax.set_ylabel(label("first_token_dormant"))
     ax.legend(fontsize=6, ncol=2)
     src = png_data_uri(fig) if has_data(fig) else None
     return figure_html(src, "When the sink appears: the largest head's first-token attention at dormant "
@@ -183,7 +183,7 @@ def sink_curve_figure(s: dict[str, Any]) -> Any:
 
 # ------------------------------------------------------------------------------------------ part 2
 def retrofit_sections(doc: dict[str, Any], smoke: bool) -> list[Any]:
-    from attnlab.experiments.compare.analysis import EFFECT_METRICS, LABELS, TABLE_METRICS
+    from attnlab.experiments.compare.analysis import EFFECT_METRICS, TABLE_METRICS
     from attnlab.present import grid, para, section, table
 
     r = doc["retrofit"]
@@ -203,7 +203,7 @@ def retrofit_sections(doc: dict[str, Any], smoke: bool) -> list[Any]:
         if a.get("metrics_step0") is not None and a["name"] != "pretrained":
             cols.append(f"{a['name']} at step 0")
     for m in TABLE_METRICS:
-        row = [LABELS[m]]
+        row = [label(m)]
         for a in arms:
             row.append(cell(a["metrics"].get(m)))
             if a.get("metrics_step0") is not None and a["name"] != "pretrained":
@@ -217,7 +217,7 @@ def retrofit_sections(doc: dict[str, Any], smoke: bool) -> list[Any]:
     for arm, kinds in r["effects"].items():
         for kind in ("swap", "learned", "total"):
             erows.append([f"{arm}: {kind}"] + [cell(kinds.get(kind, {}).get(m)) for m in EFFECT_METRICS])
-    eff_t = scroll(table(erows, ["effect"] + [LABELS[m] + (" (ratio)" if m == "ppl" else "")
+    eff_t = scroll(table(erows, ["effect"] + [label(m) + (" (ratio)" if m == "ppl" else "")
                                               for m in EFFECT_METRICS],
                          title="What the swap did, what training did, and the total",
                          note="swap = arm at step 0 - pretrained; learned = trained arm - its step 0; "

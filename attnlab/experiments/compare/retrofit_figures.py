@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-LAYER_PLOTS = (("token0_layer", False), ("null_mass_layer", False), ("kurtosis_token_layer", True),
+from attnlab.present.catalogue import label
+
+LAYER_PLOTS = (("first_token_layer", False), ("null_sink_mass_layer", False), ("kurtosis_token_layer", True),
                ("massive_tok0_layer", True))
 
 
 def layer_figures(r: dict[str, Any]) -> list[Any]:
-    from attnlab.experiments.compare.analysis import LABELS
     from attnlab.present import figure, figure_html, has_data, log_axis, plot_layers, png_data_uri
 
     cards = []
@@ -18,14 +19,14 @@ def layer_figures(r: dict[str, Any]) -> list[Any]:
                   if (p := a.get("per_layer", {}).get(key))}
         fig, ax = figure(6.0, 3.4)
         plot_layers(ax, series)
-        ax.set_ylabel(LABELS[key])
+        ax.set_ylabel(label(key))
         if logy:
             log_axis(ax, "y")
         if series:
             ax.legend(fontsize=7, ncol=2)
         src = png_data_uri(fig) if has_data(fig) else None
-        cards.append(figure_html(src, f"{LABELS[key]} per layer, every arm after fine-tuning (points: mean; "
-                                      f"bars: 95% interval)", title=f"{LABELS[key]} by layer"))
+        cards.append(figure_html(src, f"{label(key)} per layer, every arm after fine-tuning (points: mean; "
+                                      f"bars: 95% interval)", title=f"{label(key)} by layer"))
     return cards
 
 

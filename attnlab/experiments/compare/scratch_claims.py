@@ -26,29 +26,18 @@ from typing import Any
 from attnlab.experiments.compare.scratch_config import ROW_DEFICIT, SCRATCH_CONTROL
 from attnlab.experiments.stats import finite_mean, interval_of
 from attnlab.experiments.verdicts import apply_holm, claim, count_premise, evidence, withhold
+from attnlab.present.catalogue import label
 
 SINK_PREMISE = 0.3
 PREMISE_SHARE = 0.8
 QUALITY_MARGIN = 0.02  # nats/token of task loss: "costs no quality" means within +-0.02 of the control
 ACC_MARGIN = 0.02  # backcopy accuracy within +-2 points of the control: the variant still solves the task
 
-METRIC_LABELS = {
-    "first_token_dormant": "attention on the first token, dormant queries",
-    "first_token_active": "attention on the first token, active (trigger) queries",
-    "null_mass": "weight on no key",
-    "clipped_mass": "weight clipped away",
-    "resid_peak": "residual peak on token 0 (norm / median)",
-    "value_drain": "value norm of token 0 / median (small = drain)",
-    "massive_tok0": "max |activation| / median, token 0",
-    "massive_rest": "max |activation| / median, other tokens",
-    "kurtosis_token": "per-token kurtosis (tokens >= 1)",
-    "kurtosis_tok0": "kurtosis of token 0",
-    "int8_damage": "int8 W8A8 damage (ΔNLL, nats)",
-    "loss": "task loss (nats)",
-    "loss_excess": "loss above the chain's entropy, dormant (nats)",
-    "backcopy_acc": "backcopy accuracy at triggers",
-}
-METRICS = tuple(METRIC_LABELS)
+# what part 1 tabulates and compares with the control, in this order; every key is the catalogue's
+# (`attnlab.present.catalogue`), which also names it on the page
+METRICS = ("first_token_dormant", "first_token_active", "null_sink_mass", "clipped_mass", "resid_peak",
+           "value_drain", "massive_tok0", "massive_rest", "kurtosis_token", "kurtosis_tok0", "int8_damage",
+           "loss", "loss_excess", "backcopy_acc")
 
 SOURCES = {
     "sink": ("Guo et al. 2024", "1-3 layer models on Bigram-Backcopy grow first-token sinks at dormant "
@@ -83,15 +72,15 @@ EXPLORATORY: tuple[tuple[str, str, Any, str], ...] = (
 
 
 def items_of(results: Mapping[str, Mapping[int, Any]], arm: str, key: str) -> dict[int, list[float]]:
-    """{seed: per-sequence values} of `key` for an arm's measured seeds (null_mass / clipped_mass from the
-    row deficit, exact 0 where the arm has no such share)."""
+    """{seed: per-sequence values} of `key` for an arm's measured seeds (null_sink_mass / clipped_mass from
+    the row deficit, exact 0 where the arm has no such share)."""
     out = {}
     for seed, res in results.get(arm, {}).items():
         items = res.get("items")
         if items is None:
             continue
-        if key in ("null_mass", "clipped_mass"):
-            kind = "null" if key == "null_mass" else "clipped"
+        if key in ("null_sink_mass", "clipped_mass"):
+            kind = "null" if key == "null_sink_mass" else "clipped"
             vals = items["row_deficit"] if ROW_DEFICIT.get(arm) == kind else [0.0] * len(items["row_deficit"])
         else:
             vals = items[key]
@@ -140,7 +129,7 @@ def make_claims(results: Mapping[str, Mapping[int, Any]], seeds: list[int], smok
             continue
         deficit = ROW_DEFICIT.get(arm)
         if deficit is not None:  # an arm whose rows may sum below 1: where does the rest go?
-            key = "null_mass" if deficit == "null" else "clipped_mass"
+            key = "null_sink_mass" if deficit == "null" else "clipped_mass"
             claims.append(_claim(results, arm, key, "above", 0.0, prem, primary=False, single=True,
                                  what="puts weight on no key" if deficit == "null" else "clips weight away"))
         for key, direction, thr, what in EXPLORATORY:
@@ -171,7 +160,7 @@ def _claim(results: Mapping[str, Mapping[int, Any]], arm: str, key: str, directi
     source, paper = SOURCES["sink"] if arm == SCRATCH_CONTROL else SOURCES.get(arm, ("-", "-"))
     return claim(text, source, paper, effect, _ev(results, arms, key), thr, direction,
                  premise=None if arm == SCRATCH_CONTROL else prem, primary=primary, arm=arm, metric=key,
-                 label=METRIC_LABELS[key], part="scratch")
+                 label=label(key), part="scratch")
 
 
-__all__ = ["METRICS", "METRIC_LABELS", "PRIMARY", "arm_metrics", "interval", "make_claims", "premise"]
+__all__ = ["METRICS", "PRIMARY", "arm_metrics", "interval", "make_claims", "premise"]
