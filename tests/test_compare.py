@@ -99,6 +99,24 @@ def test_int8_damage_of_a_window_does_not_depend_on_the_other_windows(smoke: tup
     assert some["int8_w8a8"] == pytest.approx(every["int8_w8a8"][1:3], abs=1e-12)
 
 
+
+def test_measure_asks_summarize_for_what_it_reads_and_gets_the_full_calls_values(
+        smoke: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    # measure asks summarize for SUMMARY_KEYS only (speed); a key it reads but does not ask for would be None.
+    import attnlab.diagnose.summary as summary_mod
+
+    out, _ = smoke
+    lm = attnlab.load_model(out / "gated")  # the one arm the smoke run saves
+    from attnlab.experiments.compare.data import token_streams
+
+    _, held, _ = token_streams(lm.tokenizer, None, None)
+    windows = eval_windows(held, 2, 24)
+    subset = measure(lm, windows, deficit="null", quant=False)
+    full = summary_mod.summarize
+    monkeypatch.setattr(summary_mod, "summarize", lambda cache, n, keys=None, **kw: full(cache, n, **kw))
+    assert measure(lm, windows, deficit="null", quant=False) == subset
+    assert all(v is not None for k, v in subset.items() if k != "nll" and not k.startswith("int8"))
+
 def test_saved_arm_loads_back_and_gives_the_measured_perplexity(smoke: tuple[Path, dict]) -> None:
     out, doc = smoke
     lm = attnlab.load_model(out / "gated")
