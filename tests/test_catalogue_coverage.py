@@ -67,7 +67,7 @@ def test_explorer_curves_are_catalogued():
     assert all(CATALOGUE[k].shape == "layer" for k in METRIC_NAMES)
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny"])
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt"])
 def test_every_summary_key_of_a_tiny_model_is_catalogued(name):
     from attnlab.diagnose.summary import summarize
     from attnlab.models.tiny import load_tiny

@@ -144,11 +144,11 @@ def test_one_load_model_answers_every_tiny_model() -> None:
     from attnlab.models.tiny import tiny_llama
 
     state = torch.random.get_rng_state()
-    gpt = load_model("tiny")
+    gpt = load_model("tiny-gpt")
     assert torch.equal(torch.random.get_rng_state(), state)  # the caller's random state is left alone
     # What the studies built themselves before (probes: 1024 positions, streaming: 256), weight for weight.
     for context in (1024, 256):
-        lm = load_model("tiny", context=context) if context != 1024 else gpt
+        lm = load_model("tiny-gpt", context=context) if context != 1024 else gpt
         before = GPT(GPTConfig(n_layers=2, d_model=32, n_heads=2, context=context)).state_dict()
         assert lm.kind == "attnlab" and lm.name == "tiny byte GPT" and lm.max_context == context
         assert all(torch.equal(before[k], v) for k, v in lm.model.state_dict().items())
@@ -156,11 +156,11 @@ def test_one_load_model_answers_every_tiny_model() -> None:
     model, _ = tiny_llama(seed=0, context=49)
     assert llama.kind == "hf" and llama.name == "tiny-llama" and llama.max_context == 49
     assert all(torch.equal(model.state_dict()[k], v) for k, v in llama.model.state_dict().items())
-    assert load_model("tiny", dtype="float64").dtype == torch.float64
+    assert load_model("tiny-gpt", dtype="float64").dtype == torch.float64
     with pytest.raises(ConfigError, match="context= sets the positions of a tiny random model"):
         load_model("smollm2", context=64)
     with pytest.raises(ConfigError, match="context must be a positive integer"):
-        load_model("tiny", context=0)
+        load_model("tiny-gpt", context=0)
 
 
 def _defined(pattern: str) -> list[str]:

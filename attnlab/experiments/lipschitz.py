@@ -64,7 +64,7 @@ class Config:
     scale_length: int = 32  # tokens of each window in the scale sweep
     check_iter: int = 50  # power-iteration steps the n_iter estimate is checked against
     check_windows: int = 2  # windows of the length sweep's convergence check (longest length, trained)
-    pretrained: str = "smollm2-135m"  # a model name or path, or "tiny" (an untrained byte GPT, no files)
+    pretrained: str = "smollm2-135m"  # a model name or path, or "tiny-gpt" (an untrained byte GPT, no files)
     pretrained_lengths: tuple[int, ...] = (8, 16, 32, 64)
     pretrained_windows: int = 2
     pretrained_iter: int = 6
@@ -73,7 +73,7 @@ class Config:
 PRESETS: dict[str, Config] = {
     "smoke": Config(models=("softmax", "L2 attention"), n_layers=1, d_model=16, n_heads=2, context=16,
                     lengths=(4, 8, 16), train_steps=3, batch_size=4, n_iter=2, windows=2, max_chars=200_000,
-                    scales=(1.0, 8.0), scale_length=8, check_iter=3, pretrained="tiny",
+                    scales=(1.0, 8.0), scale_length=8, check_iter=3, pretrained="tiny-gpt",
                     pretrained_lengths=(4, 8), pretrained_iter=2),
     "quick": Config(),
     # full is sized for ~60 min on a 2-core CPU: three seeds and twice the quick preset's longest length.

@@ -64,7 +64,7 @@ class Config:
     batch_size: int = 32
     lr: float = 3e-3
     test_samples: int = 256
-    probe_model: str = "smollm2-135m"  # or "tiny": an untrained 2-layer byte GPT (no files needed)
+    probe_model: str = "smollm2-135m"  # or "tiny-gpt": an untrained 2-layer byte GPT (no files needed)
     collapse_lengths: tuple[int, ...] = (4, 16, 64, 256)
     # (one, zero) digit pairs: each is one instance of the probe "one*n zero" vs "one*(n+1) zero", the items
     # of the collapse claim's interval
@@ -75,7 +75,7 @@ class Config:
 
 PRESETS: dict[str, Config] = {
     "smoke": Config(d_model=16, n_heads=2, n_layers=1, train_lengths=(4, 8), test_lengths=(8, 16), steps=4,
-                    batch_size=8, test_samples=8, probe_model="tiny", collapse_lengths=(4, 8, 16),
+                    batch_size=8, test_samples=8, probe_model="tiny-gpt", collapse_lengths=(4, 8, 16),
                     collapse_pairs=("10", "23"), sensitivity_tokens=16, sensitivity_probes=2),
     "quick": Config(),
     "full": Config(seeds=(0, 1, 2), steps=2000, test_lengths=(8, 16, 32, 64, 128, 256), test_samples=512,
@@ -88,8 +88,8 @@ SUMMARY = ("Barbero et al. 2024 at small scale: copy-first vs copy-last and coun
 
 
 def validate(config: Config) -> None:
-    if config.probe_model != "tiny" and not config.probe_model:
-        raise ConfigError("oversquashing: probe_model must be a model name or path, or 'tiny'")
+    if not config.probe_model:
+        raise ConfigError("oversquashing: probe_model must be a model name or path, or 'tiny-gpt'")
     check_fields(config, choices=("tasks", TASKS), steps=lambda s: s >= 1,
                  train_lengths=lambda t: len(t) >= 1 and min(t) >= 2,
                  test_lengths=lambda t: len(t) >= 1 and min(t) >= 2,

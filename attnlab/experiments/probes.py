@@ -41,7 +41,7 @@ def wrap(model: nn.Module, name: str) -> Any:
 
 
 def pretrained_or_tiny(name: str) -> Any:
-    """The model `name` by `attnlab.models.load_model`: a pretrained one, or with "tiny" the untrained
+    """The model `name` by `attnlab.models.load_model`: a pretrained one, or with "tiny-gpt" the untrained
     2-layer byte GPT (seed 0, 1024 positions) that smoke presets probe so that tests need no model file."""
     from attnlab.models import load_model
 

@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from attnlab.experiments.base import check_fields, claim, evidence, finish, fmt, start
+from attnlab.models.tiny import TINY_GPT_NAME
 
 
 @dataclass(frozen=True)
 class Config:
-    model: str = "smollm2-135m"  # or "tiny": an untrained byte GPT (no files needed)
+    model: str = "smollm2-135m"  # or "tiny-gpt": an untrained byte GPT (no files needed)
     seeds: tuple[int, ...] = (0,)  # the streams are deterministic; kept for the common frame
     tokens: int = 3000  # per stream
     streams: int = 5  # stretches of the corpus, starts spread evenly over it (different works)
@@ -44,7 +45,7 @@ class Config:
 
 
 PRESETS: dict[str, Config] = {
-    "smoke": Config(model="tiny", tokens=160, streams=2, budget=32, sink_counts=(0, 1, 4),
+    "smoke": Config(model="tiny-gpt", tokens=160, streams=2, budget=32, sink_counts=(0, 1, 4),
                     recompute_stride=16, eval_window=32, chunk=32, bin_size=40),
     "quick": Config(),
     "full": Config(tokens=20_000, budget=1024, recompute_stride=100, eval_window=1000, chunk=256,
@@ -73,7 +74,6 @@ def validate(config: Config) -> None:
 
 def _model(config: Config) -> Any:
     from attnlab.models import load_model
-    from attnlab.models.tiny import TINY_GPT_NAME
 
     return load_model(config.model, context=TINY_CONTEXT if config.model == TINY_GPT_NAME else None)
 
@@ -81,7 +81,7 @@ def _model(config: Config) -> Any:
 def _policy_specs(config: Config) -> list[str]:
     B = config.budget
     names = [_name(s, B) for s in config.sink_counts] + [f"chunked({B})"]
-    if config.model == "tiny":  # segment memory runs on attnlab's GPT only (attnlab.stream.MemoryPolicy)
+    if config.model == TINY_GPT_NAME:  # segment memory runs on attnlab's GPT only (stream.MemoryPolicy)
         names.append(f"memory({B // 2},{B - B // 2})")
     return names + [f"recompute({B})"]
 
@@ -153,7 +153,7 @@ def run(config: Config, out_dir: str | Path, progress: bool = True) -> dict[str,
             f"(starts at characters {[st['res'][ref]['text_start'] for st in per_stream]}); perplexity from "
             f"the mean of per-window ({config.eval_window} tokens) mean NLLs; recompute scored every "
             f"{config.recompute_stride} tokens.")
-    if config.model != "tiny":
+    if config.model != TINY_GPT_NAME:
         note += " Segment memory is not evaluated: it runs on attnlab's GPT only."
     tables = [{"title": f"Streaming perplexity, cache budget {B}",
                "columns": ["policy", "perplexity", "on recompute's positions", "tokens/s", "scored tokens"],

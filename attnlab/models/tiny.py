@@ -5,7 +5,7 @@
   load_model round trip as SmolLM2) without loading 135M parameters. The tokenizer is a
   `PreTrainedTokenizerFast` over the 256 byte-level symbols with no merges, so any text encodes and the
   folder it is saved in loads back with `AutoTokenizer` like any other.
-- "tiny" (TINY_GPT_NAME): an untrained 2-layer attnlab byte GPT, for the studies whose smoke presets probe
+- "tiny-gpt" (TINY_GPT_NAME): an untrained 2-layer attnlab byte GPT, for the studies whose smoke presets probe
   a model (and for what runs on attnlab's GPT only, such as segment memory).
 
 Both are pure functions of (seed, context): the caller's random state is left alone.
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 TINY_NAME = "tiny-llama"
-TINY_GPT_NAME = "tiny"
+TINY_GPT_NAME = "tiny-gpt"
 TINY_CONTEXT = {TINY_NAME: 512, TINY_GPT_NAME: 1024}  # positions each is built with unless told otherwise
 TINY_NAMES = tuple(TINY_CONTEXT)
 
