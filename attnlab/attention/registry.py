@@ -101,9 +101,11 @@ def normalizer_names() -> list[str]:
 
 def normalizer_help() -> str:
     """One line for a CLI's --normalizer help, read from the registry now (a user's registration shows)."""
+    # "sinks" names three things in attnlab; the help says which one this flag means.
     return (f"attention normalizer: {', '.join(_registry.names())} (the registry: "
             f"attnlab.normalizer_names()), or 'module:Attr' naming a Normalizer subclass; docs/attention.md "
-            f"cites each")
+            f"cites each. 'sinks' here is gpt-oss's learned sink logit per head; StreamingLLM's sink tokens "
+            f"are the span sinkwindow(S,W) and the stream policy 'sinks'")
 
 
 def is_normalizer(name: object) -> bool:

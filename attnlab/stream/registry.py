@@ -98,7 +98,9 @@ def policy_names() -> list[str]:
 def policy_help() -> str:
     """The --policy help line, read from the registry now (a user's registration shows)."""
     return (f"{', '.join(_registry.names())} (attnlab.stream.policy_names()), or 'module:Attr' naming a "
-            f"Policy subclass; or a spec with sizes such as sinks(4,1020), window(1024), recompute(1024)")
+            f"Policy subclass; or a spec with sizes such as sinks(4,1020), window(1024), recompute(1024). "
+            f"'sinks' keeps StreamingLLM's first tokens in the cache; gpt-oss's learned sink logit is the "
+            f"normalizer 'sinks'")
 
 
 def size_readers(size: str) -> list[str]:
