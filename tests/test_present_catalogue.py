@@ -71,3 +71,14 @@ def test_catalogue_json_is_plain_and_complete_for_the_keys_asked() -> None:
     assert js["first_token_layer"]["shape"] == "layer" and js["first_token_layer"]["label"]
     with pytest.raises(KeyError):
         catalogue_json(["nope"])
+
+
+def test_short_label_is_for_tight_places_and_falls_back_to_the_label() -> None:
+    from attnlab.present.catalogue import short_label
+
+    assert short_label("first_token_attn") == "attention on token 0"
+    assert short_label("int8_w8a8") == "int8 W8A8 ΔNLL (nats)"  # the unit stays
+    assert short_label("val_loss") == label("val_loss")  # no short name: the label
+    assert short_label("no_such_key") == "no_such_key"
+    for m in CATALOGUE.values():
+        assert len(short_label(m.key)) <= 48, m.key  # fits a plot panel's title

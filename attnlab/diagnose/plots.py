@@ -14,7 +14,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from attnlab.present.catalogue import label
+from attnlab.present.catalogue import short_label
 from attnlab.present.plots import COLORS, REFERENCE, colorbar, figure, int_ticks, log_axis, reference
 
 ABLATION_STYLE = {"full": ("#1f77b4", "-", "full model"), "no_mlp": ("#2ca02c", "-", "MLPs removed"),
@@ -106,7 +106,7 @@ def uniformity_compare(sections: Sequence[Section]) -> Figure:
     _curves(ax, sections, lambda s: [r["uniformity"]["ratio"] for r in _depth(s)], "{name}",
             lambda s: (s.get("ablations", {}).get("pure_attention") or {}).get("ratio"),
             "{name}: pure attention")
-    _finish(ax, DEPTH, label("uniformity"))
+    _finish(ax, DEPTH, short_label("uniformity"))
     return fig
 
 
@@ -152,8 +152,8 @@ def sink_compare(sections: Sequence[Section]) -> Figure:
     _curves(a1, sections, lambda s: [sum(_nums(a["first_token"])) / len(a["first_token"])
                                      for a in _attention(s)])
     _curves(a2, sections, lambda s: [a["sink_rate"] for a in _attention(s)], "_nolegend_")
-    _finish(a1, "layer", label("first_token_layer"), log=False)
-    _finish(a2, "layer", label("sink_rate_layer"), log=False)
+    _finish(a1, "layer", short_label("first_token_layer"), log=False)
+    _finish(a2, "layer", short_label("sink_rate_layer"), log=False)
     for a in (a1, a2):
         a.set_ylim(-0.02, 1.02)
     return fig

@@ -15,7 +15,8 @@ from typing import Any
 
 from attnlab.experiments.verdicts import VERDICT_COLOURS, normalize
 from attnlab.io import atomic_write_text
-from attnlab.present import Raw, badge, code, esc, figure_html, grid, label, page, para, pre, section, table
+from attnlab.present import Raw, badge, code, esc, figure_html, grid, page, para, pre, section, table
+from attnlab.present.catalogue import short_label
 
 SPREAD = "bars: ± 1 std over seeds"
 
@@ -93,8 +94,8 @@ def line_plot(path: str | Path, series: Series, *, xlabel: str, ylabel: str, tit
         log_axis(ax, "x", 2)
     if logy:
         log_axis(ax, "y")
-    ax.set_xlabel(label(xlabel))
-    ax.set_ylabel(label(ylabel))
+    ax.set_xlabel(short_label(xlabel))
+    ax.set_ylabel(short_label(ylabel))
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, title=SPREAD if spread else None, title_fontsize=7)
     return save_png(fig, path)
@@ -115,7 +116,7 @@ def bar_plot(path: str | Path, labels: Sequence[str], means: Sequence[float | No
         return None
     if logy:
         log_axis(ax, "y")
-    ax.set_ylabel(label(ylabel))
+    ax.set_ylabel(short_label(ylabel))
     ax.set_title(title + (f" ({SPREAD})" if _has_spread(spreads) else ""), fontsize=10)
     return save_png(fig, path)
 

@@ -31,7 +31,7 @@ import torch
 
 from attnlab.experiments.base import check_fields, claim, evidence, finish, fmt, fmt_stat, seed_stats, start
 from attnlab.experiments.common import lm_loss, shakespeare_split, train_loop
-from attnlab.present.catalogue import label
+from attnlab.present.catalogue import label, short_label
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "softmax": {"normalizer": "softmax"},
@@ -404,7 +404,7 @@ def answer_text(config: Config, results: dict[str, Any]) -> str:
         a, b = m("softmax", key), m("softmax1", key)
         if a is None or b is None:
             continue
-        parts.append(f"{label(key)} {fmt(a)} -> {fmt(b)}")
+        parts.append(f"{short_label(key)} {fmt(a)} -> {fmt(b)}")
     text = "softmax -> softmax1: " + "; ".join(parts) + "."
     best = [(name, m(name, "kurtosis_max")) for name in v if m(name, "kurtosis_max") is not None]
     if best:

@@ -35,11 +35,12 @@ class Metric:
     reading: str = ""
     shape: Shape = "scalar"  # scalar, one value per layer, or a layer x head grid
     formerly: tuple[str, ...] = ()
+    short: str = ""  # a name for tight places (plot titles and axes, sentences); "" = the label
 
 
 def _m(key: str, label: str, unit: str = "", better: Better = None, reading: str = "",
-       shape: Shape = "scalar", formerly: tuple[str, ...] = ()) -> Metric:
-    return Metric(key, label, unit, better, reading, shape, formerly)
+       shape: Shape = "scalar", formerly: tuple[str, ...] = (), short: str = "") -> Metric:
+    return Metric(key, label, unit, better, reading, shape, formerly, short)
 
 
 _SINK = "share of heads putting > 0.3 of their attention on token 0 (Gu et al. 2024)"
@@ -58,28 +59,32 @@ _ENTRIES: tuple[Metric, ...] = (
     _m("accuracy", "accuracy", "", "higher"),
     _m("loss", "task loss", "nats/token", "lower"),
     _m("loss_excess", "loss above the chain's entropy, dormant", "nats/token", "lower",
-       "0 = the model predicts the bigram chain as well as it can be predicted"),
-    _m("backcopy_acc", "backcopy accuracy at triggers", "", "higher"),
+       "0 = the model predicts the bigram chain as well as it can be predicted",
+       short="loss above the chain's entropy"),
+    _m("backcopy_acc", "backcopy accuracy at triggers", "", "higher", short="backcopy accuracy"),
     # -- sinks and entropy
     _m("first_token_attn", "attention on token 0 (queries >= 1, mean over layers and heads)", "", "lower",
        "the weight queries put on the first token; large = an attention sink",
-       formerly=("token0_attention",)),
+       formerly=("token0_attention",), short="attention on token 0"),
     _m("first_token_layer", "attention on token 0", "", None, "mean over heads and queries >= 1, per layer",
        "layer", formerly=("token0_layer",)),
     _m("first_token_heads", "attention on token 0", "", None, "mean over queries >= 1, per layer and head",
        "head", formerly=("token0_heads",)),
     _m("first_token_dormant", "attention on the first token, dormant queries", "", None,
-       "Bigram-Backcopy: where the sink grows (Guo et al. 2024)"),
-    _m("first_token_active", "attention on the first token, active (trigger) queries"),
+       "Bigram-Backcopy: where the sink grows (Guo et al. 2024)", short="first-token attention, dormant"),
+    _m("first_token_active", "attention on the first token, active (trigger) queries",
+       short="first-token attention, active"),
     _m("first_query_weight", "query 0's weight on itself", "", None,
        "query 0 sees one key: softmax gives it 1, softmax1 e^s / (1 + e^s) by construction"),
-    _m("sink_rate", "sink rate (share of heads, eps = 0.3)", "", "lower", _SINK),
-    _m("sink_rate_layer", "sink rate (share of heads, eps = 0.3)", "", None, _SINK, "layer"),
-    _m("null_sink_mass", "weight on no key (1 - row sum)", "", None, _NULL, formerly=("null_mass",)),
+    _m("sink_rate", "sink rate (share of heads, eps = 0.3)", "", "lower", _SINK, short="sink rate"),
+    _m("sink_rate_layer", "sink rate (share of heads, eps = 0.3)", "", None, _SINK, "layer",
+       short="sink rate"),
+    _m("null_sink_mass", "weight on no key (1 - row sum)", "", None, _NULL, formerly=("null_mass",),
+       short="weight on no key"),
     _m("null_sink_mass_layer", "weight on no key (1 - row sum)", "", None, _NULL, "layer",
-       formerly=("null_mass_layer",)),
+       formerly=("null_mass_layer",), short="weight on no key"),
     _m("null_sink_mass_heads", "weight on no key (1 - row sum)", "", None, _NULL, "head",
-       formerly=("null_mass_heads",)),
+       formerly=("null_mass_heads",), short="weight on no key"),
     _m("clipped_mass", "weight clipped away", "", None, "clipped softmax's weight below 0 or above 1"),
     _m("entropy_norm", "attention entropy / log(keys)", "", None, "1 = spread evenly; 0 = one key"),
     _m("entropy_layer", "attention entropy / log(keys)", "", None, "1 = spread evenly; 0 = one key", "layer"),
@@ -90,32 +95,38 @@ _ENTRIES: tuple[Metric, ...] = (
        "per layer; token 0 left out, its massive norm would hide the growth with depth", "layer"),
     _m("resid_norm_last", "residual norm, last layer"),
     _m("norm_growth_per_layer", "residual norm growth per block (fit, blocks only)", "", None,
-       "> 1: the stream grows geometrically with depth (Heimersheim & Turner 2023)"),
+       "> 1: the stream grows geometrically with depth (Heimersheim & Turner 2023)",
+       short="norm growth per block"),
     _m("norm_growth", "residual norm growth per layer"),  # written before 2025-11; read, never written
     _m("norm_first_over_rest_last", "token-0 norm / other tokens, last block", "", None,
        ">> 1: position 0 carries massive activations (an attention sink)"),
-    _m("resid_peak", "residual peak on token 0 (norm / median)"),
-    _m("resid_peak_layer", "residual peak on token 0 (norm / median)", shape="layer"),
-    _m("value_drain", "value norm of token 0 / median (small = drain)"),
+    _m("resid_peak", "residual peak on token 0 (norm / median)", short="token-0 residual peak"),
+    _m("resid_peak_layer", "residual peak on token 0 (norm / median)", shape="layer",
+       short="token-0 residual peak"),
+    _m("value_drain", "value norm of token 0 / median (small = drain)", short="token-0 value norm / median"),
     _m("kurtosis", "activation kurtosis", shape="layer"),
     _m("kurtosis_max", "activation kurtosis (max over layers)", "", "lower",
        "Gaussian = 3; hundreds = outlier features (Bondarenko et al. 2023)"),
     _m("kurtosis_mean", "activation kurtosis (mean over layers)", "", "lower"),
     _m("kurtosis_token", "per-token kurtosis (tokens >= 1)", "", "lower",
-       "kurtosis of each token's hidden vector, mean over tokens >= 1 and layers; Gaussian = 3"),
+       "kurtosis of each token's hidden vector, mean over tokens >= 1 and layers; Gaussian = 3",
+       short="per-token kurtosis"),
     _m("kurtosis_token_layer", "per-token kurtosis", shape="layer"),
     _m("kurtosis_tok0", "kurtosis of token 0"),
-    _m("kurtosis_pooled_ex0", "pooled kurtosis without token 0 (mean over layers)"),
-    _m("kurtosis_pooled_ex0_max", "pooled kurtosis without token 0 (max over layers)"),
+    _m("kurtosis_pooled_ex0", "pooled kurtosis without token 0 (mean over layers)",
+       short="pooled kurtosis, tokens >= 1"),
+    _m("kurtosis_pooled_ex0_max", "pooled kurtosis without token 0 (max over layers)",
+       short="pooled kurtosis, tokens >= 1 (max)"),
     _m("max_abs", "max |activation|", "", "lower",
        "Sun et al. 2024 call > 100 and > 1000x the median massive"),
     _m("max_abs_layer", "max |activation|", shape="layer"),
     _m("max_abs_where", "where max |activation| is", "", None, "{layer, sequence, token, dim} of max_abs"),
     _m("massive_ratio", "top |activation| / median", "", "lower"),
     _m("massive_ratio_layer", "top |activation| / median", shape="layer"),
-    _m("massive_tok0", "max |activation| / median, token 0", "", "lower"),
-    _m("massive_tok0_layer", "max |activation| / median, token 0", shape="layer"),
-    _m("massive_rest", "max |activation| / median, other tokens"),
+    _m("massive_tok0", "max |activation| / median, token 0", "", "lower", short="max |h| / median, token 0"),
+    _m("massive_tok0_layer", "max |activation| / median, token 0", shape="layer",
+       short="max |h| / median, token 0"),
+    _m("massive_rest", "max |activation| / median, other tokens", short="max |h| / median, tokens >= 1"),
     # -- quantization
     _m("quant_gap", "int8 W8A8 loss gap", "nats", "lower", _INT8),
     _m("quant_w8a8_delta_ppl", "perplexity cost of int8 W8A8", "", "lower",
@@ -124,11 +135,13 @@ _ENTRIES: tuple[Metric, ...] = (
        "per-tensor int8 weights, activations in full precision, fake-quantized"),
     _m("quant_a8_delta_ppl", "perplexity cost of int8 activations", "", "lower",
        "per-tensor int8 activations, weights in full precision, fake-quantized"),
-    _m("int8_w8a8", "int8 W8A8 damage, ΔNLL", "nats", "lower", _INT8),
-    _m("int8_w8a8_token", "int8 W8A8 per-token damage, ΔNLL", "nats", "lower", _INT8),
+    _m("int8_w8a8", "int8 W8A8 damage, ΔNLL", "nats", "lower", _INT8, short="int8 W8A8 ΔNLL"),
+    _m("int8_w8a8_token", "int8 W8A8 per-token damage, ΔNLL", "nats", "lower", _INT8,
+       short="per-token int8 ΔNLL"),
     _m("int8_static", "int8 W8A8 static-range damage, ΔNLL", "nats", "lower",
-       "activation ranges calibrated once on held-out windows, as a deployed model would"),
-    _m("int8_damage", "int8 W8A8 damage, ΔNLL", "nats", "lower", _INT8),
+       "activation ranges calibrated once on held-out windows, as a deployed model would",
+       short="static int8 ΔNLL"),
+    _m("int8_damage", "int8 W8A8 damage, ΔNLL", "nats", "lower", _INT8, short="int8 W8A8 ΔNLL"),
     # -- uniformity and rank
     _m("uniformity", "uniformity ratio", "", None, _UNIF, "layer"),
     _m("uniformity_last", "uniformity ratio, last layer", "", None, _UNIF),
@@ -142,10 +155,12 @@ _ENTRIES: tuple[Metric, ...] = (
     _m("effective_rank_last", "effective rank, last layer"),
     # -- sensitivity and Lipschitz
     _m("sensitivity_first_over_last", "sensitivity to token 0 / to last token", "", None,
-       "how much more the final state feels token 0 than the latest token (Barbero et al. 2024)"),
+       "how much more the final state feels token 0 than the latest token (Barbero et al. 2024)",
+       short="sensitivity, token 0 / last"),
     _m("lipschitz_max_len", "local Lipschitz constant at the longest length", "", "lower"),
     _m("lipschitz_model_max_len", "local Lipschitz constant of the model at the longest length", "", "lower",
-       "spectral norm of the whole model's Jacobian at the longest length the report measured"),
+       "spectral norm of the whole model's Jacobian at the longest length the report measured",
+       short="model Lipschitz constant, longest length"),
     _m("lipschitz_exponent", "Lipschitz growth exponent (L ~ n^a)", "", "lower",
        "local Lipschitz constant ~ n^a over the lengths measured (Castin et al. 2024)"),
     _m("layer", "layer"),
@@ -172,6 +187,16 @@ def label(key: str) -> str:
     if entry is None:
         return key
     return f"{entry.label} ({entry.unit})" if entry.unit else entry.label
+
+
+def short_label(key: str) -> str:
+    """A name for tight places (a plot panel's title or axis, a sentence): the entry's short name (its label
+    when it has none) with the unit in parentheses; the key itself when the catalogue has none."""
+    entry = CATALOGUE.get(_FORMERLY.get(key, key))
+    if entry is None:
+        return key
+    name = entry.short or entry.label
+    return f"{name} ({entry.unit})" if entry.unit else name
 
 
 def lower_is_better(keys: Iterable[str] | None = None) -> frozenset[str]:
@@ -215,4 +240,4 @@ def catalogue_json(keys: Iterable[str] | None = None) -> dict[str, dict[str, Any
 LABELS: dict[str, str] = {k: label(k) for k in CATALOGUE}
 
 __all__ = ["CATALOGUE", "LABELS", "Metric", "canonical_key", "catalogue_json", "label", "lower_is_better",
-           "metric", "migrate_keys"]
+           "metric", "migrate_keys", "short_label"]

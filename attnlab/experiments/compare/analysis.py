@@ -24,7 +24,7 @@ from attnlab.experiments.compare.config import CONTROL, STEP0
 from attnlab.experiments.compare.measure import QUANT_KEYS, WINDOW_KEYS
 from attnlab.experiments.stats import interval_of
 from attnlab.experiments.verdicts import apply_holm, claim, evidence, withhold
-from attnlab.present.catalogue import label
+from attnlab.present.catalogue import label, short_label
 
 Items = Mapping[str, Any]  # one arm's per-window measurements (compare.measure)
 PerSeed = Mapping[int, Items]
@@ -228,7 +228,7 @@ def answer_lines(eff: Mapping[str, Mapping[str, Any]], fmt: Any) -> list[str]:
                 continue
             word = "raised" if iv["value"] > null else "lowered"
             swap, learned = kinds.get("swap", {}).get(m), kinds.get("learned", {}).get(m)
-            parts = [f"{word} {label(m)} ({'x' if m == 'ppl' else ''}{fmt(iv['value'])} "
+            parts = [f"{word} {short_label(m)} ({'x' if m == 'ppl' else ''}{fmt(iv['value'])} "
                      f"[{fmt(iv['lo'])}, {fmt(iv['hi'])}] against the control"]
             if swap:
                 parts.append(f"the swap alone: {fmt(swap['value'])}")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from attnlab.experiments.verdicts import NO_VERDICT, VERDICT_COLOURS, VERDICT_RULE
-from attnlab.present.catalogue import label
+from attnlab.present.catalogue import short_label
 
 SMOKE_BANNER = ("Smoke run: plumbing only. The models are tiny and barely trained, so the numbers below test "
                 "that every part runs and is written; they are not findings, and no claim is judged.")
@@ -74,7 +74,7 @@ def forest_figures(doc: dict[str, Any]) -> list[Any]:
             if c.get("part") != part or not c.get("primary") or iv is None or " - " not in c["effect"] \
                     and " / " not in c["effect"]:
                 continue
-            panel = (label(c["metric"]) if c.get("metric") else c["effect"]) + (
+            panel = (short_label(c["metric"]) if c.get("metric") else c["effect"]) + (
                 f" ({c['kind']})" if c.get("kind") else "")
             null = 1.0 if "/" in c["effect"] else 0.0
             margins = c["threshold"] if c["direction"] == "within" else None

@@ -6,7 +6,7 @@ from typing import Any
 
 from attnlab.experiments.compare.page import cell, claims_table, scroll
 from attnlab.experiments.verdicts import NO_VERDICT
-from attnlab.present.catalogue import label
+from attnlab.present.catalogue import label, short_label
 
 
 def _fmt(x: Any) -> str:
@@ -150,7 +150,7 @@ def peak_figure(s: dict[str, Any]) -> Any:
     else:
         plot_layers(ax, {a["name"]: (a["resid_peak_layer"], None, None) for a in arms})
         ax.legend(fontsize=6, ncol=2)
-    ax.set_ylabel(label("resid_peak_layer"))
+    ax.set_ylabel(short_label("resid_peak_layer"))
     src = png_data_uri(fig) if has_data(fig) else None
     return figure_html(src, "Residual-state peak on the first token per layer (mean over seeds and "
                             "sequences).",
@@ -173,7 +173,7 @@ def sink_curve_figure(s: dict[str, Any]) -> Any:
     fig, ax = figure(5.0, 3.0)
     plot_series(ax, series, markers=False)
     ax.set_xlabel("training step")
-    ax.set_ylabel(label("first_token_dormant"))
+    ax.set_ylabel(short_label("first_token_dormant"))
     ax.legend(fontsize=6, ncol=2)
     src = png_data_uri(fig) if has_data(fig) else None
     return figure_html(src, "When the sink appears: the largest head's first-token attention at dormant "

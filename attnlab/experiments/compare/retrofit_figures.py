@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from attnlab.present.catalogue import label
+from attnlab.present.catalogue import label, short_label
 
 LAYER_PLOTS = (("first_token_layer", False), ("null_sink_mass_layer", False), ("kurtosis_token_layer", True),
                ("massive_tok0_layer", True))
@@ -19,7 +19,7 @@ def layer_figures(r: dict[str, Any]) -> list[Any]:
                   if (p := a.get("per_layer", {}).get(key))}
         fig, ax = figure(6.0, 3.4)
         plot_layers(ax, series)
-        ax.set_ylabel(label(key))
+        ax.set_ylabel(short_label(key))
         if logy:
             log_axis(ax, "y")
         if series:
