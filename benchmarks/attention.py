@@ -5,7 +5,8 @@ same inputs (batch 1, 8 heads, head_dim 64, float32). Each variant and the basel
 alternation (median of repeats after warm-up), forward (no grad) and forward+backward, and the ratio
 variant / baseline is printed with the peak memory of forward+backward. Targets (issue 2, 2-core CPU):
 softmax1 and Sinks <= 1.15x; adaptive <= 2.3x; Window(512) at seq 8192 >= 5x faster than causal SDPA
-and linear in seq. Clipped has no kernel identity (blocked over query rows), so it has no target.
+and linear in seq. Clipped and softpick have no kernel identity (blocked over query rows), so they have no
+target; a variant timed on both backends ("X" and "X (reference)") also gets its fast-path / reference ratio.
 
     .venv/bin/python benchmarks/attention.py [--quick] [--json PATH] [--repeats N]
 
@@ -36,6 +37,7 @@ from attnlab.attention import (  # noqa: E402
     Window,
     attention,
 )
+from attnlab.attention.variants.softpick import Softpick  # noqa: E402
 
 HEADS, DIM = 8, 64
 # (label, normalizer factory, span, target ratio for fwd and fwd+bwd or None)
@@ -47,12 +49,14 @@ VARIANTS: list[tuple[str, Callable[[], object], object, float | None]] = [
     ("ssmax", ScalableSoftmax, "causal", None),
     ("ssmax(per-head)", lambda: ScalableSoftmax(torch.full((HEADS,), 0.2).requires_grad_()), "causal", None),
     ("clipped", Clipped, "causal", None),
+    ("softpick", Softpick, "causal", None),
     ("softmax full", Softmax, "full", None),
     ("softmax window(512)", Softmax, Window(512), None),
     ("softmax1 window(512)", Softmax1, Window(512), None),
     ("softmax sinkwindow(4,512)", Softmax, SinkWindow(4, 512), None),
     ("softmax chunked(512)", Softmax, Chunked(512), None),
     ("softmax1 (reference)", Softmax1, "causal", None),
+    ("softpick (reference)", Softpick, "causal", None),
 ]
 
 
@@ -153,6 +157,24 @@ def window_summary(rows: list[dict]) -> list[dict]:
     return out
 
 
+def reference_summary(rows: list[dict]) -> list[dict]:
+    """Each fast path against its own reference backend, same seq: the ratio of their times (each timed
+    against the baseline in alternation, so the baseline's drift cancels only to first order)."""
+    out = []
+    ref = {(r["device"], r["seq"], r["variant"][:-len(" (reference)")]): r for r in rows
+           if r["variant"].endswith(" (reference)")}
+    for r in rows:
+        twin = ref.get((r["device"], r["seq"], r["variant"]))
+        if twin is None:
+            continue
+        out.append({"device": r["device"], "seq": r["seq"], "variant": r["variant"],
+                    "fwd_vs_reference": r["fwd_ms"] / twin["fwd_ms"],
+                    "fwdbwd_vs_reference": (r["fwdbwd_ms"] / twin["fwdbwd_ms"]
+                                            if r["fwdbwd_ms"] and twin["fwdbwd_ms"] else None),
+                    "peak_MB": r["peak_MB"], "reference_peak_MB": twin["peak_MB"]})
+    return out
+
+
 def main() -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--only", metavar="TEXT", default=None,
@@ -185,6 +207,10 @@ def main() -> None:
         summary = window_summary(rows)
         print("\nWindow(512): growth with seq and speed-up over causal SDPA")
         print_table(summary, list(summary[0]) if summary else ["from_seq"])
+        versus = reference_summary(rows)
+        if versus:
+            print("\nFast path / reference backend, same variant (< 1: the fast path is faster)")
+            print_table(versus, list(versus[0]))
 
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: torch sees no CUDA device here")

@@ -1,6 +1,7 @@
 """Softpick (attnlab/attention/variants/softpick.py) against its formula written out directly, in float64:
-weights, the attention output on both backends and spans, gradients (gradcheck), extreme logits, and rows
-that see no key. Also: the variant reached the registry by being a file in variants/, nothing else."""
+weights, the attention output on both backends (the fused one runs attend(): softpick_rows.py) and spans,
+gradients (gradcheck), extreme logits, and rows that see no key, with no slow-path warning. Also: the
+variant reached the registry by being a file in variants/, nothing else."""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def _direct_attention(q, k, v, allowed):  # noqa: ANN001, ANN202
 def test_registered_by_its_file_alone() -> None:
     assert "softpick" in normalizer_names()
     assert isinstance(resolve_normalizer("softpick"), Softpick)
-    assert not Softpick.has_fast_path()  # weights only: the reference path
+    assert Softpick.has_fast_path()  # attend(): row blocks (softpick_rows.py), not the reference path
 
 
 def test_weights_match_the_formula(gen: torch.Generator) -> None:
@@ -76,7 +77,7 @@ def test_attention_matches_the_formula_on_both_backends(gen: torch.Generator, sp
     allowed = _span_mask(span, 13, 13)
     expected = _direct_attention(q, k, v, allowed)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the slow-path note: tested in test_registry.py
+        warnings.simplefilter("error")  # no slow-path note: Softpick has attend()
         for backend in ("reference", "fused"):
             out = attention(q, k, v, normalizer="softpick", span=span, backend=backend)
             torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-13)
@@ -93,7 +94,7 @@ def _span_mask(span: object, lq: int, lk: int) -> torch.Tensor:
 def test_gradcheck(gen: torch.Generator, backend: str, span: object) -> None:
     q, k, v = _qkv(gen, h=2, hk=1, lq=6, lk=6, d=3, grad=True)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("error")
         assert torch.autograd.gradcheck(
             lambda q, k, v: attention(q, k, v, normalizer="softpick", span=span, backend=backend), (q, k, v))
 
@@ -104,7 +105,7 @@ def test_gradients_match_the_formula(gen: torch.Generator) -> None:
     g = torch.randn(2, 4, 5, 6, generator=gen, dtype=torch.float64)
     expected = torch.autograd.grad((_direct_attention(q, k, v, allowed) * g).sum(), (q, k, v))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("error")
         out = attention(q, k, v, normalizer="softpick", backend="fused")
     got = torch.autograd.grad((out * g).sum(), (q, k, v))
     for a, b in zip(got, expected, strict=True):
@@ -121,7 +122,7 @@ def test_trains_in_the_gpt() -> None:
     model = GPT(cfg)
     idx = torch.randint(0, 32, (2, 9))
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.simplefilter("error")
         _, loss = model(idx, idx)
     loss.backward()
     assert torch.isfinite(loss) and model.blocks[0].attn.q_proj.weight.grad.abs().sum() > 0

@@ -13,8 +13,10 @@ denominator are both multiplied by exp(-m):
     w_ij = relu(exp(s_ij - m) - exp(-m)) / (sum_j |exp(s_ij - m) - exp(-m)| + eps exp(-m)),
 
 which is the same number. A query that sees no key gets an all-zero row (numerator 0, denominator
-eps exp(-m) > 0). Only `weights` is written: attention runs it on the reference path (there is no
-log-sum-exp identity that puts a relu of exp(s) - 1 on the stock kernel).
+eps exp(-m) > 0). `weights` is the reference; `attend` is the fast path. There is no log-sum-exp identity
+that puts a relu of exp(s) - 1 on the stock kernel, so it runs blocks of whole query rows with a
+written-out backward (softpick_rows.py, on rowblocks.py as clipped softmax does): memory O(rows x Lk), in
+training too.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import torch
 from torch import Tensor
 
 from attnlab.attention.base import Normalizer
+from attnlab.attention.kernels import Problem
 from attnlab.attention.registry import register_normalizer
+from attnlab.attention.softpick_rows import softpick_attention
 
 
 class Softpick(Normalizer):
@@ -44,6 +48,9 @@ class Softpick(Normalizer):
         shifted = torch.exp(masked - m) - floor  # exp(s - m) - exp(-m) = exp(-m) (exp(s) - 1)
         denom = torch.where(allowed, shifted.abs(), torch.zeros_like(shifted)).sum(-1, keepdim=True)
         return torch.relu(shifted) / (denom + self.eps * floor)
+
+    def attend(self, p: Problem) -> Tensor:
+        return softpick_attention(p, self.eps)
 
 
 register_normalizer("softpick", Softpick)
