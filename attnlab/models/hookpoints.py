@@ -241,6 +241,15 @@ def install(lm: LoadedModel, fns: dict[str, list[HookFn]]) -> Iterator[None]:
             return [new, *out[1:]]
         return new
 
+    def on_output(name: str) -> Callable[..., Any]:
+        """A forward hook that runs name's functions on a module's output (its first element)."""
+        def hook(_m: nn.Module, _a: tuple, out: Any) -> Any:
+            a = hook_output(out)
+            new = _apply(fns, name, a)
+            return None if new is a else replace_output(out, new)
+
+        return hook
+
     for i, block in enumerate(blocks):
         p = f"blocks.{i}."
         want = {n[len(p):] for n in fns if n.startswith(p)}
@@ -299,19 +308,9 @@ def install(lm: LoadedModel, fns: dict[str, list[HookFn]]) -> Iterator[None]:
 
             handles.append(lm.attn(i).register_forward_hook(on_attn))
         if "hook_mlp_out" in want:
-            def on_mlp(_m: nn.Module, _a: tuple, out: Any, name: str = p + "hook_mlp_out") -> Any:
-                a = hook_output(out)
-                new = _apply(fns, name, a)
-                return None if new is a else replace_output(out, new)
-
-            handles.append(lm.mlp(i).register_forward_hook(on_mlp))
+            handles.append(lm.mlp(i).register_forward_hook(on_output(p + "hook_mlp_out")))
         if "hook_resid_post" in want:
-            def post(_m: nn.Module, _a: tuple, out: Any, name: str = p + "hook_resid_post") -> Any:
-                a = hook_output(out)
-                new = _apply(fns, name, a)
-                return None if new is a else replace_output(out, new)
-
-            handles.append(block.register_forward_hook(post))
+            handles.append(block.register_forward_hook(on_output(p + "hook_resid_post")))
     if "ln_final.hook_normalized" in fns and lm._final_norm is not None:
         def on_norm(_m: nn.Module, _a: tuple, out: Tensor) -> Tensor:
             return _apply(fns, "ln_final.hook_normalized", out)
