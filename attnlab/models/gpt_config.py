@@ -43,6 +43,12 @@ def _choice(name: str, value: Any, valid: tuple[str, ...]) -> None:
         raise ConfigError(f"GPTConfig.{name}={value!r} is not valid; choose one of: {', '.join(valid)}")
 
 
+def check_size(name: str, value: Any) -> None:
+    """GPTConfig's rule for a size field (vocab_size, n_layers, ...): a positive integer, not a bool."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int = 256
@@ -74,9 +80,7 @@ class GPTConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layers", "d_model", "n_heads", "context", "mlp_ratio"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
+            check_size(name, getattr(self, name))
         if self.d_model % self.n_heads:
             raise ConfigError(f"GPTConfig: d_model={self.d_model} is not divisible by "
                               f"n_heads={self.n_heads}; pick n_heads among the divisors of d_model")
@@ -166,4 +170,4 @@ class GPTConfig:
 
 
 __all__ = ["GPTConfig", "INITS", "MODEL_TYPE", "NORMALIZERS", "NORMALIZER_FIELDS", "NORMS", "NORM_POSITIONS",
-           "SCORES"]
+           "SCORES", "check_size"]

@@ -16,7 +16,7 @@ from typing import Any
 
 from attnlab.errors import ConfigError
 from attnlab.io import read_file_capped
-from attnlab.models.gpt_config import GPTConfig
+from attnlab.models.gpt_config import GPTConfig, check_size
 
 # Fields a resumed run may change. The optimiser's knobs are here on purpose: after a divergence the fix is
 # to continue from the last good checkpoint with a lower lr (or a longer warmup, tighter clipping); the
@@ -117,8 +117,7 @@ def with_derived(config: TrainConfig, vocab_size: int) -> TrainConfig:
     size, the run's seed), built without validating the config again: it was validated whole when it was
     made, no GPTConfig rule reads the seed (TrainConfig checked it), and the one rule on the vocabulary size
     is checked here. `dataclasses.replace` would rerun every check (and the normalizer build inside them)."""
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
-        raise ConfigError(f"GPTConfig.vocab_size must be a positive integer, got {vocab_size!r}")
+    check_size("vocab_size", vocab_size)
     model = copy.copy(config.model)
     model.vocab_size, model.seed = vocab_size, config.seed
     derived = copy.copy(config)
