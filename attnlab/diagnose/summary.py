@@ -18,7 +18,7 @@ the attention keys.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import torch
@@ -101,7 +101,8 @@ def summarize(cache: Mapping[str, Tensor], n_layers: int | None = None, *,
     no asked key is skipped (effective rank and uniformity take an SVD per layer). The cache and the
     threshold are checked as in the full call, so asking for fewer keys never turns an error into a result.
     """
-    need = _groups(keys)
+    asked = None if keys is None else _checked_keys(keys)
+    need = set(GROUPS) if asked is None else {_GROUP_OF[k] for k in asked}  # the computations to run
     n_layers = _layer_count(cache, n_layers)
     out: dict[str, Any] = {k: [] for k in ("resid_norm", "kurtosis", "max_abs_layer", "massive_ratio_layer",
                                            "uniformity", "effective_rank")}
@@ -153,14 +154,13 @@ def summarize(cache: Mapping[str, Tensor], n_layers: int | None = None, *,
     if "effective_rank" in need:
         out["effective_rank_last"] = out["effective_rank"][-1]
     out.update(_attention(cache, n_layers, threshold, need))
-    if keys is None:
+    if asked is None:
         return out
-    asked = set().union(*need.values())
     return {k: v for k, v in out.items() if k in asked}
 
 
 def _attention(cache: Mapping[str, Tensor], n_layers: int, threshold: float,
-               need: Mapping[str, Any]) -> dict[str, Any]:
+               need: Collection[str]) -> dict[str, Any]:
     names = [f"blocks.{layer}.attn.pattern" for layer in range(n_layers)]
     if not all(name in cache for name in names):
         return dict.fromkeys(ATTENTION_KEYS)
@@ -197,10 +197,8 @@ def _attention(cache: Mapping[str, Tensor], n_layers: int, threshold: float,
     return out
 
 
-def _groups(keys: Iterable[str] | None) -> dict[str, set[str]]:
-    """The computations the asked keys need, each with the asked keys it feeds (all of them for None)."""
-    if keys is None:
-        return {group: set(members) for group, members in GROUPS.items()}
+def _checked_keys(keys: Iterable[str]) -> frozenset[str]:
+    """The asked keys, each one `summarize` returns (else a ValueError naming them all)."""
     if isinstance(keys, str):
         raise TypeError(f"keys must be a collection of key names, e.g. keys=({keys!r},), not a string")
     asked = list(keys)
@@ -208,10 +206,7 @@ def _groups(keys: Iterable[str] | None) -> dict[str, set[str]]:
     if unknown:
         raise ValueError(f"summarize: unknown key(s) {', '.join(map(repr, unknown))}; the keys are: "
                          f"{', '.join(KEYS)}")
-    need: dict[str, set[str]] = {}
-    for k in asked:
-        need.setdefault(_GROUP_OF[k], set()).add(k)
-    return need
+    return frozenset(asked)
 
 
 # Which computation feeds each key: a call with `keys` runs only the groups of the keys it asks for.
