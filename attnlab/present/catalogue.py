@@ -231,10 +231,11 @@ def migrate_keys(obj: Any) -> Any:
 
 
 def catalogue_json(keys: Iterable[str] | None = None) -> dict[str, dict[str, Any]]:
-    """The entries of `keys` (or all) as plain dicts, for a page's script or a results file."""
+    """The entries of `keys` (or all) as plain dicts, for a page's script or a results file; "title" is
+    `short_label`, so a script shows the name the Python pages would and never composes one itself."""
     chosen = CATALOGUE if keys is None else {k: metric(k) for k in keys}
-    return {k: {f: v for f, v in asdict(m).items() if f not in ("key", "formerly")}
-            for k, m in chosen.items()}
+    return {k: {**{f: v for f, v in asdict(m).items() if f not in ("key", "formerly")},
+                "title": short_label(k)} for k, m in chosen.items()}
 
 
 LABELS: dict[str, str] = {k: label(k) for k in CATALOGUE}

@@ -272,11 +272,11 @@ function fmt(v) {
 
 const CURVE_W = 330, CURVE_H = 190;
 
-// A curve's name and how to read it: the metric catalogue's entry that /api/info sends (the report's words).
+// A curve's name and how to read it: the metric catalogue's entry that /api/info sends (the report's words,
+// its title already composed there).
 function metricEntry(name) {
   const e = (state.info && state.info.metrics && state.info.metrics[name]) || {};
-  const label = e.label || name;
-  return { title: e.unit ? `${label} (${e.unit})` : label, reading: e.reading || "" };
+  return { title: e.title || name, reading: e.reading || "" };
 }
 
 // A catalogue label can be longer than a card is wide: drop "at layer N" first (the orange line marks the
