@@ -172,7 +172,7 @@ _FORMERLY: dict[str, str] = {old: m.key for m in _ENTRIES for old in m.formerly}
 
 def metric(key: str) -> Metric:
     """The catalogue entry of `key` (a former key finds its entry); KeyError naming close keys if none."""
-    found = CATALOGUE.get(_FORMERLY.get(key, key))
+    found = CATALOGUE.get(canonical_key(key))
     if found is None:
         close = difflib.get_close_matches(str(key), list(CATALOGUE), n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -180,23 +180,26 @@ def metric(key: str) -> Metric:
     return found
 
 
+def _named(key: str, short: bool) -> str:
+    """Key's label (or short name, when asked and it has one) with its unit in parentheses; the key itself
+    when the catalogue has no entry for it."""
+    entry = CATALOGUE.get(canonical_key(key))
+    if entry is None:
+        return key
+    name = (short and entry.short) or entry.label
+    return f"{name} ({entry.unit})" if entry.unit else name
+
+
 def label(key: str) -> str:
     """How a page names a results key: its label with the unit in parentheses where it has one ("val_loss"
     -> "validation loss (nats/byte)"); the key itself when the catalogue has none."""
-    entry = CATALOGUE.get(_FORMERLY.get(key, key))
-    if entry is None:
-        return key
-    return f"{entry.label} ({entry.unit})" if entry.unit else entry.label
+    return _named(key, short=False)
 
 
 def short_label(key: str) -> str:
     """A name for tight places (a plot panel's title or axis, a sentence): the entry's short name (its label
     when it has none) with the unit in parentheses; the key itself when the catalogue has none."""
-    entry = CATALOGUE.get(_FORMERLY.get(key, key))
-    if entry is None:
-        return key
-    name = entry.short or entry.label
-    return f"{name} ({entry.unit})" if entry.unit else name
+    return _named(key, short=True)
 
 
 def lower_is_better(keys: Iterable[str] | None = None) -> frozenset[str]:
