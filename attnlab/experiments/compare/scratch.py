@@ -12,7 +12,6 @@ cause; the other arms go on.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -95,11 +94,9 @@ def train_one(c: ScratchConfig, arm: str, seed: int) -> dict[str, Any]:
     return out
 
 
-def _worker(args: tuple[dict[str, Any], str, int]) -> dict[str, Any]:
+def _worker(args: tuple[ScratchConfig, str, int]) -> dict[str, Any]:
     torch.set_num_threads(1)  # two processes on two cores: threads would only fight
-    cfg, arm, seed = args
-    return train_one(ScratchConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}),
-                     arm, seed)
+    return train_one(*args)
 
 
 def run_scratch(c: ScratchConfig, out: Path, progress: bool = True) -> tuple[dict[str, dict[int, Any]], Any]:
@@ -137,10 +134,9 @@ def run_scratch(c: ScratchConfig, out: Path, progress: bool = True) -> tuple[dic
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        cfg = asdict(c)
         with ProcessPoolExecutor(max_workers=min(c.workers, len(todo)),
                                  mp_context=mp.get_context("spawn")) as pool:
-            futures = {pool.submit(_worker, (cfg, arm, seed)): (arm, seed) for arm, seed in todo}
+            futures = {pool.submit(_worker, (c, arm, seed)): (arm, seed) for arm, seed in todo}
             for f in as_completed(futures):
                 keep(*futures[f], f.result())
     else:
